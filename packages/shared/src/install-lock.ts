@@ -1,0 +1,74 @@
+import { randomBytes } from 'node:crypto';
+import { link, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import path from 'node:path';
+import { KilnError } from './kiln-error.js';
+
+interface LockOwner {
+  pid: number;
+  /** the owner's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for it */
+  start: string | null;
+  host: string;
+  since: string;
+}
+
+async function processStart(pid: number): Promise<string | null> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // Field 22, counted after the command name, which may itself hold spaces and parentheses.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+async function ownerAlive(owner: LockOwner): Promise<boolean> {
+  if (owner.host !== hostname()) return true; // a shared filesystem: never break another host's lock
+  try {
+    process.kill(owner.pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
+  }
+  if (owner.start === null) return true;
+  return (await processStart(owner.pid)) === owner.start;
+}
+
+export interface Lock {
+  release(): Promise<void>;
+}
+
+/**
+ * Takes the per-root install lock or throws KILN_BUSY naming the holder. A lock whose owner is dead
+ * (or whose pid now belongs to another process) is stale: it is moved aside, never trusted.
+ */
+export async function acquireLock(file: string, what: string): Promise<Lock> {
+  await mkdir(path.dirname(file), { recursive: true });
+  const me: LockOwner = { pid: process.pid, start: await processStart(process.pid), host: hostname(), since: new Date().toISOString() };
+  for (let attempt = 0; attempt < 5; attempt++) {
+    // Written whole under a private name, then linked into place: a reader never sees it half-written.
+    const mine = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
+    await writeFile(mine, JSON.stringify({ ...me, what }));
+    try {
+      await link(mine, file);
+      return { release: () => rm(file, { force: true }) };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    } finally {
+      await rm(mine, { force: true });
+    }
+    let owner: (LockOwner & { what?: string }) | undefined;
+    try {
+      owner = JSON.parse(await readFile(file, 'utf8'));
+    } catch {
+      owner = undefined; // vanished or unreadable: look again
+    }
+    if (!owner || typeof owner.pid !== 'number') continue;
+    if (await ownerAlive(owner)) {
+      throw new KilnError('KILN_BUSY', `another install holds the lock ${file} (pid ${owner.pid}${owner.what ? `, ${owner.what}` : ''}, since ${owner.since}); retry when it finishes`, { details: { pid: owner.pid } });
+    }
+    // Stale: rename it away first so two breakers cannot remove each other's fresh lock.
+    const aside = `${file}.stale-${randomBytes(4).toString('hex')}`;
+    await rename(file, aside).then(() => rm(aside, { force: true }), () => undefined);
+  }
+  throw new KilnError('KILN_BUSY', `could not take the install lock ${file}: it keeps changing hands`);
+}

@@ -1,0 +1,137 @@
+import { mkdir, readdir, readlink, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { TMP_MARK, swapSymlink } from './fs-atomic.js';
+import type { AppLayout } from './install-layout.js';
+import { emptyState, readJournal, readState, writeState, type InstallState, type Operation } from './install-state.js';
+import { KilnError, isKilnError } from './kiln-error.js';
+import { readLocalManifest } from './release-resolve.js';
+import { Manifest } from './release-schema.js';
+import type { ServiceManager } from './service-manager.js';
+import { sha256Hex } from './signing.js';
+
+/** The version `current` points to, or null. */
+export async function currentVersion(layout: AppLayout): Promise<string | null> {
+  try {
+    return path.basename(await readlink(layout.current));
+  } catch {
+    return null;
+  }
+}
+
+export async function isComplete(layout: AppLayout, version: string): Promise<boolean> {
+  try {
+    await stat(layout.metaFile(version));
+    await stat(layout.release(version));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Loads the state, rebuilding it from the disk (current symlink + complete markers) when it does not parse. */
+export async function loadState(layout: AppLayout, app: string, log: Logger): Promise<InstallState> {
+  try {
+    return (await readState(layout.state)) ?? emptyState(app);
+  } catch (err) {
+    if (!isKilnError(err, 'KILN_STATE_INVALID')) throw err;
+    log.warn({ err }, 'install state does not parse: rebuilding it from the disk');
+    const state: InstallState = { ...emptyState(app), rebuiltAt: new Date().toISOString() };
+    const version = await currentVersion(layout);
+    const local = version ? await readLocalManifest(layout.metaFile(version)) : undefined;
+    if (version && local) {
+      const m = Manifest.safeParse(JSON.parse(local.bytes.toString('utf8')));
+      if (m.success) {
+        state.current = { version, seq: m.data.seq, manifestSha256: sha256Hex(local.bytes), artifactSha256: m.data.artifact.sha256, via: 'manual', installedAt: new Date().toISOString() };
+      }
+    }
+    await writeState(layout.state, state);
+    return state;
+  }
+}
+
+async function removeTmp(dir: string): Promise<void> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  await Promise.all(names.filter((n) => n.startsWith(TMP_MARK)).map((n) => rm(path.join(dir, n), { recursive: true, force: true })));
+}
+
+/**
+ * Start-up recovery, run under the install lock before any install and by the agent at boot:
+ * leaves `current` on a complete release, removes staging and temporary files, settles the journal.
+ */
+export async function recoverApp(layout: AppLayout, app: string, log: Logger, service?: ServiceManager): Promise<{ interrupted: Operation | null }> {
+  await mkdir(layout.staging, { recursive: true });
+  await rm(layout.staging, { recursive: true, force: true });
+  await Promise.all([layout.appDir, layout.releases, layout.meta].map(removeTmp));
+  let journal;
+  try {
+    journal = await readJournal(layout.journal);
+  } catch (err) {
+    log.warn({ err }, 'install journal does not parse: discarding it');
+    journal = undefined;
+    await rm(layout.journal, { force: true });
+  }
+  const state = await loadState(layout, app, log);
+  let interrupted: Operation | null = null;
+
+  if (journal) {
+    const now = new Date().toISOString();
+    const cur = await currentVersion(layout);
+    const committed = journal.step === 'commit' && cur === journal.version && (await isComplete(layout, journal.version));
+    if (committed) {
+      // Health had passed; only the state write was lost. Finish it.
+      const local = await readLocalManifest(layout.metaFile(journal.version));
+      const m = Manifest.parse(JSON.parse(local!.bytes.toString('utf8')));
+      if (state.current?.version !== journal.version) state.previous = state.current;
+      state.current = { version: journal.version, seq: m.seq, manifestSha256: sha256Hex(local!.bytes), artifactSha256: m.artifact.sha256, via: journal.op === 'rollback' ? 'rollback' : 'manual', installedAt: now };
+      interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: journal.op === 'rollback' ? 'rolled-back' : 'installed' };
+    } else {
+      if (cur !== journal.from) {
+        if (journal.from && (await isComplete(layout, journal.from))) await swapSymlink(layout.current, `releases/${journal.from}`);
+        else if (!journal.from) await rm(layout.current, { force: true });
+        log.warn({ version: journal.version, step: journal.step, back: journal.from }, 'an install was interrupted after the swap: swapped back');
+        if (service && journal.from) await service.restart(Manifest.parse(JSON.parse((await readLocalManifest(layout.metaFile(journal.from)))!.bytes.toString('utf8'))).service).catch((err) => log.error({ err }, 'could not restart the previous release'));
+      } else {
+        log.warn({ version: journal.version, step: journal.step }, 'an install was interrupted: cleaned up');
+      }
+      const error = new KilnError('KILN_INTERRUPTED', `the ${journal.op} of ${journal.version} was interrupted at step ${journal.step} (pid ${journal.pid}); ${journal.from ?? 'nothing'} stays current`);
+      interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: 'interrupted', error: { code: error.code, message: error.message } };
+    }
+    state.last = interrupted;
+    if (interrupted.commandId) state.commands = [...state.commands, interrupted].slice(-100);
+    await writeState(layout.state, state);
+    await rm(layout.journal, { force: true });
+  }
+
+  // A release directory without its complete marker was never finished.
+  const cur = await currentVersion(layout);
+  for (const name of await readdir(layout.releases).catch(() => [] as string[])) {
+    if (name === cur || (await isComplete(layout, name))) continue;
+    log.warn({ version: name }, 'removing an incomplete release directory');
+    await rm(path.join(layout.releases, name), { recursive: true, force: true });
+  }
+  return { interrupted };
+}
+
+/** Keeps current, previous and the `keep` newest others; removes the marker first, then the tree. */
+export async function pruneReleases(layout: AppLayout, state: InstallState, keep: number, log: Logger): Promise<string[]> {
+  const protect = new Set([state.current?.version, state.previous?.version].filter((v): v is string => !!v));
+  const cur = await currentVersion(layout);
+  if (cur) protect.add(cur);
+  const metas = await readdir(layout.meta).catch(() => [] as string[]);
+  const others: Array<{ version: string; mtime: number }> = [];
+  for (const m of metas) {
+    if (!m.endsWith('.json')) continue;
+    const version = m.slice(0, -5);
+    if (protect.has(version)) continue;
+    others.push({ version, mtime: (await stat(path.join(layout.meta, m))).mtimeMs });
+  }
+  others.sort((a, b) => b.mtime - a.mtime);
+  const doomed = others.slice(keep).map((o) => o.version);
+  for (const version of doomed) {
+    await rm(layout.metaFile(version), { force: true });
+    await rm(layout.release(version), { recursive: true, force: true });
+    log.info({ version }, 'removed an old release');
+  }
+  return doomed;
+}

@@ -1,0 +1,33 @@
+import { ERROR_CODES, type ErrorCode } from './error-codes.js';
+
+/** The one error class for every failure a user can cause or fix. Programmer errors stay plain Error. */
+export class KilnError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, opts: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'KilnError';
+    this.code = code;
+    this.details = opts.details;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; details?: Record<string, unknown> } {
+    return this.details ? { code: this.code, message: this.message, details: this.details } : { code: this.code, message: this.message };
+  }
+}
+
+export function isKilnError(err: unknown, code?: ErrorCode): err is KilnError {
+  return err instanceof KilnError && (code === undefined || err.code === code);
+}
+
+/** Wraps anything thrown into a KilnError, keeping a KilnError as it is. */
+export function asKilnError(err: unknown, fallback: ErrorCode = 'KILN_INSTALL_FAILED'): KilnError {
+  if (err instanceof KilnError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new KilnError(fallback, message, { cause: err });
+}
+
+export function describeCode(code: ErrorCode): string {
+  return ERROR_CODES[code];
+}

@@ -1,0 +1,129 @@
+import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import type { Readable } from 'node:stream';
+import { KilnError } from './kiln-error.js';
+import { checkName } from './names.js';
+import { s3Error } from './s3-errors.js';
+
+/** Small objects (manifests, pointers, signatures) are read whole; anything larger is refused. */
+const MAX_SMALL_OBJECT = 32 * 1024 * 1024;
+
+export interface SignedObject {
+  bytes: Buffer;
+  sig: Buffer;
+}
+
+/** The S3 layout of docs/release-format.md; every key is built here and nowhere else. */
+export interface ReleaseStore {
+  readonly bucket: string;
+  readonly prefix: string;
+  artifactKey(app: string, version: string): string;
+  getManifest(app: string, version: string): Promise<SignedObject>;
+  manifestExists(app: string, version: string): Promise<boolean>;
+  putManifest(app: string, version: string, obj: SignedObject): Promise<void>;
+  putArtifact(key: string, body: Readable, onProgress?: (loaded: number) => void): Promise<void>;
+  getArtifact(key: string, signal?: AbortSignal): Promise<Readable>;
+  listVersions(app: string): Promise<string[]>;
+  getPointer(app: string, channel: string): Promise<SignedObject>;
+  putPointer(app: string, channel: string, obj: SignedObject): Promise<void>;
+}
+
+export function createReleaseStore(client: S3Client, bucket: string, prefix = ''): ReleaseStore {
+  const releaseDir = (app: string, version: string) => `${prefix}releases/${checkName('app', app)}/${checkName('version', version)}/`;
+  const pointerKey = (app: string, channel: string) => `${prefix}channels/${checkName('app', app)}/${checkName('channel', channel)}.json`;
+
+  async function getSmall(key: string): Promise<Buffer> {
+    try {
+      const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      if ((res.ContentLength ?? 0) > MAX_SMALL_OBJECT) {
+        (res.Body as Readable | undefined)?.destroy();
+        throw new KilnError('KILN_MANIFEST_INVALID', `s3://${bucket}/${key} is ${res.ContentLength} bytes, over the ${MAX_SMALL_OBJECT}-byte limit`);
+      }
+      return Buffer.from(await res.Body!.transformToByteArray());
+    } catch (err) {
+      throw s3Error(err, `s3://${bucket}/${key}`);
+    }
+  }
+
+  async function put(key: string, body: Buffer, contentType: string, ifNoneMatch = false): Promise<void> {
+    try {
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType, ...(ifNoneMatch ? { IfNoneMatch: '*' } : {}) }));
+    } catch (err) {
+      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      if (status === 412) throw new KilnError('KILN_RELEASE_EXISTS', `s3://${bucket}/${key} already exists: releases are immutable`, { cause: err });
+      throw s3Error(err, `s3://${bucket}/${key}`);
+    }
+  }
+
+  async function getSigned(key: string): Promise<SignedObject> {
+    const [bytes, sig] = await Promise.all([getSmall(key), getSmall(`${key}.sig`)]);
+    return { bytes, sig };
+  }
+
+  return {
+    bucket,
+    prefix,
+    artifactKey: (app, version) => `${releaseDir(app, version)}artifact.tar.gz`,
+    getManifest: (app, version) => getSigned(`${releaseDir(app, version)}manifest.json`),
+    async manifestExists(app, version) {
+      const key = `${releaseDir(app, version)}manifest.json`;
+      try {
+        await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+        return true;
+      } catch (err) {
+        const mapped = s3Error(err, `s3://${bucket}/${key}`);
+        if (mapped.code === 'KILN_RELEASE_NOT_FOUND') return false;
+        throw mapped;
+      }
+    },
+    async putManifest(app, version, obj) {
+      const key = `${releaseDir(app, version)}manifest.json`;
+      // The signature goes first: a manifest is visible only once it can be verified.
+      await put(`${key}.sig`, obj.sig, 'application/json');
+      await put(key, obj.bytes, 'application/json', true);
+    },
+    async putArtifact(key, body, onProgress) {
+      try {
+        const upload = new Upload({
+          client,
+          params: { Bucket: bucket, Key: key, Body: body, ContentType: 'application/gzip' },
+          partSize: 8 * 1024 * 1024,
+          queueSize: 4,
+        });
+        if (onProgress) upload.on('httpUploadProgress', (p) => onProgress(p.loaded ?? 0));
+        await upload.done();
+      } catch (err) {
+        throw s3Error(err, `s3://${bucket}/${key}`);
+      }
+    },
+    async getArtifact(key, signal) {
+      try {
+        const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), signal ? { abortSignal: signal } : {});
+        return res.Body as Readable;
+      } catch (err) {
+        throw s3Error(err, `s3://${bucket}/${key}`);
+      }
+    },
+    async listVersions(app) {
+      const base = `${prefix}releases/${checkName('app', app)}/`;
+      const versions: string[] = [];
+      let token: string | undefined;
+      try {
+        do {
+          const res = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: base, Delimiter: '/', ContinuationToken: token }));
+          for (const p of res.CommonPrefixes ?? []) versions.push(p.Prefix!.slice(base.length, -1));
+          token = res.IsTruncated ? res.NextContinuationToken : undefined;
+        } while (token);
+      } catch (err) {
+        throw s3Error(err, `s3://${bucket}/${base}`);
+      }
+      return versions;
+    },
+    getPointer: (app, channel) => getSigned(pointerKey(app, channel)),
+    async putPointer(app, channel, obj) {
+      const key = pointerKey(app, channel);
+      await put(`${key}.sig`, obj.sig, 'application/json');
+      await put(key, obj.bytes, 'application/json');
+    },
+  };
+}

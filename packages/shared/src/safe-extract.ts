@@ -1,0 +1,270 @@
+import { createHash } from 'node:crypto';
+import { chmod, chown, lchown, mkdir, open, symlink, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, Writable, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import { Parser, type ReadEntry } from 'tar';
+import { KilnError, asKilnError } from './kiln-error.js';
+import type { FileEntry } from './release-schema.js';
+import { checkLinkInside } from './scan-tree.js';
+
+export interface ExtractLimits {
+  maxEntries: number;
+  /** decompressed bytes */
+  maxBytes: number;
+  maxDepth: number;
+}
+
+export const DEFAULT_LIMITS: ExtractLimits = { maxEntries: 50_000, maxBytes: 4 * 1024 ** 3, maxDepth: 32 };
+
+export interface ExtractOptions {
+  /** an existing, empty directory */
+  dest: string;
+  limits: ExtractLimits;
+  /** when given, every entry must be in it with the same type and size, and every file must match its digest */
+  expected?: { files: FileEntry[]; allowLinks: boolean };
+  /** without `expected`: whether symbolic links (inside the tree) are accepted */
+  allowLinks?: boolean;
+  /** files are given to this owner (as root: the service user); otherwise they belong to the process */
+  owner?: { uid: number; gid: number };
+  /** flush every file and directory to disk before returning */
+  fsync: boolean;
+  /** called with the decompressed byte count as it grows */
+  onProgress?: (bytes: number) => void;
+}
+
+export interface ExtractResult {
+  entries: number;
+  bytes: number;
+}
+
+const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
+
+/** Splits and checks an entry path: relative, no "." or ".." or empty segment, not too deep. */
+export function checkEntryPath(raw: string, maxDepth: number): string {
+  let p = raw;
+  while (p.startsWith('./')) p = p.slice(2);
+  if (p.endsWith('/')) p = p.slice(0, -1);
+  const shown = JSON.stringify(raw.length > 120 ? `${raw.slice(0, 120)}…` : raw);
+  if (p === '' || p === '.') throw new KilnError('KILN_TAR_PATH', `tar entry ${shown} has an empty name`);
+  if (p.startsWith('/') || /^[A-Za-z]:/.test(p)) throw new KilnError('KILN_TAR_PATH', `tar entry ${shown} has an absolute path`);
+  if (p.includes('\\') || p.includes('\0')) throw new KilnError('KILN_TAR_PATH', `tar entry ${shown} has a backslash or NUL in its name`);
+  const parts = p.split('/');
+  if (parts.length > maxDepth) throw new KilnError('KILN_TAR_DEPTH', `tar entry ${shown} is ${parts.length} levels deep, over the limit of ${maxDepth}`);
+  for (const part of parts) {
+    if (part === '..') throw new KilnError('KILN_TAR_PATH', `tar entry ${shown} has a ".." segment`);
+    if (part === '' || part === '.') throw new KilnError('KILN_TAR_PATH', `tar entry ${shown} has an empty or "." segment`);
+  }
+  return p;
+}
+
+/** The decompressed size a tar of these entries can reach: data blocks plus generous header room. */
+export function tarSizeBound(files: FileEntry[]): number {
+  let bound = 20 * 512;
+  for (const f of files) bound += 3 * 512 + Math.ceil(f.path.length / 512) * 512 + (f.type === 'file' ? Math.ceil(f.size / 512) * 512 : 0);
+  return bound;
+}
+
+function byteCap(cap: number, onProgress?: (n: number) => void): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      seen += chunk.length;
+      if (seen > cap) return cb(new KilnError('KILN_TAR_TOO_LARGE', `the archive expands past ${cap} bytes, its declared or allowed size: refused (gzip bomb?)`));
+      onProgress?.(seen);
+      cb(null, chunk);
+    },
+  });
+}
+
+/**
+ * Streams a .tar.gz into `dest`, refusing anything unsafe as it arrives (never after the fact).
+ * On failure the caller removes `dest`; nothing outside it is ever written.
+ */
+export async function extractTarGz(source: Readable, opts: ExtractOptions): Promise<ExtractResult> {
+  const { dest, limits } = opts;
+  const expected = opts.expected ? new Map(opts.expected.files.map((f) => [f.path, f])) : undefined;
+  const allowLinks = opts.expected ? opts.expected.allowLinks : (opts.allowLinks ?? false);
+  const cap = Math.min(limits.maxBytes, opts.expected ? tarSizeBound(opts.expected.files) : Infinity);
+  const seen = new Set<string>();
+  const links = new Set<string>();
+  const dirs = new Map<string, number>();
+  const madeDirs = new Map<string, Promise<unknown>>();
+  const tasks: Promise<unknown>[] = [];
+  const writers = new Set<Writable>();
+  let entries = 0;
+  let declaredBytes = 0;
+  let failure: KilnError | undefined;
+
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      if (failure) return cb(failure);
+      if (parser.write(chunk)) cb();
+      else parser.once('drain', () => cb(failure));
+    },
+    final(cb) {
+      parser.once('end', () => cb(failure));
+      parser.end();
+    },
+  });
+  const fail = (err: unknown) => {
+    if (failure) return;
+    failure = asKilnError(err, 'KILN_TAR_CORRUPT');
+    sink.destroy(failure);
+  };
+  const parser = new Parser({ strict: true, onReadEntry: (entry) => onEntry(entry) });
+  parser.on('error', (err: Error) => fail(new KilnError('KILN_TAR_CORRUPT', `the artifact is not a valid tar archive: ${err.message}`, { cause: err })));
+
+  const ensureDir = (rel: string): Promise<unknown> => {
+    if (rel === '' || rel === '.') return Promise.resolve();
+    let p = madeDirs.get(rel);
+    if (!p) {
+      p = mkdir(path.join(dest, rel), { recursive: true, mode: 0o755 });
+      madeDirs.set(rel, p);
+    }
+    return p;
+  };
+
+  function onEntry(entry: ReadEntry): void {
+    if (failure) return void entry.resume();
+    try {
+      checkEntry(entry);
+    } catch (err) {
+      entry.resume();
+      return fail(err);
+    }
+  }
+
+  function checkEntry(entry: ReadEntry): void {
+    if (++entries > limits.maxEntries) throw new KilnError('KILN_TAR_TOO_MANY', `the archive has more than ${limits.maxEntries} entries`);
+    const rel = checkEntryPath(entry.path, limits.maxDepth);
+    const type = entry.type;
+    if (type === 'Link') throw new KilnError('KILN_TAR_LINK', `tar entry ${rel} is a hard link (to ${entry.linkpath}): releases carry no hard links`);
+    const kind = FILE_TYPES.has(type) ? 'file' : type === 'Directory' ? 'dir' : type === 'SymbolicLink' ? 'symlink' : undefined;
+    if (!kind) throw new KilnError('KILN_TAR_SPECIAL', `tar entry ${rel} is a ${type} entry: releases carry only files, directories and links`);
+    if ((entry.mode ?? 0) & 0o6000) throw new KilnError('KILN_TAR_SETUID', `tar entry ${rel} has a setuid or setgid bit`);
+    if (entry.uid || entry.gid) throw new KilnError('KILN_TAR_OWNER', `tar entry ${rel} is owned by uid ${entry.uid}, gid ${entry.gid}: kiln artifacts carry no owners (files belong to the service user)`);
+    for (let i = rel.indexOf('/'); i !== -1; i = rel.indexOf('/', i + 1)) {
+      if (links.has(rel.slice(0, i))) throw new KilnError('KILN_TAR_LINK', `tar entry ${rel} lies behind the link ${rel.slice(0, i)}`);
+    }
+    if (seen.has(rel)) throw new KilnError('KILN_TAR_MISMATCH', `tar entry ${rel} appears twice`);
+    seen.add(rel);
+    const want = expected?.get(rel);
+    if (expected && !want) throw new KilnError('KILN_TAR_MISMATCH', `tar entry ${rel} is not in the manifest`);
+    if (want && want.type !== kind) throw new KilnError('KILN_TAR_MISMATCH', `tar entry ${rel} is a ${kind} but the manifest says ${want.type}`);
+    const abs = path.join(dest, rel);
+    const parent = path.posix.dirname(rel);
+
+    if (kind === 'dir') {
+      dirs.set(rel, want?.type === 'dir' ? want.mode : (entry.mode ?? 0o755) & 0o777);
+      tasks.push(ensureDir(rel).catch(fail));
+      entry.resume();
+      return;
+    }
+    if (kind === 'symlink') {
+      const target = entry.linkpath ?? '';
+      if (!allowLinks) throw new KilnError('KILN_TAR_LINK', `tar entry ${rel} is a symbolic link and this release does not allow links`);
+      checkLinkInside(rel, target);
+      if (want?.type === 'symlink' && want.target !== target) throw new KilnError('KILN_TAR_MISMATCH', `link ${rel} points to ${target} but the manifest says ${want.target}`);
+      links.add(rel);
+      tasks.push(
+        ensureDir(parent)
+          .then(() => symlink(target, abs))
+          .then(() => (opts.owner ? lchown(abs, opts.owner.uid, opts.owner.gid) : undefined))
+          .catch(fail),
+      );
+      entry.resume();
+      return;
+    }
+    const size = entry.size ?? 0;
+    if (want?.type === 'file' && want.size !== size) throw new KilnError('KILN_TAR_MISMATCH', `tar entry ${rel} is ${size} bytes but the manifest says ${want.size}`);
+    declaredBytes += size;
+    if (declaredBytes > limits.maxBytes) throw new KilnError('KILN_TAR_TOO_LARGE', `the archive declares more than ${limits.maxBytes} bytes of files`);
+    const mode = want?.type === 'file' ? want.mode : (entry.mode ?? 0o644) & 0o777;
+    const writer = fileWriter({ abs, rel, size, mode, sha256: want?.type === 'file' ? want.sha256 : undefined, ready: ensureDir(parent) });
+    tasks.push(writer.done.catch(fail));
+    entry.pipe(writer.stream);
+  }
+
+  function fileWriter(f: { abs: string; rel: string; size: number; mode: number; sha256: string | undefined; ready: Promise<unknown> }) {
+    let fh: FileHandle | undefined;
+    let written = 0;
+    const hash = f.sha256 ? createHash('sha256') : undefined;
+    const stream = new Writable({
+      construct(cb) {
+        f.ready
+          .then(() => open(f.abs, 'wx', 0o600))
+          .then((h) => {
+            fh = h;
+            cb();
+          }, cb);
+      },
+      write(chunk: Buffer, _enc, cb) {
+        written += chunk.length;
+        if (written > f.size) return cb(new KilnError('KILN_TAR_MISMATCH', `tar entry ${f.rel} holds more than its ${f.size} bytes`));
+        hash?.update(chunk);
+        fh!.write(chunk).then(() => cb(), cb);
+      },
+      final(cb) {
+        (async () => {
+          if (written !== f.size) throw new KilnError('KILN_TAR_MISMATCH', `tar entry ${f.rel} ended after ${written} of ${f.size} bytes`);
+          const digest = hash?.digest('hex');
+          if (f.sha256 && digest !== f.sha256) throw new KilnError('KILN_TAR_MISMATCH', `${f.rel} has sha256 ${digest} but the manifest says ${f.sha256}`);
+          if (opts.owner) await fh!.chown(opts.owner.uid, opts.owner.gid);
+          await fh!.chmod(f.mode);
+          if (opts.fsync) await fh!.datasync();
+        })().then(() => cb(), cb);
+      },
+      destroy(err, cb) {
+        writers.delete(stream);
+        if (!fh) return cb(err);
+        fh.close().then(() => cb(err), () => cb(err));
+      },
+    });
+    writers.add(stream);
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('close', () => (stream.errored ? reject(stream.errored) : resolve()));
+    });
+    return { stream, done };
+  }
+
+  try {
+    await pipeline(source, createGunzip({ chunkSize: 64 * 1024 }), byteCap(cap, opts.onProgress), sink);
+    await Promise.all(tasks);
+    if (failure) throw failure;
+  } catch (err) {
+    const e = failure ?? (err instanceof KilnError ? err : new KilnError('KILN_TAR_CORRUPT', `the artifact is not a valid .tar.gz: ${(err as Error).message}`, { cause: err }));
+    for (const w of writers) w.destroy(e);
+    await Promise.allSettled(tasks);
+    throw e;
+  }
+
+  if (expected) {
+    const missing = [...expected.keys()].filter((p) => !seen.has(p));
+    if (missing.length) throw new KilnError('KILN_TAR_MISMATCH', `the archive lacks ${missing.length} manifest entries, first: ${missing.slice(0, 3).join(', ')}`);
+  }
+  // Directory modes last, deepest first, so a read-only directory never blocks its own contents.
+  const dirList = [...dirs.keys()].sort((a, b) => b.split('/').length - a.split('/').length);
+  for (const d of dirList) {
+    const abs = path.join(dest, d);
+    if (opts.owner) await chown(abs, opts.owner.uid, opts.owner.gid);
+    await chmod(abs, dirs.get(d)!);
+  }
+  if (opts.fsync) await fsyncDirs(dest, [...madeDirs.keys()]);
+  return { entries, bytes: declaredBytes };
+}
+
+async function fsyncDirs(dest: string, rels: string[]): Promise<void> {
+  const all = [dest, ...rels.map((r) => path.join(dest, r))];
+  await Promise.all(
+    all.map(async (d) => {
+      const fh = await open(d, 'r');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }),
+  );
+}
