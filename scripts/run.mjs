@@ -47,7 +47,7 @@ if (mode === 'demo') {
   mkdirSync(path.join(top, 'test-results'), { recursive: true });
   const report = path.join(top, 'test-results/vitest.json');
   const code = run(process.execPath, [path.join(top, 'node_modules/vitest/vitest.mjs'), 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...rest], {
-    env: { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --openssl-legacy-provider`.trim() },
+    env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --openssl-legacy-provider`.trim() },
   });
   let summary = 'no test report was written';
   if (existsSync(report)) {

@@ -1,0 +1,103 @@
+import { readFile, readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { appLayout, install, isKilnError, rollback, type KilnError } from '@kiln/shared';
+import { makeHost, type Host } from './helpers/host.js';
+import { leftovers, makeKeys, pushApp } from './helpers/release.js';
+import { startS3, type S3Fixture } from './helpers/s3.js';
+
+let s3: S3Fixture;
+const keys = makeKeys();
+const hosts: Host[] = [];
+
+beforeAll(async () => {
+  s3 = await startS3();
+  await pushApp({ store: s3.store, keys, version: '1.0.0', channel: 'stable' });
+  await pushApp({ store: s3.store, keys, version: '2.0.0' });
+});
+afterAll(() => s3.close());
+afterEach(async () => {
+  await Promise.all(hosts.splice(0).map((h) => h.stop()));
+});
+
+async function host(): Promise<Host> {
+  const h = await makeHost({ store: s3.store, keys });
+  hosts.push(h);
+  return h;
+}
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (err) {
+    if (isKilnError(err)) return (err as KilnError).code;
+    throw err;
+  }
+  throw new Error('expected a KilnError, but it succeeded');
+}
+
+describe('install', () => {
+  it('installs from a channel, starts the app and records how it got there', async () => {
+    const h = await host();
+    const r = await install({ ...h.opts(), target: { channel: 'stable' } });
+    expect(r).toMatchObject({ outcome: 'installed', version: '1.0.0', previous: null, via: 'manual', downloaded: true });
+    expect(await h.current()).toBe('1.0.0');
+    expect(await h.serving()).toContain('1.0.0');
+    const state = await h.state();
+    expect(state.current).toMatchObject({ version: '1.0.0', seq: 1 });
+    expect(state.channels).toEqual({ stable: 1 });
+    expect(await leftovers(h.root)).toEqual([]);
+    // the tree on disk is the app, with its modes
+    const rel = appLayout(h.root, 'web').release('1.0.0');
+    expect((await readFile(path.join(rel, 'VERSION'), 'utf8')).trim()).toBe('1.0.0');
+    expect((await stat(path.join(rel, 'server.js'))).mode & 0o777).toBe(0o644);
+  });
+
+  it('is a no-op for what is installed, fast and without a download', async () => {
+    const h = await host();
+    await install({ ...h.opts(), target: { version: '1.0.0' } });
+    const t = Date.now();
+    const r = await install({ ...h.opts(), target: { version: '1.0.0' } });
+    expect(Date.now() - t).toBeLessThan(1_000);
+    expect(r).toMatchObject({ outcome: 'unchanged', downloaded: false });
+  });
+
+  it('upgrades in place and rolls back through the same routine', async () => {
+    const h = await host();
+    await install({ ...h.opts(), target: { version: '1.0.0' } });
+    const r2 = await install({ ...h.opts(), target: { version: '2.0.0' } });
+    expect(r2).toMatchObject({ outcome: 'installed', previous: '1.0.0' });
+    expect(await h.serving()).toContain('2.0.0');
+    const rb = await rollback(h.opts());
+    expect(rb).toMatchObject({ outcome: 'rolled-back', version: '1.0.0', downloaded: false });
+    expect(await h.serving()).toContain('1.0.0');
+    expect((await h.state()).current).toMatchObject({ version: '1.0.0', via: 'rollback' });
+  });
+
+  it('treats the same command id twice as one install', async () => {
+    const h = await host();
+    await install({ ...h.opts({ commandId: 'cmd-1' }), target: { version: '1.0.0' } });
+    await install({ ...h.opts(), target: { version: '2.0.0' } });
+    const again = await install({ ...h.opts({ commandId: 'cmd-1' }), target: { version: '1.0.0' } });
+    expect(again.outcome).toBe('unchanged');
+    expect(await h.current()).toBe('2.0.0');
+  });
+
+  it('keeps current, previous and N more releases', async () => {
+    for (const v of ['k1', 'k2', 'k3', 'k4', 'k5']) {
+      await pushApp({ store: s3.store, keys, app: 'keep', version: v });
+    }
+    const hk = await makeHost({ store: s3.store, keys, app: 'keep' });
+    hosts.push(hk);
+    for (const v of ['k1', 'k2', 'k3', 'k4', 'k5']) await install({ ...hk.opts({ keep: 1 }), target: { version: v } });
+    const layout = appLayout(hk.root, 'keep');
+    expect((await readdir(layout.releases)).sort()).toEqual(['k3', 'k4', 'k5']);
+    expect((await readdir(layout.meta)).sort()).toEqual(['k3.json', 'k4.json', 'k5.json']);
+  });
+
+  it('refuses a lower seq than installed unless asked: KILN_SEQ_DOWNGRADE', async () => {
+    const h = await host();
+    await install({ ...h.opts(), target: { version: '2.0.0' } });
+    expect(await codeOf(install({ ...h.opts(), target: { version: '1.0.0' } }))).toBe('KILN_SEQ_DOWNGRADE');
+  });
+});
