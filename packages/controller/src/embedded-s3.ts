@@ -1,6 +1,5 @@
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import S3rver from 's3rver';
 import type { S3Location } from '@kiln/shared';
 
 export interface EmbeddedS3Options {
@@ -19,6 +18,8 @@ export interface EmbeddedS3 {
 /** The local S3 endpoint of `kiln up` and the demo: s3rver on 127.0.0.1, data in a directory. */
 export async function startEmbeddedS3(opts: EmbeddedS3Options): Promise<EmbeddedS3> {
   await mkdir(opts.directory, { recursive: true });
+  // Loaded on use: the other CLI commands should not pay for s3rver's start-up.
+  const { default: S3rver } = await import('s3rver');
   const server = new S3rver({
     address: '127.0.0.1',
     port: opts.port ?? 0,

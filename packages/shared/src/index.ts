@@ -10,6 +10,7 @@ export * from './install-state.js';
 export * from './kiln-error.js';
 export * from './logger.js';
 export * from './names.js';
+export * from './process-alive.js';
 export * from './process-supervisor.js';
 export * from './release-catalog.js';
 export * from './release-pack.js';

@@ -3,6 +3,7 @@ import { link, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { KilnError } from './kiln-error.js';
+import { isAlive, processStart } from './process-alive.js';
 
 interface LockOwner {
   pid: number;
@@ -12,25 +13,10 @@ interface LockOwner {
   since: string;
 }
 
-async function processStart(pid: number): Promise<string | null> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    // Field 22, counted after the command name, which may itself hold spaces and parentheses.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
-async function ownerAlive(owner: LockOwner): Promise<boolean> {
+function ownerAlive(owner: LockOwner): boolean {
   if (owner.host !== hostname()) return true; // a shared filesystem: never break another host's lock
-  try {
-    process.kill(owner.pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
-  }
-  if (owner.start === null) return true;
-  return (await processStart(owner.pid)) === owner.start;
+  if (!isAlive(owner.pid)) return false;
+  return owner.start === null || processStart(owner.pid) === owner.start;
 }
 
 export interface Lock {
@@ -43,7 +29,7 @@ export interface Lock {
  */
 export async function acquireLock(file: string, what: string): Promise<Lock> {
   await mkdir(path.dirname(file), { recursive: true });
-  const me: LockOwner = { pid: process.pid, start: await processStart(process.pid), host: hostname(), since: new Date().toISOString() };
+  const me: LockOwner = { pid: process.pid, start: processStart(process.pid), host: hostname(), since: new Date().toISOString() };
   for (let attempt = 0; attempt < 5; attempt++) {
     // Written whole under a private name, then linked into place: a reader never sees it half-written.
     const mine = `${file}.${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -63,7 +49,7 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
       owner = undefined; // vanished or unreadable: look again
     }
     if (!owner || typeof owner.pid !== 'number') continue;
-    if (await ownerAlive(owner)) {
+    if (ownerAlive(owner)) {
       throw new KilnError('KILN_BUSY', `another install holds the lock ${file} (pid ${owner.pid}${owner.what ? `, ${owner.what}` : ''}, since ${owner.since}); retry when it finishes`, { details: { pid: owner.pid } });
     }
     // Stale: rename it away first so two breakers cannot remove each other's fresh lock.

@@ -53,7 +53,7 @@ export interface InstallOptions {
   /** reserved free space beyond the release's own size */
   reserveBytes?: number;
   now?: () => Date;
-  /** told of every step before it starts; may be async (tests pause here) */
+  /** told of every step once the journal records it, before the step's work; may be async (tests pause here) */
   onStep?: (step: InstallStep, version: string) => void | Promise<void>;
   onProgress?: (bytes: number, total: number) => void;
 }
@@ -100,12 +100,11 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   const started = now().toISOString();
   let stepStart = Date.now();
   let stepName: InstallStep = 'resolve';
-  const step = async (name: InstallStep, version: string) => {
+  const step = (name: InstallStep, version: string) => {
     timings[stepName] = (timings[stepName] ?? 0) + Date.now() - stepStart;
     stepName = name;
     stepStart = Date.now();
     log.debug({ step: name, version }, 'install step');
-    await opts.onStep?.(name, version);
   };
 
   await mkdir(layout.appDir, { recursive: true });
@@ -159,10 +158,12 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     }
 
     journal = { schema: 1, op, app, version, from, step: 'fetch', staging: null, ...(opts.commandId ? { commandId: opts.commandId } : {}), startedAt: started, pid: process.pid };
+    // The journal names the step before it starts; the hook runs after, so a crash there is recoverable.
     const advance = async (s: JournalStep) => {
-      await step(s, version);
+      step(s, version);
       journal!.step = s;
       await writeJournal(layout.journal, journal!);
+      await opts.onStep?.(s, version);
     };
 
     let downloaded = false;

@@ -6,16 +6,17 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from './fs-atomic.js';
+import { isAlive } from './process-alive.js';
 import { KilnError } from './kiln-error.js';
 import type { ServiceSpec } from './release-schema.js';
 import type { ServiceManager, ServiceStatus } from './service-manager.js';
-import { isAlive, readSupervisorStatus, supervisorPaths, type ServiceFile } from './supervisor-files.js';
+import { readServiceFile, readSupervisorStatus, supervisorPaths, type ServiceFile } from './supervisor-files.js';
 
 export interface ProcessSupervisorOptions {
   /** the app's directory under the root (see appLayout) */
   appDir: string;
   log: Logger;
-  /** added to the app's environment, e.g. PORT for one of several instances on a host */
+  /** added to the app's environment, e.g. PORT for one of several instances on a host; kept from the last start when omitted */
   env?: Record<string, string>;
   /** how to start the daemon; defaults to this Node running supervisor-main.js */
   daemonCommand?: string[];
@@ -50,7 +51,9 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
   return {
     kind: 'process',
     async restart(spec: ServiceSpec) {
-      const svc: ServiceFile = { spec, env: opts.env ?? {} };
+      // Without env of its own, a restart keeps the instance's env from the last start (e.g. its PORT).
+      const env = opts.env ?? (await readServiceFile(files.service))?.env ?? {};
+      const svc: ServiceFile = { spec, env };
       await writeFileAtomic(files.service, JSON.stringify(svc, null, 2) + '\n');
       const before = (await readSupervisorStatus(files.status))?.generation ?? 0;
       const pid = await liveDaemon();

@@ -3,7 +3,8 @@ import { openSync, readFileSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from './fs-atomic.js';
-import { ServiceFile, isAlive, readSupervisorStatus, supervisorPaths, type SupervisorStatus } from './supervisor-files.js';
+import { isAlive } from './process-alive.js';
+import { ServiceFile, readSupervisorStatus, supervisorPaths, type SupervisorStatus } from './supervisor-files.js';
 
 export interface SupervisorDaemonOptions {
   appDir: string;

@@ -41,12 +41,11 @@ export async function readSupervisorStatus(file: string): Promise<SupervisorStat
   }
 }
 
-export function isAlive(pid: number | null | undefined): boolean {
-  if (!pid) return false;
+export async function readServiceFile(file: string): Promise<ServiceFile | undefined> {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    const parsed = ServiceFile.safeParse(JSON.parse(await readFile(file, 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
   }
 }

@@ -1,0 +1,27 @@
+import { readFileSync } from 'node:fs';
+
+/** Fields of /proc/PID/stat after the command name (which may hold spaces and parentheses), or null. */
+function statFields(pid: number): string[] | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+/** Whether a process runs. A zombie (exited, not yet reaped by its parent) does not. */
+export function isAlive(pid: number | null | undefined): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  return statFields(pid)?.[0] !== 'Z';
+}
+
+/** The process's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for it; null elsewhere. */
+export function processStart(pid: number): string | null {
+  return statFields(pid)?.[19] ?? null;
+}
