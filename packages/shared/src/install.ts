@@ -194,7 +194,8 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       await opts.service.restart(manifest.service);
       if (!opts.skipHealth) {
         await advance('health');
-        await waitHealthy({ health: manifest.health, service: manifest.service, port: opts.port, cwd: layout.release(version) });
+        const port = opts.port ?? (await opts.service.status()).port ?? undefined;
+        await waitHealthy({ health: manifest.health, service: manifest.service, port, cwd: layout.release(version) });
       }
     } catch (err) {
       await swapBack({ layout, from, version, opts, log });

@@ -84,9 +84,10 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
       await waitFor('stop', async () => !isAlive(pid), timeoutMs + 10_000);
     },
     async status(): Promise<ServiceStatus> {
-      const st = await readSupervisorStatus(files.status);
+      const [st, svc] = await Promise.all([readSupervisorStatus(files.status), readServiceFile(files.service)]);
       const active = !!st && isAlive(st.daemonPid) && st.state === 'running' && isAlive(st.childPid);
-      return { active, pid: active ? st!.childPid : null, release: active ? st!.release : null };
+      const port = Number(svc?.env.PORT ?? svc?.spec.port) || null;
+      return { active, pid: active ? st!.childPid : null, release: active ? st!.release : null, port };
     },
   };
 }

@@ -87,7 +87,7 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
       // A given tarball is unpacked with every refusal an install applies, then packed the kiln way.
       dir = path.join(work, 'tree');
       await mkdir(dir);
-      await extractTarGz(createReadStream(opts.source), { dest: dir, limits: { ...DEFAULT_LIMITS, ...opts.limits }, allowLinks: true, fsync: false });
+      await extractTarGz(createReadStream(opts.source), { dest: dir, limits: { ...DEFAULT_LIMITS, ...opts.limits }, allowLinks: true, ignoreOwners: true, fsync: false });
     }
     const spec = await readAppSpec(dir, opts.spec);
     const files = await scanTree(dir, { allowLinks: spec.allowLinks });

@@ -26,6 +26,8 @@ export interface ExtractOptions {
   expected?: { files: FileEntry[]; allowLinks: boolean };
   /** without `expected`: whether symbolic links (inside the tree) are accepted */
   allowLinks?: boolean;
+  /** accept entries owned by anyone (a user's own tarball at push time, repacked owner-less) */
+  ignoreOwners?: boolean;
   /** files are given to this owner (as root: the service user); otherwise they belong to the process */
   owner?: { uid: number; gid: number };
   /** flush every file and directory to disk before returning */
@@ -138,13 +140,15 @@ export async function extractTarGz(source: Readable, opts: ExtractOptions): Prom
 
   function checkEntry(entry: ReadEntry): void {
     if (++entries > limits.maxEntries) throw new KilnError('KILN_TAR_TOO_MANY', `the archive has more than ${limits.maxEntries} entries`);
-    const rel = checkEntryPath(entry.path, limits.maxDepth);
     const type = entry.type;
+    // `tar -C dir .` starts with the top directory itself: nothing to create.
+    if (type === 'Directory' && /^(\.\/?)+$/.test(entry.path)) return void entry.resume();
+    const rel = checkEntryPath(entry.path, limits.maxDepth);
     if (type === 'Link') throw new KilnError('KILN_TAR_LINK', `tar entry ${rel} is a hard link (to ${entry.linkpath}): releases carry no hard links`);
     const kind = FILE_TYPES.has(type) ? 'file' : type === 'Directory' ? 'dir' : type === 'SymbolicLink' ? 'symlink' : undefined;
     if (!kind) throw new KilnError('KILN_TAR_SPECIAL', `tar entry ${rel} is a ${type} entry: releases carry only files, directories and links`);
     if ((entry.mode ?? 0) & 0o6000) throw new KilnError('KILN_TAR_SETUID', `tar entry ${rel} has a setuid or setgid bit`);
-    if (entry.uid || entry.gid) throw new KilnError('KILN_TAR_OWNER', `tar entry ${rel} is owned by uid ${entry.uid}, gid ${entry.gid}: kiln artifacts carry no owners (files belong to the service user)`);
+    if ((entry.uid || entry.gid) && !opts.ignoreOwners) throw new KilnError('KILN_TAR_OWNER', `tar entry ${rel} is owned by uid ${entry.uid}, gid ${entry.gid}: kiln artifacts carry no owners (files belong to the service user)`);
     for (let i = rel.indexOf('/'); i !== -1; i = rel.indexOf('/', i + 1)) {
       if (links.has(rel.slice(0, i))) throw new KilnError('KILN_TAR_LINK', `tar entry ${rel} lies behind the link ${rel.slice(0, i)}`);
     }

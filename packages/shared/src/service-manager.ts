@@ -6,6 +6,8 @@ export interface ServiceStatus {
   pid: number | null;
   /** the release directory the running process was started from */
   release: string | null;
+  /** the port the app was given (the instance's PORT, else the manifest's), for the health check */
+  port: number | null;
 }
 
 /**
