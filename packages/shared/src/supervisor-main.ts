@@ -10,5 +10,8 @@ if (!values['app-dir']) {
   process.exit(2);
 }
 const log = createLogger({ level: process.env.KILN_LOG_LEVEL ?? 'info', name: 'kiln-supervisor' });
-await runSupervisorDaemon({ appDir: values['app-dir'], log, baseEnv: process.env });
+// The app gets a plain environment, never the credentials of whoever started the supervisor.
+const PASS = ['PATH', 'HOME', 'USER', 'LOGNAME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR'];
+const baseEnv = Object.fromEntries(PASS.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));
+await runSupervisorDaemon({ appDir: values['app-dir'], log, baseEnv });
 process.exit(0);
