@@ -1,4 +1,4 @@
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appLayout, install, isKilnError, rollback, type KilnError } from '@kiln/shared';
@@ -99,5 +99,34 @@ describe('install', () => {
     const h = await host();
     await install({ ...h.opts(), target: { version: '2.0.0' } });
     expect(await codeOf(install({ ...h.opts(), target: { version: '1.0.0' } }))).toBe('KILN_SEQ_DOWNGRADE');
+  });
+
+  it('rebuilds a state file that does not parse, from current and the complete markers', async () => {
+    const h = await host();
+    await install({ ...h.opts(), target: { version: '1.0.0' } });
+    await writeFile(appLayout(h.root, 'web').state, '{"schema": 1, "app": "web", "curr');
+    const r = await install({ ...h.opts(), target: { version: '2.0.0' } });
+    expect(r.previous).toBe('1.0.0');
+    const state = await h.state();
+    expect(state.rebuiltAt).toBeDefined();
+    expect(state.current?.version).toBe('2.0.0');
+    expect(state.previous?.version).toBe('1.0.0');
+  });
+
+  it('discards a journal that does not parse and keeps the current release', async () => {
+    const h = await host();
+    await install({ ...h.opts(), target: { version: '1.0.0' } });
+    await writeFile(appLayout(h.root, 'web').journal, 'garbage');
+    expect((await install({ ...h.opts(), target: { version: '2.0.0' } })).outcome).toBe('installed');
+    expect(await leftovers(h.root)).toEqual([]);
+  });
+
+  it('installs a release already on disk without a bucket, and needs one otherwise: KILN_NOT_INSTALLED', async () => {
+    const h = await host();
+    await install({ ...h.opts(), target: { version: '1.0.0' } });
+    await install({ ...h.opts(), target: { version: '2.0.0' } });
+    const { store: _omit, ...offline } = h.opts({ allowDowngrade: true });
+    expect((await install({ ...offline, target: { version: '1.0.0' } })).downloaded).toBe(false);
+    expect(await codeOf(install({ ...offline, target: { version: '3.0.0' } }))).toBe('KILN_NOT_INSTALLED');
   });
 });
