@@ -12,7 +12,8 @@ import { currentVersion, isComplete, loadState, pruneReleases, recoverApp } from
 import { writeJournal, writeState, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
 import { KilnError, asKilnError } from './kiln-error.js';
 import { checkName } from './names.js';
-import { fetchPointer, readLocalManifest, verifyManifest, type InstallTarget, type VerifiedManifest } from './release-resolve.js';
+import { s3Error } from './s3-errors.js';
+import { fetchPointer, readLocalManifest, targetName, verifyManifest, type InstallTarget, type VerifiedManifest } from './release-resolve.js';
 import type { ReleaseStore } from './release-store.js';
 import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits } from './safe-extract.js';
 import type { ServiceManager } from './service-manager.js';
@@ -91,6 +92,7 @@ export async function rollback(opts: Omit<InstallOptions, 'target' | 'allowDowng
 
 async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): Promise<InstallResult> {
   const app = checkName('app', opts.app);
+  targetName(opts.target); // every name is checked before anything touches the disk
   const layout = appLayout(opts.root, app);
   const log = opts.log.child({ module: 'install', app, root: layout.root });
   const limits: ExtractLimits = { ...DEFAULT_LIMITS, ...opts.limits };
@@ -272,6 +274,11 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
     meter.stream.on('end', () => (ended = true));
     try {
       const body = await opts.store!.getArtifact(manifest.artifact.key);
+      // pipe() passes on neither an error nor a close without end: a reset connection would wait for the stall timer.
+      body.once('error', (err) => meter.stream.destroy(s3Error(err, manifest.artifact.key)));
+      body.once('close', () => {
+        if (!body.readableEnded) meter.stream.destroy(new KilnError('KILN_S3_UNREACHABLE', `the connection closed after ${meter.result().bytes} of ${manifest.artifact.size} bytes of the artifact`));
+      });
       try {
         await extractTarGz(body.pipe(meter.stream), {
           dest: tree,
@@ -289,6 +296,7 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
       if (got.sha256 !== manifest.artifact.sha256) throw new KilnError('KILN_ARTIFACT_DIGEST', `the artifact has sha256 ${got.sha256} but the manifest declares ${manifest.artifact.sha256}`);
       return;
     } catch (err) {
+      meter.stream.destroy(); // disarms the stall timer when the stream never got going
       let e = asKilnError(err, 'KILN_INSTALL_FAILED');
       const got = meter.result();
       if (ended && got.bytes < manifest.artifact.size) e = new KilnError('KILN_ARTIFACT_SIZE', `the artifact ended after ${got.bytes} of ${manifest.artifact.size} bytes (truncated)`, { cause: e });

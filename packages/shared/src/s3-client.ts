@@ -39,6 +39,8 @@ export function createS3Client(loc: S3Location, opts: S3ClientOptions = {}): S3C
     requestHandler: new NodeHttpHandler({
       connectionTimeout: opts.connectTimeoutMs ?? 3_000,
       requestTimeout: opts.requestTimeoutMs ?? 15_000,
+      // smithy 4.x only warns about a breached requestTimeout unless told to throw
+      throwOnRequestTimeout: true,
     }),
   });
 }

@@ -228,6 +228,8 @@ export async function extractTarGz(source: Readable, opts: ExtractOptions): Prom
     });
     writers.add(stream);
     const done = new Promise<void>((resolve, reject) => {
+      // Without a listener the error is thrown out of band and 'close' never comes.
+      stream.on('error', reject);
       stream.on('close', () => (stream.errored ? reject(stream.errored) : resolve()));
     });
     return { stream, done };
