@@ -125,6 +125,14 @@ describe('publish', () => {
     expect(await codeOf(scanTree(links, { allowLinks: true }))).toBe('KILN_TAR_LINK');
   });
 
+  it('refuses a link chain that climbs out through another link (sub/l -> .., up -> sub/l/..)', async () => {
+    const chain = await makeApp('x');
+    await mkdir(path.join(chain, 'sub'));
+    await symlink('..', path.join(chain, 'sub/l'));
+    await symlink('sub/l/..', path.join(chain, 'up'));
+    expect(await codeOf(scanTree(chain, { allowLinks: true }))).toBe('KILN_TAR_LINK');
+  });
+
   it('ships links that stay inside when kiln.json allows them, and installs them', async () => {
     const dir = await makeApp('x', {}, { service: { command: ['node', 'server.js'] }, allowLinks: true });
     await symlink('server.js', path.join(dir, 'main.js'));

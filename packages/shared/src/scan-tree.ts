@@ -69,9 +69,16 @@ export async function scanTree(top: string, opts: ScanOptions): Promise<FileEntr
   return entries;
 }
 
-/** Throws unless a link at `rel` pointing to `target` resolves inside the release. */
+/** Throws unless a link at `rel` pointing to `target` resolves inside the release (at pack and at install). */
 export function checkLinkInside(rel: string, target: string): void {
   if (path.posix.isAbsolute(target)) throw new KilnError('KILN_TAR_LINK', `${rel} links to the absolute path ${target}: links must stay inside the release`);
   const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(rel), target));
   if (resolved === '..' || resolved.startsWith('../')) throw new KilnError('KILN_TAR_LINK', `${rel} links to ${target}, which leaves the release`);
+  // "sub/l/.." is inside on paper but climbs out through sub/l when that is itself a link:
+  // a target may climb only before it descends.
+  const segs = target.split('/').filter((s) => s !== '' && s !== '.');
+  const firstName = segs.findIndex((s) => s !== '..');
+  if (firstName !== -1 && segs.indexOf('..', firstName) !== -1) {
+    throw new KilnError('KILN_TAR_LINK', `${rel} links to ${target}, which climbs back up after going down: it could leave the release through another link`);
+  }
 }
