@@ -46,8 +46,13 @@ export const list = (flags: Flags, name: string): string[] => {
 
 export const localS3File = (home: string) => path.join(home, 's3.json');
 
-/** Where releases live: flags, then KILN_* variables, then the embedded S3 that `kiln up` runs. */
-export async function resolveLocation(flags: Flags, ctx: CliContext): Promise<S3Location> {
+/**
+ * Where releases live: flags, then KILN_* variables, then the embedded S3 that `kiln up` runs.
+ * With `optional`, nothing configured at all gives undefined instead of an error.
+ */
+export async function resolveLocation(flags: Flags, ctx: CliContext, optional: true): Promise<S3Location | undefined>;
+export async function resolveLocation(flags: Flags, ctx: CliContext, optional?: false): Promise<S3Location>;
+export async function resolveLocation(flags: Flags, ctx: CliContext, optional = false): Promise<S3Location | undefined> {
   const env = ctx.io.env;
   const bucket = str(flags, 'bucket') ?? env.KILN_BUCKET;
   const endpoint = str(flags, 's3-endpoint') ?? env.KILN_S3_ENDPOINT;
@@ -66,6 +71,7 @@ export async function resolveLocation(flags: Flags, ctx: CliContext): Promise<S3
   try {
     text = await readFile(localS3File(ctx.home), 'utf8');
   } catch {
+    if (optional) return undefined;
     throw new KilnError('KILN_CONFIG_INVALID', `no bucket given and no local S3 running: start one with \`kiln up\` (in this directory), or pass --bucket (and --s3-endpoint for S3-compatible servers)`);
   }
   const parsed = S3Location.safeParse(JSON.parse(text));
@@ -76,6 +82,12 @@ export async function resolveLocation(flags: Flags, ctx: CliContext): Promise<S3
 export async function openStore(flags: Flags, ctx: CliContext): Promise<ReleaseStore> {
   const loc = await resolveLocation(flags, ctx);
   return createReleaseStore(createS3Client(loc), loc.bucket, loc.prefix);
+}
+
+/** The store when one is configured; undefined when none is (an install from disk needs none). */
+export async function openStoreIfAny(flags: Flags, ctx: CliContext): Promise<ReleaseStore | undefined> {
+  const loc = await resolveLocation(flags, ctx, true);
+  return loc && createReleaseStore(createS3Client(loc), loc.bucket, loc.prefix);
 }
 
 export const defaultKeyDir = (home: string) => path.join(home, 'keys');

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { KilnError, createLogger, describeCode, isKilnError, type Logger } from '@kiln/shared';
+import { createLogger, isKilnError, type Logger } from '@kiln/shared';
 import type { CommandDef, OptionDef } from './cli-command.js';
 import type { CliContext, CliIO, Flags } from './cli-context.js';
 import { demoCommand } from './cmd-demo.js';
@@ -131,4 +131,3 @@ export async function runCli(argv: string[], opts: RunCliOptions): Promise<numbe
   }
 }
 
-export { describeCode, KilnError };

@@ -13,7 +13,7 @@ import {
   type InstallStep,
 } from '@kiln/shared';
 import { S3_OPTIONS, TRUST_OPTIONS, JSON_OPTION, type CommandDef, type OptionDef } from './cli-command.js';
-import { note, openStore, out, printJson, str, trustedKeys, type CliContext, type Flags } from './cli-context.js';
+import { note, openStore, openStoreIfAny, out, printJson, str, trustedKeys, type CliContext, type Flags } from './cli-context.js';
 import { createProgress } from './progress.js';
 import { formatTable } from './table.js';
 
@@ -98,11 +98,8 @@ export const installCommand: CommandDef = {
     const channel = str(flags, 'channel');
     if (!version === !channel) throw new KilnError('KILN_USAGE', 'install needs exactly one of --version V or --channel C');
     const base = await routineOptions(ctx, flags, app!);
-    const store = await openStore(flags, ctx).catch((err) => {
-      // A release already on disk installs without a bucket; anything else needs one.
-      if (channel) throw err;
-      return undefined;
-    });
+    // A release already on disk installs without a bucket; a channel always needs one.
+    const store = channel ? await openStore(flags, ctx) : await openStoreIfAny(flags, ctx);
     const result = await install({ ...base, target: version ? { version } : { channel: channel! }, ...(store ? { store } : {}), allowDowngrade: !!flags['allow-downgrade'] });
     report(ctx, result);
   },

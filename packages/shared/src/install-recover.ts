@@ -1,4 +1,4 @@
-import { mkdir, readdir, readlink, rm, stat } from 'node:fs/promises';
+import { readdir, readlink, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TMP_MARK, swapSymlink } from './fs-atomic.js';
@@ -60,7 +60,6 @@ async function removeTmp(dir: string): Promise<void> {
  * leaves `current` on a complete release, removes staging and temporary files, settles the journal.
  */
 export async function recoverApp(layout: AppLayout, app: string, log: Logger, service?: ServiceManager): Promise<{ interrupted: Operation | null }> {
-  await mkdir(layout.staging, { recursive: true });
   await rm(layout.staging, { recursive: true, force: true });
   await Promise.all([layout.appDir, layout.releases, layout.meta].map(removeTmp));
   let journal;

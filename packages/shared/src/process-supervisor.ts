@@ -1,7 +1,6 @@
 import { spawn } from 'node:child_process';
 import { openSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
@@ -92,4 +91,3 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
   };
 }
 
-export const supervisorLogFile = (appDir: string) => path.join(appDir, 'service.log');
