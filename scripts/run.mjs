@@ -2,7 +2,8 @@
 // Runs kiln from a fresh clone with nothing but Node >= 20 and npm: installs the workspace with pnpm
 // (through npx), builds it, then runs the demo, the test suite or a benchmark.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -46,9 +47,22 @@ if (mode === 'demo') {
 } else if (mode === 'test') {
   mkdirSync(path.join(top, 'test-results'), { recursive: true });
   const report = path.join(top, 'test-results/vitest.json');
+  // Everything the tests put in temp dirs goes in one directory, removed afterwards.
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'kiln-test-run-'));
   const code = run(process.execPath, [path.join(top, 'node_modules/vitest/vitest.mjs'), 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...rest], {
-    env: { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --openssl-legacy-provider`.trim() },
+    env: {
+      ...process.env,
+      TMPDIR: tmp,
+      ...(process.stdout.isTTY ? {} : { NO_COLOR: '1' }),
+      AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+      NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --openssl-legacy-provider`.trim(),
+    },
   });
+  try {
+    rmSync(tmp, { recursive: true, force: true, maxRetries: 3 });
+  } catch (err) {
+    console.error(`kiln: could not remove the tests' temp dir ${tmp}: ${err.message}`);
+  }
   let summary = 'no test report was written';
   if (existsSync(report)) {
     const r = JSON.parse(readFileSync(report, 'utf8'));

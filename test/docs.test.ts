@@ -1,11 +1,22 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { ERROR_CODES } from '@kiln/shared';
 
-describe('docs/errors.md', () => {
-  it('documents every error code and no code that does not exist', async () => {
-    const doc = await readFile(new URL('../docs/errors.md', import.meta.url), 'utf8');
+const top = new URL('../', import.meta.url);
+
+describe('docs', () => {
+  it('docs/errors.md documents every error code and no code that does not exist', async () => {
+    const doc = await readFile(new URL('docs/errors.md', top), 'utf8');
     const documented = [...doc.matchAll(/^\| `(KILN_[A-Z0-9_]+)` \|/gm)].map((m) => m[1]);
     expect(documented.sort()).toEqual(Object.keys(ERROR_CODES).sort());
+  });
+
+  it('every file README.md and docs/ link to exists', async () => {
+    for (const page of ['README.md', 'docs/install.md', 'docs/release-format.md', 'docs/errors.md']) {
+      const text = await readFile(new URL(page, top), 'utf8');
+      for (const [, link] of text.matchAll(/\]\(([^)#:]+)(?:#[^)]*)?\)/g)) {
+        await expect(stat(new URL(link!, new URL(page, top))), `${page} links to ${link}`).resolves.toBeTruthy();
+      }
+    }
   });
 });

@@ -299,7 +299,9 @@ describe('install() over S3 refuses a crafted release and keeps serving 1.0.0', 
     const { h, code } = await installOver(version);
     expect(code).toBe('ok');
     expect(await h.current()).toBe(version);
-    expect(await h.serving()).toContain('crafted-ok');
+    // the sample app answers with the release it runs from
+    expect(await h.serving()).toContain(`kiln-demo ${version} `);
+    expect((await readFile(path.join(appLayout(h.root, APP).release(version), 'VERSION'), 'utf8')).trim()).toBe('crafted-ok');
   });
 });
 

@@ -62,6 +62,16 @@ describe('install', () => {
     expect(r).toMatchObject({ outcome: 'unchanged', downloaded: false });
   });
 
+  it('starts a stopped app when asked to install what is installed', async () => {
+    const h = await host();
+    await install({ ...h.opts(), target: { version: '1.0.0' } });
+    await h.service.stop();
+    expect(await h.serving()).toBeUndefined();
+    const r = await install({ ...h.opts(), target: { version: '1.0.0' } });
+    expect(r).toMatchObject({ outcome: 'unchanged', downloaded: false });
+    expect(await h.serving()).toContain('1.0.0');
+  });
+
   it('upgrades in place and rolls back through the same routine', async () => {
     const h = await host();
     await install({ ...h.opts(), target: { version: '1.0.0' } });

@@ -1,4 +1,4 @@
-import { readFile, readlink } from 'node:fs/promises';
+import { readFile, readlink, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { appLayout, createProcessSupervisor, InstallState, type InstallOptions, type ReleaseStore, type ServiceManager } from '@kiln/shared';
 import { freePort, quietLog, tempDir, type Keys } from './release.js';
@@ -43,6 +43,10 @@ export async function makeHost(args: { store?: ReleaseStore; keys: Keys; app?: s
         return undefined;
       }
     },
-    stop: () => service.stop(),
+    stop: async () => {
+      await service.stop();
+      // best effort: a test that mounted something inside the root unmounts and removes it itself
+      await rm(root, { recursive: true, force: true }).catch(() => undefined);
+    },
   };
 }

@@ -1,9 +1,9 @@
 // kiln's sample app: answers with its release version; /healthz for the health gate.
 const http = require('node:http');
-const fs = require('node:fs');
 const path = require('node:path');
 
-const version = fs.readFileSync(path.join(__dirname, 'VERSION'), 'utf8').trim();
+// The release directory kiln runs it from is named after the version (releases/<version>).
+const version = path.basename(process.env.KILN_RELEASE_DIR || __dirname);
 const port = Number(process.env.PORT || 8080);
 
 http

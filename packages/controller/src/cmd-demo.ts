@@ -38,7 +38,7 @@ async function get(url: string): Promise<string> {
 
 export const demoCommand: CommandDef = {
   name: 'demo',
-  summary: 'run the whole release → install → hotfix → rollback story on local defaults',
+  summary: 'run the whole publish → install → upgrade in place → rollback story on local defaults',
   usage: 'demo [--keep]',
   details: 'Starts an embedded S3 on 127.0.0.1, publishes two versions of a sample HTTP app, installs, upgrades in place and rolls back, all in a temporary directory.',
   options: { keep: { type: 'boolean', help: 'leave the temporary directory (and nothing running) for a look afterwards' } },
@@ -50,7 +50,7 @@ export const demoCommand: CommandDef = {
     const started = Date.now();
     let t = Date.now();
     const step = (text: string) => {
-      out(ctx, ` ✓ ${text.padEnd(58)} ${String(Date.now() - t).padStart(5)} ms`);
+      out(ctx, ` ✓ ${String(Date.now() - t).padStart(5)} ms  ${text}`);
       t = Date.now();
     };
     const show = (text: string) => out(ctx, `     ${text}`);

@@ -81,7 +81,9 @@ export const installCommand: CommandDef = {
   name: 'install',
   summary: 'install a release on this host with the shared install routine',
   usage: 'install APP (--version V | --channel C) --root DIR [options]',
-  details: 'The same routine the agent runs at boot and on command: verify, extract, swap, restart, health gate, or swap back.',
+  details:
+    'The same routine the agent runs at boot and on command: verify, extract, swap, restart, health gate, or swap back.\n' +
+    'Installing what is installed changes nothing, but starts the app if it is not running.',
   options: {
     version: { type: 'string', value: 'V', help: 'install this version' },
     channel: { type: 'string', value: 'C', help: 'install what this channel points to' },
@@ -107,7 +109,7 @@ export const installCommand: CommandDef = {
 
 export const rollbackCommand: CommandDef = {
   name: 'rollback',
-  summary: 'swap back to the previous release on this host (health-gated)',
+  summary: 'swap back to the previous release on this host (health-gated); again swaps forward',
   usage: 'rollback APP --root DIR [options]',
   options: { ...ROOT_OPTION, ...RUN_OPTIONS, ...TRUST_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
@@ -143,8 +145,10 @@ export const stopCommand: CommandDef = {
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
     const layout = appLayout(rootOf(ctx, flags), app!);
-    await createProcessSupervisor({ appDir: layout.appDir, log: ctx.log }).stop();
-    out(ctx, `stopped ${app}`);
+    const service = createProcessSupervisor({ appDir: layout.appDir, log: ctx.log });
+    const { active } = await service.status();
+    await service.stop();
+    out(ctx, active ? `stopped ${app}` : `${app} was not running`);
   },
 };
 

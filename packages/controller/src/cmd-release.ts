@@ -120,7 +120,7 @@ export const releasePromote: CommandDef = {
   options: {
     channel: { type: 'string', value: 'CHANNEL', help: 'the channel, e.g. stable' },
     ttl: { type: 'string', value: 'DURATION', help: 'how long the pointer is valid: 90m, 12h, 30d (default 30d)' },
-    key: { type: 'string', value: 'FILE', help: 'the signing key (default .kiln/keys/release.key)' },
+    key: { type: 'string', value: 'FILE', help: 'the signing key (default .kiln/keys/release.key; env KILN_RELEASE_KEY)' },
     ...S3_OPTIONS,
     ...TRUST_OPTIONS,
     ...JSON_OPTION,

@@ -150,6 +150,12 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     const from = await currentVersion(layout);
     if (from === version && state.current?.manifestSha256 === verified.sha256) {
       if (pointerSeq && (state.channels[pointerSeq.channel] ?? 0) < pointerSeq.seq) state.channels[pointerSeq.channel] = pointerSeq.seq;
+      // Installed means installed and running: a stopped app is started (no swap, so nothing to undo).
+      if (!(await opts.service.status()).active) {
+        log.info({ version }, 'already installed but not running: starting it');
+        await opts.service.restart(manifest.service);
+        if (!opts.skipHealth) await waitHealthy({ health: manifest.health, service: manifest.service, port: opts.port ?? (await opts.service.status()).port ?? undefined, cwd: layout.release(version) });
+      }
       await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: now().toISOString(), outcome: 'unchanged' });
       log.info({ version }, 'already installed: nothing to do');
       return { outcome: 'unchanged', app, version, previous: state.previous?.version ?? null, via: state.current.via, downloaded: false, timings };

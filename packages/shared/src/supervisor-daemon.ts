@@ -35,7 +35,7 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
   status.generation = previous?.generation ?? 0;
   // A child left behind by a daemon that was killed would hold the app's port: end it first.
   if (previous?.childPid && previous.daemonPid !== process.pid && !isAlive(previous.daemonPid) && isAlive(previous.childPid)) {
-    log.warn({ pid: previous.childPid }, 'ending an app process left by a dead supervisor');
+    log.warn({ childPid: previous.childPid }, 'ending an app process left by a dead supervisor');
     killGroup(previous.childPid, 'SIGKILL');
   }
 
@@ -77,7 +77,7 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
     status.childPid = proc.pid ?? null;
     status.release = cwd;
     status.state = 'running';
-    log.info({ pid: proc.pid, release: cwd }, 'app started');
+    log.info({ childPid: proc.pid, release: cwd }, 'app started');
     proc.on('error', (err) => log.error({ err }, 'app failed to spawn'));
     proc.on('exit', (code, signal) => {
       if (child !== proc) return;
