@@ -1,7 +1,7 @@
 import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { appLayout, install, isKilnError, rollback, type KilnError } from '@kiln/shared';
+import { appLayout, install, isKilnError, rollback, type KilnError, type ReleaseStore } from '@kiln/shared';
 import { makeHost, type Host } from './helpers/host.js';
 import { leftovers, makeKeys, pushApp } from './helpers/release.js';
 import { startS3, type S3Fixture } from './helpers/s3.js';
@@ -138,5 +138,44 @@ describe('install', () => {
     const { store: _omit, ...offline } = h.opts({ allowDowngrade: true });
     expect((await install({ ...offline, target: { version: '1.0.0' } })).downloaded).toBe(false);
     expect(await codeOf(install({ ...offline, target: { version: '3.0.0' } }))).toBe('KILN_NOT_INSTALLED');
+  });
+
+  // Regression: install() read state.json before the lock and decided on that copy, so an install
+  // that waited on S3 while another one finished could put an older release over a newer one.
+  it('decides on the state read under the lock, not on one read while waiting on S3', async () => {
+    const h = await host();
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let waiting!: () => void;
+    const atManifest = new Promise<void>((r) => (waiting = r));
+    const slow: ReleaseStore = {
+      ...s3.store,
+      getManifest: async (app, version) => {
+        waiting();
+        await gate;
+        return s3.store.getManifest(app, version);
+      },
+    };
+    const older = install({ ...h.opts({ store: slow }), target: { version: '1.0.0' } });
+    await atManifest;
+    await install({ ...h.opts(), target: { version: '2.0.0' } });
+    release();
+    expect(await codeOf(older)).toBe('KILN_SEQ_DOWNGRADE');
+    expect((await h.state()).current?.version).toBe('2.0.0');
+  });
+
+  // Regression: the stall timer was armed before the artifact request answered; a slow answer made
+  // it fire with nobody listening, an uncaught error that would end an agent.
+  it('waits for a slow artifact answer without a stray stall timer', async () => {
+    const h = await host();
+    const slow: ReleaseStore = {
+      ...s3.store,
+      getArtifact: async (key, signal) => {
+        await new Promise((r) => setTimeout(r, 600));
+        return s3.store.getArtifact(key, signal);
+      },
+    };
+    const r = await install({ ...h.opts({ store: slow, idleTimeoutMs: 200 }), target: { version: '1.0.0' } });
+    expect(r.outcome).toBe('installed');
   });
 });

@@ -1,4 +1,4 @@
-import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createProcessSupervisor, isAlive, readSupervisorStatus, supervisorPaths, type ServiceManager, type ServiceSpec } from '@kiln/shared';
@@ -68,5 +68,15 @@ describe('process supervisor', () => {
     await expect.poll(() => isAlive(orphan)).toBe(false);
     await expect.poll(async () => (await get().catch(() => undefined))?.pid, { timeout: 5_000 }).toBeGreaterThan(0);
     expect((await get()).pid).not.toBe(orphan);
+  });
+
+  // Regression: the log file opened for a spawned daemon (and for every app start) was never closed.
+  it('leaves no file descriptor open in the process that starts it', async () => {
+    const { service, spec } = await setup();
+    const fds = async () => (await readdir('/proc/self/fd')).length;
+    const before = await fds();
+    await service.restart(spec);
+    await service.stop();
+    expect(await fds()).toBe(before);
   });
 });

@@ -43,8 +43,10 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
       await rm(mine, { force: true });
     }
     let owner: (LockOwner & { what?: string }) | undefined;
+    let text = '';
     try {
-      owner = JSON.parse(await readFile(file, 'utf8'));
+      text = await readFile(file, 'utf8');
+      owner = JSON.parse(text);
     } catch {
       owner = undefined; // vanished or unreadable: look again
     }
@@ -52,9 +54,13 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
     if (ownerAlive(owner)) {
       throw new KilnError('KILN_BUSY', `another install holds the lock ${file} (pid ${owner.pid}${owner.what ? `, ${owner.what}` : ''}, since ${owner.since}); retry when it finishes`, { details: { pid: owner.pid } });
     }
-    // Stale: rename it away first so two breakers cannot remove each other's fresh lock.
+    // Stale: move it aside, then make sure what moved is the lock judged stale. Another breaker may
+    // have replaced it with its own fresh lock in between: that one goes back.
     const aside = `${file}.stale-${randomBytes(4).toString('hex')}`;
-    await rename(file, aside).then(() => rm(aside, { force: true }), () => undefined);
+    if (await rename(file, aside).then(() => true, () => false)) {
+      if ((await readFile(aside, 'utf8').catch(() => text)) !== text) await link(aside, file).catch(() => undefined);
+      await rm(aside, { force: true });
+    }
   }
   throw new KilnError('KILN_BUSY', `could not take the install lock ${file}: it keeps changing hands`);
 }

@@ -8,6 +8,7 @@ import { KilnError, isKilnError } from './kiln-error.js';
 import { readLocalManifest } from './release-resolve.js';
 import { Manifest } from './release-schema.js';
 import type { ServiceManager } from './service-manager.js';
+import { isAlive } from './process-alive.js';
 import { sha256Hex } from './signing.js';
 
 /** The version `current` points to, or null. */
@@ -55,6 +56,18 @@ async function removeTmp(dir: string): Promise<void> {
   await Promise.all(names.filter((n) => n.startsWith(TMP_MARK)).map((n) => rm(path.join(dir, n), { recursive: true, force: true })));
 }
 
+/** A lock being written (`install.lock.PID-x`) by a process that died, or one moved aside as stale. */
+async function removeLockLeftovers(lock: string): Promise<void> {
+  const dir = path.dirname(lock);
+  const base = `${path.basename(lock)}.`;
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!name.startsWith(base)) continue;
+    const rest = name.slice(base.length);
+    const pid = Number(/^(\d+)-/.exec(rest)?.[1]);
+    if (rest.startsWith('stale-') || (pid && !isAlive(pid))) await rm(path.join(dir, name), { force: true });
+  }
+}
+
 /**
  * Start-up recovery, run under the install lock before any install and by the agent at boot:
  * leaves `current` on a complete release, removes staging and temporary files, settles the journal.
@@ -62,6 +75,7 @@ async function removeTmp(dir: string): Promise<void> {
 export async function recoverApp(layout: AppLayout, app: string, log: Logger, service?: ServiceManager): Promise<{ interrupted: Operation | null }> {
   await rm(layout.staging, { recursive: true, force: true });
   await Promise.all([layout.appDir, layout.releases, layout.meta].map(removeTmp));
+  await removeLockLeftovers(layout.lock);
   let journal;
   try {
     journal = await readJournal(layout.journal);
@@ -82,16 +96,21 @@ export async function recoverApp(layout: AppLayout, app: string, log: Logger, se
       const local = await readLocalManifest(layout.metaFile(journal.version));
       const m = Manifest.parse(JSON.parse(local!.bytes.toString('utf8')));
       if (state.current?.version !== journal.version) state.previous = state.current;
-      state.current = { version: journal.version, seq: m.seq, manifestSha256: sha256Hex(local!.bytes), artifactSha256: m.artifact.sha256, via: journal.op === 'rollback' ? 'rollback' : 'manual', installedAt: now };
+      state.current = { version: journal.version, seq: m.seq, manifestSha256: sha256Hex(local!.bytes), artifactSha256: m.artifact.sha256, via: journal.via, installedAt: now };
+      if (journal.pointer) state.channels[journal.pointer.channel] = Math.max(state.channels[journal.pointer.channel] ?? 0, journal.pointer.seq);
       interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: journal.op === 'rollback' ? 'rolled-back' : 'installed' };
     } else {
+      // Past the swap the service may run the new release even where `current` was already swapped
+      // back (a kill between the swap-back and its restart): put both back.
+      const touchedService = journal.step === 'restart' || journal.step === 'health' || cur !== journal.from;
       if (cur !== journal.from) {
         if (journal.from && (await isComplete(layout, journal.from))) await swapSymlink(layout.current, `releases/${journal.from}`);
         else if (!journal.from) await rm(layout.current, { force: true });
-        log.warn({ version: journal.version, step: journal.step, back: journal.from }, 'an install was interrupted after the swap: swapped back');
-        if (service && journal.from) await service.restart(Manifest.parse(JSON.parse((await readLocalManifest(layout.metaFile(journal.from)))!.bytes.toString('utf8'))).service).catch((err) => log.error({ err }, 'could not restart the previous release'));
-      } else {
-        log.warn({ version: journal.version, step: journal.step }, 'an install was interrupted: cleaned up');
+      }
+      log.warn({ version: journal.version, step: journal.step, back: journal.from }, 'an install was interrupted: put back what it changed');
+      if (service && touchedService) {
+        const prev = journal.from ? await readLocalManifest(layout.metaFile(journal.from)) : undefined;
+        await (prev ? service.restart(Manifest.parse(JSON.parse(prev.bytes.toString('utf8'))).service) : service.stop()).catch((err) => log.error({ err }, 'could not put the service back'));
       }
       const error = new KilnError('KILN_INTERRUPTED', `the ${journal.op} of ${journal.version} was interrupted at step ${journal.step} (pid ${journal.pid}); ${journal.from ?? 'nothing'} stays current`);
       interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: 'interrupted', error: { code: error.code, message: error.message } };

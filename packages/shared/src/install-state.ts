@@ -55,6 +55,9 @@ export const Journal = z.strictObject({
   version: z.string(),
   /** what `current` pointed to before this operation */
   from: z.string().nullable(),
+  /** how the release gets here, and the channel pointer that asked for it: recovery commits them */
+  via: Via,
+  pointer: z.strictObject({ channel: z.string(), seq: z.number().int() }).optional(),
   step: JournalStep,
   /** the staging directory of this operation, removed by recovery */
   staging: z.string().nullable(),

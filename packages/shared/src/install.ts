@@ -9,7 +9,7 @@ import { waitHealthy } from './health-check.js';
 import { acquireLock } from './install-lock.js';
 import { appLayout, type AppLayout } from './install-layout.js';
 import { currentVersion, isComplete, loadState, pruneReleases, recoverApp } from './install-recover.js';
-import { writeJournal, writeState, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
+import { readState, writeJournal, writeState, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
 import { KilnError, asKilnError } from './kiln-error.js';
 import { checkName } from './names.js';
 import { s3Error } from './s3-errors.js';
@@ -109,12 +109,11 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     log.debug({ step: name, version }, 'install step');
   };
 
-  await mkdir(layout.appDir, { recursive: true });
-  let state = await loadState(layout, app, log);
-  if (opts.commandId) {
-    const done = state.commands.find((c) => c.commandId === opts.commandId);
-    if (done) return replayed(done, app, via);
-  }
+  // Before the lock only a read-only peek (a command already done, the accepted pointer seq); every
+  // decision is made again under the lock on a fresh read, since another install may run meanwhile.
+  const peek = await readState(layout.state).catch(() => undefined);
+  const earlier = opts.commandId ? peek?.commands.find((c) => c.commandId === opts.commandId) : undefined;
+  if (earlier) return replayed(earlier, app, via);
 
   let version: string;
   let pointerSeq: { channel: string; seq: number } | undefined;
@@ -123,8 +122,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     const channel = checkName('channel', opts.target.channel);
     if (!opts.store) throw new Error('installing from a channel needs a release store');
     const pointer = await fetchPointer(opts.store, app, channel, opts.keys, now());
-    const seen = state.channels[channel] ?? 0;
-    if (pointer.seq < seen) throw new KilnError('KILN_POINTER_STALE', `channel pointer ${app}/${channel} has seq ${pointer.seq}, older than seq ${seen} already accepted: refusing a replayed pointer`);
+    checkPointerSeq(app, channel, pointer.seq, peek?.channels[channel] ?? 0);
     version = pointer.version;
     expectSha = pointer.manifestSha256;
     pointerSeq = { channel, seq: pointer.seq };
@@ -141,11 +139,16 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   let journal: Journal | undefined;
   let staging: string | undefined;
   try {
-    const recovered = await recoverApp(layout, app, log, opts.service);
-    if (recovered.interrupted) state = await loadState(layout, app, log);
+    await mkdir(layout.appDir, { recursive: true });
+    await recoverApp(layout, app, log, opts.service);
+    const state = await loadState(layout, app, log);
     if (opts.commandId) {
       const done = state.commands.find((c) => c.commandId === opts.commandId);
       if (done) return replayed(done, app, via);
+    }
+    if (pointerSeq) checkPointerSeq(app, pointerSeq.channel, pointerSeq.seq, state.channels[pointerSeq.channel] ?? 0);
+    if (op === 'rollback' && state.previous?.version !== version) {
+      throw new KilnError('KILN_NO_PREVIOUS', `the previous release of ${app} changed while this rollback waited for the lock; run it again`);
     }
     const from = await currentVersion(layout);
     if (from === version && state.current?.manifestSha256 === verified.sha256) {
@@ -165,7 +168,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       throw new KilnError('KILN_SEQ_DOWNGRADE', `${app} ${version} has seq ${manifest.seq}, lower than the installed ${state.current!.version} (seq ${installedSeq}); use \`kiln rollback\` or --allow-downgrade`);
     }
 
-    journal = { schema: 1, op, app, version, from, step: 'fetch', staging: null, ...(opts.commandId ? { commandId: opts.commandId } : {}), startedAt: started, pid: process.pid };
+    journal = { schema: 1, op, app, version, from, via, ...(pointerSeq ? { pointer: pointerSeq } : {}), step: 'fetch', staging: null, ...(opts.commandId ? { commandId: opts.commandId } : {}), startedAt: started, pid: process.pid };
     // The journal names the step before it starts; the hook runs after, so a crash there is recoverable.
     const advance = async (s: JournalStep) => {
       step(s, version);
@@ -239,6 +242,10 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   }
 }
 
+function checkPointerSeq(app: string, channel: string, seq: number, accepted: number): void {
+  if (seq < accepted) throw new KilnError('KILN_POINTER_STALE', `channel pointer ${app}/${channel} has seq ${seq}, older than seq ${accepted} already accepted: refusing a replayed pointer`);
+}
+
 function replayed(done: Operation, app: string, via: Via): InstallResult {
   if (done.error) throw new KilnError(done.error.code as KilnError['code'], `command ${done.commandId} already ran: ${done.error.message}`);
   return { outcome: 'unchanged', app, version: done.version, previous: null, via, downloaded: false, timings: {} };
@@ -275,18 +282,20 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
   for (let attempt = 1; ; attempt++) {
     await rm(tree, { recursive: true, force: true });
     await mkdir(tree, { mode: 0o755 });
-    const meter = artifactMeter(manifest.artifact.size, opts.idleTimeoutMs ?? 10_000);
+    let meter: ReturnType<typeof artifactMeter> | undefined;
     let ended = false;
-    meter.stream.on('end', () => (ended = true));
     try {
       const body = await opts.store!.getArtifact(manifest.artifact.key);
+      // Armed only now: a stall timer running while the request waits would fire with no listener.
+      const m = (meter = artifactMeter(manifest.artifact.size, opts.idleTimeoutMs ?? 10_000));
+      m.stream.on('end', () => (ended = true));
       // pipe() passes on neither an error nor a close without end: a reset connection would wait for the stall timer.
-      body.once('error', (err) => meter.stream.destroy(s3Error(err, manifest.artifact.key)));
+      body.once('error', (err) => m.stream.destroy(s3Error(err, manifest.artifact.key)));
       body.once('close', () => {
-        if (!body.readableEnded) meter.stream.destroy(new KilnError('KILN_S3_UNREACHABLE', `the connection closed after ${meter.result().bytes} of ${manifest.artifact.size} bytes of the artifact`));
+        if (!body.readableEnded) m.stream.destroy(new KilnError('KILN_S3_UNREACHABLE', `the connection closed after ${m.result().bytes} of ${manifest.artifact.size} bytes of the artifact`));
       });
       try {
-        await extractTarGz(body.pipe(meter.stream), {
+        await extractTarGz(body.pipe(m.stream), {
           dest: tree,
           limits,
           expected: { files: manifest.files, allowLinks: manifest.allowLinks },
@@ -297,15 +306,15 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
       } finally {
         body.destroy();
       }
-      const got = meter.result();
+      const got = m.result();
       if (got.bytes !== manifest.artifact.size) throw new KilnError('KILN_ARTIFACT_SIZE', `the artifact is ${got.bytes} bytes but the manifest declares ${manifest.artifact.size} (truncated download?)`);
       if (got.sha256 !== manifest.artifact.sha256) throw new KilnError('KILN_ARTIFACT_DIGEST', `the artifact has sha256 ${got.sha256} but the manifest declares ${manifest.artifact.sha256}`);
       return;
     } catch (err) {
-      meter.stream.destroy(); // disarms the stall timer when the stream never got going
+      meter?.stream.destroy(); // disarms the stall timer
       let e = asKilnError(err, 'KILN_INSTALL_FAILED');
-      const got = meter.result();
-      if (ended && got.bytes < manifest.artifact.size) e = new KilnError('KILN_ARTIFACT_SIZE', `the artifact ended after ${got.bytes} of ${manifest.artifact.size} bytes (truncated)`, { cause: e });
+      const got = meter?.result();
+      if (ended && got && got.bytes < manifest.artifact.size) e = new KilnError('KILN_ARTIFACT_SIZE', `the artifact ended after ${got.bytes} of ${manifest.artifact.size} bytes (truncated)`, { cause: e });
       if ((err as NodeJS.ErrnoException).code === 'ENOSPC' || (e.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC') {
         e = new KilnError('KILN_NO_SPACE', `the disk filled up while extracting ${manifest.app} ${manifest.version}`, { cause: err });
       }

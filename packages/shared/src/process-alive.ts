@@ -21,6 +21,12 @@ export function isAlive(pid: number | null | undefined): boolean {
   return statFields(pid)?.[0] !== 'Z';
 }
 
+/** Whether `pid` still is the process that had start time `start` (a pid is reused after a reboot). */
+export function isSameProcess(pid: number | null | undefined, start: string | null | undefined): boolean {
+  if (!isAlive(pid)) return false;
+  return !start || processStart(pid!) === start;
+}
+
 /** The process's start time in clock ticks since boot (Linux), so a reused pid is not mistaken for it; null elsewhere. */
 export function processStart(pid: number): string | null {
   return statFields(pid)?.[19] ?? null;

@@ -1,11 +1,11 @@
 import { spawn } from 'node:child_process';
-import { openSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from './fs-atomic.js';
-import { isAlive } from './process-alive.js';
+import { isAlive, isSameProcess } from './process-alive.js';
 import { KilnError } from './kiln-error.js';
 import type { ServiceSpec } from './release-schema.js';
 import type { ServiceManager, ServiceStatus } from './service-manager.js';
@@ -44,7 +44,7 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
 
   async function liveDaemon(): Promise<number | undefined> {
     const st = await readSupervisorStatus(files.status);
-    return st && st.state !== 'stopped' && isAlive(st.daemonPid) ? st.daemonPid : undefined;
+    return st && st.state !== 'stopped' && isSameProcess(st.daemonPid, st.daemonStart) ? st.daemonPid : undefined;
   }
 
   return {
@@ -64,6 +64,7 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
         await mkdir(opts.appDir, { recursive: true });
         const out = openSync(files.log, 'a');
         const daemon = spawn(cmd!, [...args, '--app-dir', opts.appDir], { detached: true, stdio: ['ignore', out, out] });
+        closeSync(out); // the daemon has its own copy
         daemon.unref();
         log.info({ pid: daemon.pid }, 'started the process supervisor');
       }
@@ -71,7 +72,7 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
         'start the app',
         async () => {
           const st = await readSupervisorStatus(files.status);
-          return !!st && st.generation > before && st.state === 'running' && isAlive(st.childPid);
+          return !!st && st.generation > before && st.state === 'running' && isSameProcess(st.childPid, st.childStart);
         },
         timeoutMs + spec.stopTimeoutMs,
       );
@@ -84,7 +85,7 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
     },
     async status(): Promise<ServiceStatus> {
       const [st, svc] = await Promise.all([readSupervisorStatus(files.status), readServiceFile(files.service)]);
-      const active = !!st && isAlive(st.daemonPid) && st.state === 'running' && isAlive(st.childPid);
+      const active = !!st && isSameProcess(st.daemonPid, st.daemonStart) && st.state === 'running' && isSameProcess(st.childPid, st.childStart);
       const port = Number(svc?.env.PORT ?? svc?.spec.port) || null;
       return { active, pid: active ? st!.childPid : null, release: active ? st!.release : null, port };
     },

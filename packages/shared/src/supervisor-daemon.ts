@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, readFileSync, realpathSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from './fs-atomic.js';
-import { isAlive } from './process-alive.js';
+import { isSameProcess, processStart } from './process-alive.js';
 import { ServiceFile, readSupervisorStatus, supervisorPaths, type SupervisorStatus } from './supervisor-files.js';
 
 export interface SupervisorDaemonOptions {
@@ -23,7 +23,9 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
   const current = path.join(opts.appDir, 'current');
   const status: SupervisorStatus = {
     daemonPid: process.pid,
+    daemonStart: processStart(process.pid),
     childPid: null,
+    childStart: null,
     release: null,
     generation: 0,
     state: 'starting',
@@ -34,7 +36,7 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
   const previous = await readSupervisorStatus(files.status);
   status.generation = previous?.generation ?? 0;
   // A child left behind by a daemon that was killed would hold the app's port: end it first.
-  if (previous?.childPid && previous.daemonPid !== process.pid && !isAlive(previous.daemonPid) && isAlive(previous.childPid)) {
+  if (previous?.childPid && !isSameProcess(previous.daemonPid, previous.daemonStart) && isSameProcess(previous.childPid, previous.childStart)) {
     log.warn({ childPid: previous.childPid }, 'ending an app process left by a dead supervisor');
     killGroup(previous.childPid, 'SIGKILL');
   }
@@ -72,9 +74,11 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
     const env: NodeJS.ProcessEnv = { ...opts.baseEnv, ...svc.spec.env, KILN_RELEASE_DIR: cwd, ...(svc.spec.port ? { PORT: String(svc.spec.port) } : {}), ...svc.env };
     const out = openSync(files.log, 'a');
     const proc = spawn(svc.spec.command[0]!, svc.spec.command.slice(1), { cwd, env, stdio: ['ignore', out, out], detached: true });
+    closeSync(out); // the child has its own copy
     child = proc;
     startedAt = Date.now();
     status.childPid = proc.pid ?? null;
+    status.childStart = proc.pid ? processStart(proc.pid) : null;
     status.release = cwd;
     status.state = 'running';
     log.info({ childPid: proc.pid, release: cwd }, 'app started');
@@ -83,6 +87,7 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
       if (child !== proc) return;
       child = undefined;
       status.childPid = null;
+      status.childStart = null;
       status.lastExit = `exit ${code ?? signal}`;
       if (stopping) return;
       if (Date.now() - startedAt > 30_000) backoffMs = 200;
@@ -107,6 +112,7 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
     await exited;
     clearTimeout(timer);
     status.childPid = null;
+    status.childStart = null;
   };
 
   const stopTimeout = () => {

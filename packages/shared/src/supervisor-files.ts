@@ -14,7 +14,10 @@ export type ServiceFile = z.infer<typeof ServiceFile>;
 /** What the supervisor daemon reports about itself and the app. */
 export const SupervisorStatus = z.strictObject({
   daemonPid: z.number().int(),
+  /** start times (processStart) of the daemon and the child: a pid alone is reused after a reboot */
+  daemonStart: z.string().nullable(),
   childPid: z.number().int().nullable(),
+  childStart: z.string().nullable(),
   /** the resolved release directory the child runs in */
   release: z.string().nullable(),
   /** grows with every (re)start the daemon was asked for */
