@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { appLayout } from '@kiln/shared';
+import { appLayout, swapSymlink } from '@kiln/shared';
 import { kiln, startKiln } from './helpers/cli.js';
 import { makeHost, type Host } from './helpers/host.js';
 import { leftovers, makeKeys, pushApp, tempDir } from './helpers/release.js';
@@ -105,5 +105,19 @@ describe('SIGKILL of the installing process', () => {
     const again = await kiln(cliArgs(h, '2.0.0'), { env });
     expect(again.code, again.stderr).toBe(0);
     expect(await expectConsistent(h)).toBe('2.0.0');
+  });
+
+  // Regression: a kill after the swap-back to the old release but before its restart left the
+  // failed release running, because recovery restarted only when `current` still pointed at it.
+  it('after the swap-back but before the restart: recovery restarts the old release', async () => {
+    const h = await makeHost({ store: s3.store, keys });
+    hosts.push(h);
+    expect((await kiln(cliArgs(h, '1.0.0'), { env })).code).toBe(0);
+    await killAt(h, /paused at /, 'health');
+    await expect.poll(() => h.serving(), { timeout: 5_000 }).toContain('2.0.0');
+    await swapSymlink(appLayout(h.root, 'web').current, 'releases/1.0.0');
+    const rec = await kiln(['recover', 'web', '--root', h.root]);
+    expect(rec.code, rec.stderr).toBe(0);
+    expect(await expectConsistent(h)).toBe('1.0.0');
   });
 });
