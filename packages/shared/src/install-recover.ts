@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { TMP_MARK, swapSymlink } from './fs-atomic.js';
 import type { AppLayout } from './install-layout.js';
-import { emptyState, readJournal, readState, writeState, type InstallState, type Operation } from './install-state.js';
+import { emptyState, readJournal, readState, writeState, type InstallState, type InstalledRelease, type Operation, type Via } from './install-state.js';
 import { KilnError, isKilnError } from './kiln-error.js';
 import { readLocalManifest } from './release-resolve.js';
 import { Manifest } from './release-schema.js';
@@ -30,6 +30,24 @@ export async function isComplete(layout: AppLayout, version: string): Promise<bo
   }
 }
 
+/** The manifest of a complete release on disk (its marker), parsed, or undefined. */
+export async function readInstalledManifest(layout: AppLayout, version: string): Promise<{ manifest: Manifest; sha256: string } | undefined> {
+  const local = await readLocalManifest(layout.metaFile(version));
+  const parsed = local && Manifest.safeParse(JSON.parse(local.bytes.toString('utf8')));
+  return parsed?.success ? { manifest: parsed.data, sha256: sha256Hex(local!.bytes) } : undefined;
+}
+
+/** What state.json records of the release `current` points to. */
+export function installedRelease(version: string, m: { manifest: Manifest; sha256: string }, via: Via, installedAt: string): InstalledRelease {
+  return { version, seq: m.manifest.seq, manifestSha256: m.sha256, artifactSha256: m.manifest.artifact.sha256, via, installedAt };
+}
+
+/** Runs `version`'s service again after a failed or interrupted install, or stops the app when there is none. */
+export async function restoreService(layout: AppLayout, version: string | null, service: ServiceManager, log: Logger): Promise<void> {
+  const prev = version ? await readInstalledManifest(layout, version) : undefined;
+  await (prev ? service.restart(prev.manifest.service) : service.stop()).catch((err) => log.error({ err, version }, 'could not put the service back'));
+}
+
 /** Loads the state, rebuilding it from the disk (current symlink + complete markers) when it does not parse. */
 export async function loadState(layout: AppLayout, app: string, log: Logger): Promise<InstallState> {
   try {
@@ -39,13 +57,8 @@ export async function loadState(layout: AppLayout, app: string, log: Logger): Pr
     log.warn({ err }, 'install state does not parse: rebuilding it from the disk');
     const state: InstallState = { ...emptyState(app), rebuiltAt: new Date().toISOString() };
     const version = await currentVersion(layout);
-    const local = version ? await readLocalManifest(layout.metaFile(version)) : undefined;
-    if (version && local) {
-      const m = Manifest.safeParse(JSON.parse(local.bytes.toString('utf8')));
-      if (m.success) {
-        state.current = { version, seq: m.data.seq, manifestSha256: sha256Hex(local.bytes), artifactSha256: m.data.artifact.sha256, via: 'manual', installedAt: new Date().toISOString() };
-      }
-    }
+    const installed = version ? await readInstalledManifest(layout, version) : undefined;
+    if (installed) state.current = installedRelease(version!, installed, 'manual', new Date().toISOString());
     await writeState(layout.state, state);
     return state;
   }
@@ -93,10 +106,9 @@ export async function recoverApp(layout: AppLayout, app: string, log: Logger, se
     const committed = journal.step === 'commit' && cur === journal.version && (await isComplete(layout, journal.version));
     if (committed) {
       // Health had passed; only the state write was lost. Finish it.
-      const local = await readLocalManifest(layout.metaFile(journal.version));
-      const m = Manifest.parse(JSON.parse(local!.bytes.toString('utf8')));
+      const installed = await readInstalledManifest(layout, journal.version);
       if (state.current?.version !== journal.version) state.previous = state.current;
-      state.current = { version: journal.version, seq: m.seq, manifestSha256: sha256Hex(local!.bytes), artifactSha256: m.artifact.sha256, via: journal.via, installedAt: now };
+      state.current = installedRelease(journal.version, installed!, journal.via, now);
       if (journal.pointer) state.channels[journal.pointer.channel] = Math.max(state.channels[journal.pointer.channel] ?? 0, journal.pointer.seq);
       interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: journal.op === 'rollback' ? 'rolled-back' : 'installed' };
     } else {
@@ -108,10 +120,7 @@ export async function recoverApp(layout: AppLayout, app: string, log: Logger, se
         else if (!journal.from) await rm(layout.current, { force: true });
       }
       log.warn({ version: journal.version, step: journal.step, back: journal.from }, 'an install was interrupted: put back what it changed');
-      if (service && touchedService) {
-        const prev = journal.from ? await readLocalManifest(layout.metaFile(journal.from)) : undefined;
-        await (prev ? service.restart(Manifest.parse(JSON.parse(prev.bytes.toString('utf8'))).service) : service.stop()).catch((err) => log.error({ err }, 'could not put the service back'));
-      }
+      if (service && touchedService) await restoreService(layout, journal.from, service, log);
       const error = new KilnError('KILN_INTERRUPTED', `the ${journal.op} of ${journal.version} was interrupted at step ${journal.step} (pid ${journal.pid}); ${journal.from ?? 'nothing'} stays current`);
       interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: 'interrupted', error: { code: error.code, message: error.message } };
     }

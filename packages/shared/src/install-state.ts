@@ -59,8 +59,6 @@ export const Journal = z.strictObject({
   via: Via,
   pointer: z.strictObject({ channel: z.string(), seq: z.number().int() }).optional(),
   step: JournalStep,
-  /** the staging directory of this operation, removed by recovery */
-  staging: z.string().nullable(),
   commandId: z.string().optional(),
   startedAt: z.string(),
   pid: z.number().int(),

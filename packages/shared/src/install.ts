@@ -8,7 +8,7 @@ import { fsyncDir, swapSymlink, writeFileAtomic } from './fs-atomic.js';
 import { waitHealthy } from './health-check.js';
 import { acquireLock } from './install-lock.js';
 import { appLayout, type AppLayout } from './install-layout.js';
-import { currentVersion, isComplete, loadState, pruneReleases, recoverApp } from './install-recover.js';
+import { currentVersion, installedRelease, isComplete, loadState, pruneReleases, recoverApp, restoreService } from './install-recover.js';
 import { readState, writeJournal, writeState, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
 import { KilnError, asKilnError } from './kiln-error.js';
 import { checkName } from './names.js';
@@ -82,8 +82,9 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
 /** Swaps back to the previous release (on disk, re-verified) through the same routine. */
 export async function rollback(opts: Omit<InstallOptions, 'target' | 'allowDowngrade'>): Promise<InstallResult> {
   const layout = appLayout(opts.root, opts.app);
-  const state = await loadState(layout, opts.app, opts.log);
-  if (!state.previous) throw new KilnError('KILN_NO_PREVIOUS', `${opts.app} has no previous release on ${layout.root} to roll back to`);
+  // Read only: the routine re-reads (and, if need be, rebuilds) the state under the lock.
+  const state = await readState(layout.state).catch(() => undefined);
+  if (!state?.previous) throw new KilnError('KILN_NO_PREVIOUS', `${opts.app} has no previous release on ${layout.root} to roll back to`);
   if (!(await isComplete(layout, state.previous.version))) {
     throw new KilnError('KILN_NO_PREVIOUS', `the previous release ${state.previous.version} is no longer on disk; install a version instead`);
   }
@@ -157,7 +158,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       if (!(await opts.service.status()).active) {
         log.info({ version }, 'already installed but not running: starting it');
         await opts.service.restart(manifest.service);
-        if (!opts.skipHealth) await waitHealthy({ health: manifest.health, service: manifest.service, port: opts.port ?? (await opts.service.status()).port ?? undefined, cwd: layout.release(version) });
+        if (!opts.skipHealth) await healthGate(opts, manifest, layout.release(version));
       }
       await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: now().toISOString(), outcome: 'unchanged' });
       log.info({ version }, 'already installed: nothing to do');
@@ -168,7 +169,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       throw new KilnError('KILN_SEQ_DOWNGRADE', `${app} ${version} has seq ${manifest.seq}, lower than the installed ${state.current!.version} (seq ${installedSeq}); use \`kiln rollback\` or --allow-downgrade`);
     }
 
-    journal = { schema: 1, op, app, version, from, via, ...(pointerSeq ? { pointer: pointerSeq } : {}), step: 'fetch', staging: null, ...(opts.commandId ? { commandId: opts.commandId } : {}), startedAt: started, pid: process.pid };
+    journal = { schema: 1, op, app, version, from, via, ...(pointerSeq ? { pointer: pointerSeq } : {}), step: 'fetch', ...(opts.commandId ? { commandId: opts.commandId } : {}), startedAt: started, pid: process.pid };
     // The journal names the step before it starts; the hook runs after, so a crash there is recoverable.
     const advance = async (s: JournalStep) => {
       step(s, version);
@@ -181,7 +182,6 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     if (!onDisk) {
       await mkdir(layout.staging, { recursive: true });
       staging = await mkdtemp(path.join(layout.staging, `${version}-`));
-      journal.staging = staging;
       await advance('fetch');
       await checkFreeSpace(layout, verified, opts.reserveBytes ?? 64 * 1024 * 1024);
       await fetchAndExtract({ opts, verified, staging, limits, log });
@@ -205,8 +205,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       await opts.service.restart(manifest.service);
       if (!opts.skipHealth) {
         await advance('health');
-        const port = opts.port ?? (await opts.service.status()).port ?? undefined;
-        await waitHealthy({ health: manifest.health, service: manifest.service, port, cwd: layout.release(version) });
+        await healthGate(opts, manifest, layout.release(version));
       }
     } catch (err) {
       await swapBack({ layout, from, version, opts, log });
@@ -216,7 +215,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     await advance('commit');
     const installedAt = now().toISOString();
     if (state.current && state.current.version !== version) state.previous = state.current;
-    state.current = { version, seq: manifest.seq, manifestSha256: verified.sha256, artifactSha256: manifest.artifact.sha256, via, installedAt };
+    state.current = installedRelease(version, verified, via, installedAt);
     if (pointerSeq) state.channels[pointerSeq.channel] = Math.max(state.channels[pointerSeq.channel] ?? 0, pointerSeq.seq);
     const outcome = op === 'rollback' ? 'rolled-back' : 'installed';
     await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: installedAt, outcome });
@@ -240,6 +239,12 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   } finally {
     await lock.release();
   }
+}
+
+/** The manifest's health check, on the port the instance gave the app. */
+async function healthGate(opts: InstallOptions, manifest: VerifiedManifest['manifest'], cwd: string): Promise<void> {
+  const port = opts.port ?? (await opts.service.status()).port ?? undefined;
+  await waitHealthy({ health: manifest.health, service: manifest.service, port, cwd });
 }
 
 function checkPointerSeq(app: string, channel: string, seq: number, accepted: number): void {
@@ -327,16 +332,8 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
 
 async function swapBack(args: { layout: AppLayout; from: string | null; version: string; opts: InstallOptions; log: Logger }): Promise<void> {
   const { layout, from, version, opts, log } = args;
-  if (from) {
-    log.warn({ version, back: from }, 'new release failed: swapping back');
-    await swapSymlink(layout.current, `releases/${from}`);
-    const prev = await readLocalManifest(layout.metaFile(from));
-    if (prev) {
-      const service = JSON.parse(prev.bytes.toString('utf8')).service;
-      await opts.service.restart(service).catch((err) => log.error({ err }, 'could not restart the previous release'));
-    }
-  } else {
-    await rm(layout.current, { force: true });
-    await opts.service.stop().catch((err) => log.error({ err }, 'could not stop the failed release'));
-  }
+  log.warn({ version, back: from }, 'new release failed: swapping back');
+  if (from) await swapSymlink(layout.current, `releases/${from}`);
+  else await rm(layout.current, { force: true });
+  await restoreService(layout, from, opts.service, log);
 }
