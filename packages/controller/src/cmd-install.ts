@@ -1,12 +1,11 @@
 import path from 'node:path';
 import {
   KilnError,
-  acquireLock,
   appLayout,
   createProcessSupervisor,
   install,
   loadState,
-  recoverApp,
+  recoverUnderLock,
   rollback,
   type InstallOptions,
   type InstallResult,
@@ -15,7 +14,7 @@ import {
 import { S3_OPTIONS, TRUST_OPTIONS, JSON_OPTION, type CommandDef, type OptionDef } from './cli-command.js';
 import { note, openStore, openStoreIfAny, out, printJson, str, trustedKeys, type CliContext, type Flags } from './cli-context.js';
 import { createProgress } from './progress.js';
-import { formatTable } from './table.js';
+import { formatTable } from '@kiln/shared';
 
 const ROOT_OPTION: Record<string, OptionDef> = {
   root: { type: 'string', value: 'DIR', help: 'the host root the app is installed under (state in DIR/var/lib/kiln)' },
@@ -126,14 +125,9 @@ export const recoverCommand: CommandDef = {
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
     const layout = appLayout(rootOf(ctx, flags), app!);
-    const lock = await acquireLock(layout.lock, `recover ${app}`);
-    try {
-      const { interrupted } = await recoverApp(layout, app!, ctx.log, createProcessSupervisor({ appDir: layout.appDir, log: ctx.log }));
-      if (ctx.json) return printJson(ctx, { interrupted });
-      out(ctx, interrupted ? `recovered: the ${interrupted.op} of ${interrupted.version} was ${interrupted.outcome}` : 'nothing to recover');
-    } finally {
-      await lock.release();
-    }
+    const { interrupted } = await recoverUnderLock(layout, app!, ctx.log, createProcessSupervisor({ appDir: layout.appDir, log: ctx.log }));
+    if (ctx.json) return printJson(ctx, { interrupted });
+    out(ctx, interrupted ? `recovered: the ${interrupted.op} of ${interrupted.version} was ${interrupted.outcome}` : 'nothing to recover');
   },
 };
 

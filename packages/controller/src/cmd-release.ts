@@ -1,9 +1,8 @@
 import path from 'node:path';
-import { KilnError, listReleases, promoteRelease, publishRelease, readPointer, showRelease } from '@kiln/shared';
+import { KilnError, formatBytes, formatTable, listReleases, parseDuration, promoteRelease, publishRelease, readPointer, showRelease } from '@kiln/shared';
 import { S3_OPTIONS, TRUST_OPTIONS, JSON_OPTION, type CommandDef } from './cli-command.js';
 import { list, openStore, out, printJson, signingKey, str, trustedKeys } from './cli-context.js';
 import { createProgress } from './progress.js';
-import { formatBytes, formatTable, parseDuration } from './table.js';
 
 export const releasePush: CommandDef = {
   name: 'release push',

@@ -1,5 +1,5 @@
 import type { Writable } from 'node:stream';
-import { formatBytes } from './table.js';
+import { formatBytes } from '@kiln/shared';
 
 export interface Progress {
   /** a new phase: a line of its own */

@@ -25,3 +25,7 @@ export * from './scan-tree.js';
 export * from './service-manager.js';
 export * from './signing.js';
 export * from './supervisor-files.js';
+export * from './text-table.js';
+export * from './agent-protocol.js';
+export * from './systemd-service.js';
+export * from './systemd-unit.js';

@@ -2,6 +2,7 @@ import { readdir, readlink, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TMP_MARK, swapSymlink } from './fs-atomic.js';
+import { acquireLock } from './install-lock.js';
 import type { AppLayout } from './install-layout.js';
 import { emptyState, readJournal, readState, writeState, type InstallState, type InstalledRelease, type Operation, type Via } from './install-state.js';
 import { KilnError, isKilnError } from './kiln-error.js';
@@ -161,4 +162,14 @@ export async function pruneReleases(layout: AppLayout, state: InstallState, keep
     log.info({ version }, 'removed an old release');
   }
   return doomed;
+}
+
+/** Recovery on its own (the agent at boot, `kiln recover`): takes the install lock for it. */
+export async function recoverUnderLock(layout: AppLayout, app: string, log: Logger, service?: ServiceManager): Promise<{ interrupted: Operation | null }> {
+  const lock = await acquireLock(layout.lock, `recover ${app}`);
+  try {
+    return await recoverApp(layout, app, log, service);
+  } finally {
+    await lock.release();
+  }
 }

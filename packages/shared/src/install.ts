@@ -46,6 +46,11 @@ export interface InstallOptions {
   port?: number;
   /** flush the release to disk before the swap (default true) */
   fsync?: boolean;
+  /**
+   * With a channel target: act only on a pointer newer than the one last accepted (the agent's boot
+   * and polling), so a release installed by command since then is not undone by an older pointer.
+   */
+  newPointerOnly?: boolean;
   /** skip the health gate (baking an image, where nothing serves yet) */
   skipHealth?: boolean;
   downloadAttempts?: number;
@@ -124,11 +129,13 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     if (!opts.store) throw new Error('installing from a channel needs a release store');
     const pointer = await fetchPointer(opts.store, app, channel, opts.keys, now());
     checkPointerSeq(app, channel, pointer.seq, peek?.channels[channel] ?? 0);
+    if (opts.newPointerOnly && peek?.current && pointer.seq <= (peek.channels[channel] ?? 0)) return seenPointer(peek, app);
     version = pointer.version;
     expectSha = pointer.manifestSha256;
     pointerSeq = { channel, seq: pointer.seq };
   } else {
     version = checkName('version', opts.target.version);
+    expectSha = opts.target.manifestSha256;
   }
   const local = await readLocalManifest(layout.metaFile(version));
   const onDisk = local !== undefined && (await isComplete(layout, version));
@@ -147,7 +154,10 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       const done = state.commands.find((c) => c.commandId === opts.commandId);
       if (done) return replayed(done, app, via);
     }
-    if (pointerSeq) checkPointerSeq(app, pointerSeq.channel, pointerSeq.seq, state.channels[pointerSeq.channel] ?? 0);
+    if (pointerSeq) {
+      checkPointerSeq(app, pointerSeq.channel, pointerSeq.seq, state.channels[pointerSeq.channel] ?? 0);
+      if (opts.newPointerOnly && state.current && pointerSeq.seq <= (state.channels[pointerSeq.channel] ?? 0)) return seenPointer(state, app);
+    }
     if (op === 'rollback' && state.previous?.version !== version) {
       throw new KilnError('KILN_NO_PREVIOUS', `the previous release of ${app} changed while this rollback waited for the lock; run it again`);
     }
@@ -249,6 +259,12 @@ async function healthGate(opts: InstallOptions, manifest: VerifiedManifest['mani
 
 function checkPointerSeq(app: string, channel: string, seq: number, accepted: number): void {
   if (seq < accepted) throw new KilnError('KILN_POINTER_STALE', `channel pointer ${app}/${channel} has seq ${seq}, older than seq ${accepted} already accepted: refusing a replayed pointer`);
+}
+
+/** A pointer already acted on: whatever is installed since stays. */
+function seenPointer(state: InstallState, app: string): InstallResult {
+  const cur = state.current!;
+  return { outcome: 'unchanged', app, version: cur.version, previous: state.previous?.version ?? null, via: cur.via, downloaded: false, timings: {} };
 }
 
 function replayed(done: Operation, app: string, via: Via): InstallResult {

@@ -7,7 +7,8 @@ import type { ReleaseStore, SignedObject } from './release-store.js';
 import { checkEntryPath, type ExtractLimits } from './safe-extract.js';
 import { sha256Hex, verifyBytes, type PublicKey } from './signing.js';
 
-export type InstallTarget = { version: string } | { channel: string };
+/** A version (optionally pinned to its manifest's sha256, as a controller's command does) or a channel. */
+export type InstallTarget = { version: string; manifestSha256?: string } | { channel: string };
 
 export interface VerifiedPointer {
   pointer: ChannelPointer;

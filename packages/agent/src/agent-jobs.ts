@@ -1,0 +1,218 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  KilnError,
+  appLayout,
+  asKilnError,
+  install,
+  loadState,
+  readInstalledManifest,
+  recoverUnderLock,
+  rollback,
+  waitHealthy,
+  type CommandResult,
+  type InstallOptions,
+  type InstallResult,
+  type Logger,
+  type PublicKey,
+  type ReleaseStore,
+  type ServiceManager,
+} from '@kiln/shared';
+import type { AgentConfig } from './agent-config.js';
+import { treeCheckOf, type LiveFacts } from './agent-report.js';
+import { backoffDelay } from './backoff.js';
+import type { CommandMessage, Job } from './job-queue.js';
+import type { DigestCache } from './tree-check.js';
+
+export interface AgentJobsOptions {
+  root: string;
+  config: AgentConfig;
+  log: Logger;
+  store: ReleaseStore;
+  service: ServiceManager;
+  keys: () => PublicKey[];
+  now: () => Date;
+  random: () => number;
+  cache: DigestCache;
+  /** updated in place: the running operation, the last error, the tree check */
+  live: LiveFacts;
+  isStopped: () => boolean;
+  isConnected: () => boolean;
+  onResult: (result: CommandResult) => void;
+  onProgress: (commandId: string, stage: string, bytes?: number, total?: number) => void;
+  /** something a report shows changed */
+  changed: () => void;
+}
+
+export interface AgentJobs {
+  run(job: Job): Promise<void>;
+  /** A refusal known before queueing (a lower seq than installed), or undefined. */
+  precheck(cmd: CommandMessage): KilnError | undefined;
+  /** Ends boot retries; a running install finishes on its own. */
+  abort(): void;
+}
+
+/** Failures worth retrying at boot: the bucket is away, not wrong. */
+const TRANSIENT = new Set(['KILN_S3_UNREACHABLE', 'KILN_S3_TIMEOUT', 'KILN_S3_ERROR']);
+const PROGRESS_EVERY_MS = 500;
+
+/** What the agent does: boot, poll the channel, run a command, check the tree. All through the one install routine. */
+export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
+  const { config, live, log } = o;
+  const layout = appLayout(o.root, config.app);
+  const aborter = new AbortController();
+  let installedSeq = 0;
+
+  function routine(extra: Partial<Omit<InstallOptions, 'target'>>, commandId?: string): Omit<InstallOptions, 'target'> {
+    let lastProgress = 0;
+    return {
+      root: o.root,
+      app: config.app,
+      store: o.store,
+      keys: o.keys(),
+      service: o.service,
+      log,
+      keep: config.keep,
+      now: o.now,
+      ...(config.port ? { port: config.port } : {}),
+      onStep: (step, version) => {
+        live.operation = { ...(commandId ? { commandId } : {}), op: extra.via === 'rollback' ? 'rollback' : 'install', version, step, startedAt: live.operation?.startedAt ?? o.now().toISOString() };
+        if (commandId) o.onProgress(commandId, step);
+        o.changed();
+      },
+      onProgress: (bytes, total) => {
+        if (!commandId || Date.now() - lastProgress < PROGRESS_EVERY_MS) return;
+        lastProgress = Date.now();
+        o.onProgress(commandId, 'fetch', bytes, total);
+      },
+      ...extra,
+    };
+  }
+
+  /** Runs one routine call, keeping the live facts true whatever happens. */
+  async function attempt(what: string, run: () => Promise<InstallResult>, version = '?', commandId?: string): Promise<InstallResult> {
+    live.operation = { ...(commandId ? { commandId } : {}), op: what === 'rollback' ? 'rollback' : 'install', version, step: 'resolve', startedAt: o.now().toISOString() };
+    o.changed();
+    try {
+      const result = await run();
+      live.lastError = null;
+      if (result.outcome !== 'unchanged' || result.downloaded) await checkTree();
+      return result;
+    } catch (err) {
+      const e = asKilnError(err);
+      live.lastError = { code: e.code, message: e.message, at: o.now().toISOString() };
+      throw e;
+    } finally {
+      live.operation = null;
+      await refreshSeq();
+      o.changed();
+    }
+  }
+
+  async function refreshSeq(): Promise<void> {
+    installedSeq = (await loadState(layout, config.app, log).catch(() => undefined))?.current?.seq ?? installedSeq;
+  }
+
+  async function checkTree(): Promise<void> {
+    const before = JSON.stringify({ ...live.tree, checkedAt: null });
+    live.tree = await treeCheckOf(o.root, config.app, o.cache, o.now());
+    if (JSON.stringify({ ...live.tree, checkedAt: null }) !== before) {
+      if (live.tree.status === 'modified') log.warn({ tree: live.tree }, 'the installed tree differs from its manifest');
+      o.changed();
+    }
+  }
+
+  /** The installed release runs even before the channel is known (a reboot, S3 away). */
+  async function ensureServing(): Promise<void> {
+    const state = await loadState(layout, config.app, log);
+    if (!state.current || (await o.service.status()).active) return;
+    const installed = await readInstalledManifest(layout, state.current.version);
+    if (!installed) return;
+    log.info({ version: state.current.version }, 'starting the installed release');
+    const { manifest } = installed;
+    await o.service.restart(manifest.service);
+    const port = config.port ?? (await o.service.status()).port ?? undefined;
+    await waitHealthy({ health: manifest.health, service: manifest.service, port, cwd: layout.release(state.current.version) });
+  }
+
+  async function boot(): Promise<void> {
+    try {
+      const { interrupted } = await recoverUnderLock(layout, config.app, log, o.service);
+      if (interrupted) log.warn({ interrupted }, 'recovered an interrupted install');
+      await ensureServing();
+    } catch (err) {
+      const e = asKilnError(err);
+      live.lastError = { code: e.code, message: e.message, at: o.now().toISOString() };
+      log.error({ err: e }, 'start-up recovery failed');
+    }
+    await refreshSeq();
+    for (let n = 0; !o.isStopped(); n++) {
+      try {
+        const r = await attempt('boot', () => install({ ...routine({ via: 'boot', newPointerOnly: true }), target: { channel: config.channel } }));
+        log.info({ version: r.version, outcome: r.outcome, downloaded: r.downloaded }, 'boot: the channel is installed');
+        return;
+      } catch (err) {
+        const e = asKilnError(err);
+        if (!TRANSIENT.has(e.code)) {
+          log.error({ err: e }, 'boot: the channel cannot be installed; the installed release keeps serving');
+          return;
+        }
+        const delay = backoffDelay(n, { baseMs: 1_000, capMs: config.backoffCapMs, random: o.random });
+        log.warn({ code: e.code, retryInMs: delay }, 'boot: the bucket is unreachable; the installed release keeps serving, retrying');
+        await sleep(delay, undefined, { signal: aborter.signal }).catch(() => undefined);
+      }
+    }
+  }
+
+  async function poll(): Promise<void> {
+    if (o.isConnected()) return;
+    try {
+      const r = await attempt('poll', () => install({ ...routine({ via: 'hotfix', newPointerOnly: true }), target: { channel: config.channel } }));
+      if (r.outcome !== 'unchanged') log.info({ version: r.version }, 'poll: installed the release the channel points to');
+    } catch (err) {
+      log.warn({ code: asKilnError(err).code }, 'poll: the channel could not be installed');
+    }
+  }
+
+  async function command(cmd: CommandMessage): Promise<void> {
+    const a = cmd.action;
+    const finish = (r: Omit<CommandResult, 'commandId' | 'finishedAt'>) => o.onResult({ commandId: cmd.id, ...r, finishedAt: o.now().toISOString() });
+    if (a.kind === 'report') {
+      await checkTree();
+      o.changed();
+      return finish({ outcome: 'reported' });
+    }
+    try {
+      const base = { commandId: cmd.id };
+      let r: InstallResult;
+      if (a.kind === 'install') {
+        r = await attempt('install', () => install({ ...routine({ ...base, via: 'hotfix' }, cmd.id), target: { version: a.version, manifestSha256: a.manifestSha256 } }), a.version, cmd.id);
+      } else if (a.version) {
+        const target = { version: a.version, ...(a.manifestSha256 ? { manifestSha256: a.manifestSha256 } : {}) };
+        r = await attempt('rollback', () => install({ ...routine({ ...base, via: 'rollback', allowDowngrade: true }, cmd.id), target }), a.version, cmd.id);
+      } else {
+        r = await attempt('rollback', () => rollback(routine({ ...base, via: 'rollback' }, cmd.id)), 'previous', cmd.id);
+      }
+      finish({ outcome: r.outcome, version: r.version });
+    } catch (err) {
+      const e = asKilnError(err);
+      finish({ outcome: 'failed', ...(a.version ? { version: a.version } : {}), error: { code: e.code, message: e.message } });
+    }
+  }
+
+  return {
+    async run(job) {
+      if (job.kind === 'boot') return boot();
+      if (job.kind === 'poll') return poll();
+      if (job.kind === 'tree') return checkTree().catch((err) => log.warn({ err }, 'tree check failed'));
+      return command(job.command);
+    },
+    precheck(cmd) {
+      const a = cmd.action;
+      if (a.kind === 'install' && a.seq < installedSeq) {
+        return new KilnError('KILN_SEQ_DOWNGRADE', `command ${cmd.id} asks for ${a.version} (seq ${a.seq}), lower than the installed seq ${installedSeq}; send a rollback instead`);
+      }
+      return undefined;
+    },
+    abort: () => aborter.abort(),
+  };
+}

@@ -1,0 +1,246 @@
+import path from 'node:path';
+import {
+  KilnError,
+  appLayout,
+  asKilnError,
+  createProcessSupervisor,
+  createSystemdService,
+  createReleaseStore,
+  createS3Client,
+  frame,
+  loadState,
+  type AgentReport,
+  type CommandResult,
+  type Logger,
+  type Message,
+  type Outgoing,
+  type PublicKey,
+  type ReleaseStore,
+  type ServiceManager,
+} from '@kiln/shared';
+import type { ClientOptions } from 'ws';
+import { loadPinnedKeys, type AgentConfig } from './agent-config.js';
+import { connectToController, type Connection } from './agent-connection.js';
+import { createAgentJobs, type AgentJobs } from './agent-jobs.js';
+import { collectReport, recentResults, type LiveFacts } from './agent-report.js';
+import { jittered } from './backoff.js';
+import { readImageMarker, type ImageMarker } from './image-marker.js';
+import { createJobQueue, type CommandMessage, type Job } from './job-queue.js';
+import { UNCHECKED, type DigestCache } from './tree-check.js';
+import { writeReportFile } from './report-file.js';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface AgentOptions {
+  /** everything the agent reads and writes lives under this root ("/" on a real host) */
+  root: string;
+  config: AgentConfig;
+  log: Logger;
+  /** injected collaborators (tests, benchmarks with many agents in one process) */
+  keys?: PublicKey[];
+  store?: ReleaseStore;
+  service?: ServiceManager;
+  wsOptions?: ClientOptions;
+  now?: () => Date;
+  random?: () => number;
+  /** commands accepted while one runs; past this a command is refused with KILN_BUSY */
+  maxQueued?: number;
+  /** told of every frame sent and every job started (tests and benchmarks measure with it) */
+  onEvent?: (event: AgentEvent) => void;
+}
+
+export type AgentEvent = { type: 'sent'; message: Outgoing } | { type: 'job'; job: Job['kind']; commandId?: string } | { type: 'connected'; connected: boolean };
+
+export interface Agent {
+  /** Boot path (recovery, marker, channel) then the live path; resolves once started, not once booted. */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** Resolves once no job runs or waits. */
+  idle(): Promise<void>;
+  report(): Promise<AgentReport>;
+  readonly connected: boolean;
+}
+
+/** One agent over one root. Many can run in one process (tests, benchmarks). */
+export function createAgent(opts: AgentOptions): Agent {
+  const { config, root } = opts;
+  const log = opts.log.child({ module: 'agent', instance: config.instanceId });
+  const now = opts.now ?? (() => new Date());
+  const random = opts.random ?? Math.random;
+  const layout = appLayout(root, config.app);
+  const agentDir = path.join(layout.root, 'var/lib/kiln/agent');
+  const service = opts.service ?? defaultService(opts, layout.appDir, log);
+  const store = opts.store ?? createReleaseStore(createS3Client(config.s3), config.s3.bucket, config.s3.prefix);
+  const cache: DigestCache = new Map();
+  const live: LiveFacts = { tree: UNCHECKED, operation: null, lastError: null, queued: 0 };
+  const results = new Map<string, CommandResult>();
+  let marker: ImageMarker | undefined;
+  let conn: Connection | undefined;
+  let stopped = false;
+  const timers = new Set<NodeJS.Timeout>();
+  let jobs: AgentJobs;
+
+  const emit = (event: AgentEvent) => opts.onEvent?.(event);
+  function send(message: Outgoing): void {
+    if (conn?.send(frame(message))) emit({ type: 'sent', message });
+  }
+
+  const report = async () => collectReport({ root, instanceId: config.instanceId, imageId: config.imageId, app: config.app, channel: config.channel, agentVersion: AGENT_VERSION, marker, service, log }, { ...live, queued: queue.waiting }, now());
+  // Reports go out in order and never overlap; one asked for while another is built is merged into it.
+  let reporting: Promise<void> | undefined;
+  let again = false;
+  function publish(): void {
+    if (reporting) {
+      again = true;
+      return;
+    }
+    reporting = (async () => {
+      do {
+        again = false;
+        const r = await report();
+        await writeReportFile(agentDir, r).catch((err) => log.warn({ err }, 'cannot write the report file'));
+        send({ type: 'report', report: r });
+      } while (again && !stopped);
+    })()
+      .catch((err) => log.error({ err }, 'cannot build a report'))
+      .finally(() => (reporting = undefined));
+  }
+
+  const queue = createJobQueue({
+    inboxFile: path.join(agentDir, 'inbox.json'),
+    maxQueued: opts.maxQueued ?? 8,
+    log,
+    run: (job) => {
+      emit({ type: 'job', job: job.kind, ...(job.kind === 'command' ? { commandId: job.command.id } : {}) });
+      return jobs.run(job);
+    },
+  });
+
+  jobs = createAgentJobs({
+    root,
+    config,
+    log,
+    store,
+    service,
+    keys: () => keys,
+    now,
+    random,
+    cache,
+    live,
+    isStopped: () => stopped,
+    isConnected: () => conn?.connected ?? false,
+    onResult(result) {
+      results.set(result.commandId, result);
+      if (results.size > 100) results.delete(results.keys().next().value!);
+      send({ type: 'result', result });
+    },
+    onProgress: (commandId, stage, bytes, total) => send({ type: 'progress', commandId, stage, ...(bytes !== undefined ? { bytes, total } : {}) }),
+    changed: publish,
+  });
+
+  let keys: PublicKey[] = opts.keys ?? [];
+
+  function onMessage(msg: Message): void {
+    if (msg.type === 'error') {
+      log.warn({ code: msg.error.code, message: msg.error.message, commandId: msg.commandId }, 'the controller refused a frame of ours');
+      return;
+    }
+    if (msg.type === 'command') accept(msg);
+  }
+
+  function accept(cmd: CommandMessage): void {
+    const refuse = (err: KilnError) => {
+      log.warn({ commandId: cmd.id, code: err.code }, err.message);
+      send({ type: 'result', result: { commandId: cmd.id, outcome: 'failed', error: { code: err.code, message: err.message }, finishedAt: now().toISOString() } });
+    };
+    if (cmd.instanceId !== config.instanceId || cmd.app !== config.app) {
+      return refuse(new KilnError('KILN_WRONG_TARGET', `command ${cmd.id} is for ${cmd.app} on ${cmd.instanceId}, but this agent serves ${config.app} on ${config.instanceId}`));
+    }
+    const inFlight = queue.has(cmd.id);
+    if (inFlight) return send({ type: 'progress', commandId: cmd.id, stage: inFlight });
+    const done = results.get(cmd.id);
+    if (done) return send({ type: 'result', result: done });
+    const refusal = jobs.precheck(cmd);
+    if (refusal) return refuse(refusal);
+    try {
+      const how = queue.add({ kind: 'command', command: cmd });
+      send({ type: 'progress', commandId: cmd.id, stage: how });
+    } catch (err) {
+      refuse(asKilnError(err));
+    }
+  }
+
+  function every(periodMs: number, kind: 'poll' | 'tree', when: () => boolean): void {
+    const tick = () => {
+      timers.delete(t);
+      if (stopped) return;
+      if (when() && !queue.pending(kind)) queue.add({ kind });
+      every(periodMs, kind, when);
+    };
+    const t = setTimeout(tick, jittered(periodMs, random));
+    t.unref();
+    timers.add(t);
+  }
+
+  return {
+    async start() {
+      if (!opts.keys) keys = await loadPinnedKeys(root, config.keys);
+      try {
+        marker = await readImageMarker(root);
+      } catch (err) {
+        const e = asKilnError(err);
+        live.lastError = { code: e.code, message: e.message, at: now().toISOString() };
+        log.error({ err: e }, 'the image marker does not parse: reporting no baked release');
+      }
+      const state = await loadState(layout, config.app, log);
+      for (const r of recentResults(state.commands, 100)) results.set(r.commandId, r);
+      queue.add({ kind: 'boot' });
+      for (const cmd of await queue.restore()) {
+        if (!results.has(cmd.id)) queue.add({ kind: 'command', command: cmd });
+      }
+      if (config.controller) {
+        const c = config.controller;
+        conn = connectToController({
+          url: c.url,
+          credential: c.credential,
+          instanceId: config.instanceId,
+          log,
+          heartbeatMs: config.heartbeatMs,
+          backoffCapMs: config.backoffCapMs,
+          random,
+          ...(opts.wsOptions ? { wsOptions: opts.wsOptions } : {}),
+          hello: async () => {
+            const s = await loadState(layout, config.app, log);
+            const message: Outgoing = { type: 'hello', report: await report(), results: recentResults(s.commands) };
+            emit({ type: 'sent', message });
+            return frame(message);
+          },
+          onMessage,
+          onState: (connected) => emit({ type: 'connected', connected }),
+        });
+      }
+      // The channel pointer is polled only while the controller is away (or there is none).
+      every(config.pollIntervalMs, 'poll', () => !conn?.connected);
+      every(config.treeCheckIntervalMs, 'tree', () => true);
+    },
+    async stop() {
+      stopped = true;
+      for (const t of timers) clearTimeout(t);
+      conn?.close();
+      queue.close();
+      jobs.abort();
+      await queue.idle();
+    },
+    idle: () => queue.idle(),
+    report,
+    get connected() {
+      return conn?.connected ?? false;
+    },
+  };
+}
+
+function defaultService(opts: AgentOptions, appDir: string, log: Logger): ServiceManager {
+  const env = opts.config.port ? { PORT: String(opts.config.port) } : undefined;
+  if (opts.config.serviceManager === 'systemd') return createSystemdService({ root: opts.root, app: opts.config.app, log, ...(env ? { env } : {}) });
+  return createProcessSupervisor({ appDir, log, ...(env ? { env } : {}) });
+}

@@ -1,0 +1,44 @@
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { KilnError, formatZodError, writeFileAtomic, type ReleaseRef } from '@kiln/shared';
+import { z } from 'zod';
+
+/** `/etc/kiln/image.json`: written when an image is baked, read by every instance launched from it. */
+export const ImageMarker = z.strictObject({
+  schema: z.literal(1),
+  app: z.string(),
+  /** the release baked into the image */
+  release: z.strictObject({ version: z.string(), seq: z.number().int().min(1), manifestSha256: z.string().regex(/^[0-9a-f]{64}$/) }).nullable(),
+  bakedAt: z.string(),
+});
+export type ImageMarker = z.infer<typeof ImageMarker>;
+
+export const imageMarkerPath = (root: string) => path.join(path.resolve(root), 'etc/kiln/image.json');
+
+/** The image's marker, or undefined on a plain base image. A marker that does not parse is an error. */
+export async function readImageMarker(root: string): Promise<ImageMarker | undefined> {
+  const file = imageMarkerPath(root);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new KilnError('KILN_STATE_INVALID', `cannot read the image marker ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (cause) {
+    throw new KilnError('KILN_STATE_INVALID', `the image marker ${file} is not JSON`, { cause });
+  }
+  const parsed = ImageMarker.safeParse(raw);
+  if (!parsed.success) throw new KilnError('KILN_STATE_INVALID', `the image marker ${file} is invalid: ${formatZodError(parsed.error)}`);
+  return parsed.data;
+}
+
+export async function writeImageMarker(root: string, app: string, release: ReleaseRef | null, now: Date): Promise<ImageMarker> {
+  const marker: ImageMarker = { schema: 1, app, release, bakedAt: now.toISOString() };
+  await mkdir(path.dirname(imageMarkerPath(root)), { recursive: true });
+  await writeFileAtomic(imageMarkerPath(root), JSON.stringify(marker, null, 2) + '\n');
+  return marker;
+}

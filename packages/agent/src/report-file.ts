@@ -1,0 +1,23 @@
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { AgentReport } from '@kiln/shared';
+
+/** The running agent's latest report, for `kiln-agent status` in another process. */
+export const reportFile = (agentDir: string) => path.join(agentDir, 'report.json');
+
+export async function writeReportFile(agentDir: string, report: AgentReport): Promise<void> {
+  await mkdir(agentDir, { recursive: true });
+  // Renamed into place but not fsynced: it is rebuilt on every change, and a lost one costs nothing.
+  const tmp = `${reportFile(agentDir)}.tmp`;
+  await writeFile(tmp, JSON.stringify(report) + '\n');
+  await rename(tmp, reportFile(agentDir));
+}
+
+export async function readReportFile(agentDir: string): Promise<AgentReport | undefined> {
+  try {
+    const parsed = AgentReport.safeParse(JSON.parse(await readFile(reportFile(agentDir), 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}

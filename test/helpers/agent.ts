@@ -1,0 +1,147 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createAgent, parseAgentConfig, type Agent, type AgentConfigInput, type AgentEvent } from '@kiln/agent';
+import { PROTOCOL_VERSION, appLayout, createProcessSupervisor, type Message, type ReleaseStore } from '@kiln/shared';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { freePort, quietLog, tempDir, type Keys } from './release.js';
+import type { S3Fixture } from './s3.js';
+
+export const CREDENTIAL = 'agent-credential-for-tests-0123456789';
+
+/** A stand-in for the controller's agent endpoint: a real WebSocket server that records every frame. */
+export interface FakeController {
+  url: string;
+  frames: Array<{ instanceId: string; msg: Message | { raw: string } }>;
+  sockets: Map<string, WebSocket>;
+  /** sends a JSON value (protocol version added unless given) or raw text to an instance */
+  send(instanceId: string, value: Record<string, unknown> | string): void;
+  command(instanceId: string, id: string, action: Record<string, unknown>, app?: string): void;
+  /** the first recorded frame from `instanceId` (after `from`) matching `pred` */
+  waitFor<T extends Message['type']>(instanceId: string, type: T, pred?: (m: Extract<Message, { type: T }>) => boolean, timeoutMs?: number): Promise<Extract<Message, { type: T }>>;
+  /** stops accepting: closes every socket and the server */
+  close(): Promise<void>;
+}
+
+export async function startFakeController(opts: { port?: number; ping?: boolean } = {}): Promise<FakeController> {
+  const port = opts.port ?? (await freePort());
+  const wss = new WebSocketServer({ host: '127.0.0.1', port, maxPayload: 8 * 1024 * 1024 });
+  await new Promise<void>((resolve) => wss.once('listening', resolve));
+  const frames: FakeController['frames'] = [];
+  const sockets = new Map<string, WebSocket>();
+  wss.on('connection', (ws: WebSocket, req: IncomingMessage) => {
+    const instanceId = String(req.headers['x-kiln-instance']);
+    if (req.headers.authorization !== `Bearer ${CREDENTIAL}`) return ws.close(1008, 'bad credential');
+    sockets.set(instanceId, ws);
+    ws.on('message', (data) => {
+      const raw = data.toString();
+      try {
+        frames.push({ instanceId, msg: JSON.parse(raw) as Message });
+      } catch {
+        frames.push({ instanceId, msg: { raw } });
+      }
+    });
+    ws.on('close', () => sockets.get(instanceId) === ws && sockets.delete(instanceId));
+  });
+  const fc: FakeController = {
+    url: `ws://127.0.0.1:${port}/agents`,
+    frames,
+    sockets,
+    send(instanceId, value) {
+      const ws = sockets.get(instanceId);
+      if (!ws) throw new Error(`${instanceId} is not connected`);
+      ws.send(typeof value === 'string' ? value : JSON.stringify({ v: PROTOCOL_VERSION, ...value }));
+    },
+    command(instanceId, id, action, app = 'web') {
+      fc.send(instanceId, { type: 'command', id, instanceId, app, action });
+    },
+    async waitFor(instanceId, type, pred = () => true, timeoutMs = 20_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const hit = frames.find((f) => f.instanceId === instanceId && 'type' in f.msg && f.msg.type === type && pred(f.msg as never));
+        if (hit) return hit.msg as never;
+        if (Date.now() > deadline) throw new Error(`no ${type} frame from ${instanceId} within ${timeoutMs} ms; got: ${JSON.stringify(frames.filter((f) => f.instanceId === instanceId).map((f) => f.msg)).slice(0, 2000)}`);
+        await sleep(20);
+      }
+    },
+    async close() {
+      for (const ws of sockets.values()) ws.terminate();
+      await new Promise((resolve) => wss.close(resolve));
+    },
+  };
+  return fc;
+}
+
+export interface TestAgent {
+  agent: Agent;
+  root: string;
+  port: number;
+  instanceId: string;
+  events: AgentEvent[];
+  serving(): Promise<string | undefined>;
+  stop(): Promise<void>;
+}
+
+/** Writes an agent config under a fresh root (or the given one) and makes an agent on it with the process supervisor. */
+export async function makeAgent(args: {
+  s3: S3Fixture;
+  keys: Keys;
+  controller?: FakeController;
+  root?: string;
+  instanceId?: string;
+  store?: ReleaseStore;
+  config?: Partial<AgentConfigInput>;
+}): Promise<TestAgent> {
+  const root = args.root ?? (await tempDir('kiln-test-agent-'));
+  const instanceId = args.instanceId ?? `i-${path.basename(root).slice(-6)}`;
+  const port = args.config?.port ?? (await freePort());
+  const raw: AgentConfigInput = {
+    instanceId,
+    imageId: 'img-test',
+    app: 'web',
+    channel: 'stable',
+    s3: args.s3.s3.location,
+    keys: [args.keys.publicPem],
+    port,
+    heartbeatMs: 500,
+    backoffCapMs: 1_000,
+    ...(args.controller ? { controller: { url: args.controller.url, credential: CREDENTIAL } } : {}),
+    ...args.config,
+  };
+  await mkdir(path.join(root, 'etc/kiln'), { recursive: true });
+  await writeFile(path.join(root, 'etc/kiln/agent.json'), JSON.stringify(raw, null, 2));
+  const config = parseAgentConfig(raw, 'test config');
+  const log = quietLog();
+  const events: AgentEvent[] = [];
+  const agent = createAgent({ root, config, log, ...(args.store ? { store: args.store } : {}), onEvent: (e) => events.push(e) });
+  const service = createProcessSupervisor({ appDir: appLayout(root, 'web').appDir, log });
+  return {
+    agent,
+    root,
+    port,
+    instanceId,
+    events,
+    serving: async () => {
+      try {
+        const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(2_000) });
+        return await res.text();
+      } catch {
+        return undefined;
+      }
+    },
+    async stop() {
+      await agent.stop();
+      await service.stop();
+    },
+  };
+}
+
+/** Polls until `check` holds (or throws with `what`). */
+export async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
