@@ -1,0 +1,31 @@
+import { bootMachine, type BootMachineOptions, type Machine } from './nspawn-machine.js';
+
+export interface MachineGroup {
+  /** boots a machine and keeps track of it until it stops */
+  boot(opts: BootMachineOptions): Promise<Machine>;
+  /** the machines booted through this group that still run */
+  running(): Machine[];
+  /** kills every machine of the group that still runs and waits until they are gone */
+  cleanupAll(): Promise<void>;
+}
+
+/**
+ * Machines that belong together (a test file, a provider): one call stops them all. They also die
+ * with this process, whatever kills it (see bootMachine), so this is for orderly ends.
+ */
+export function createMachineGroup(): MachineGroup {
+  const live = new Set<Machine>();
+  return {
+    async boot(opts) {
+      const m = await bootMachine(opts);
+      live.add(m);
+      void m.exited.finally(() => live.delete(m)).catch(() => undefined);
+      return m;
+    },
+    running: () => [...live].filter((m) => m.running()),
+    async cleanupAll() {
+      await Promise.all([...live].map((m) => m.kill().catch(() => undefined)));
+      live.clear();
+    },
+  };
+}
