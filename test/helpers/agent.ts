@@ -2,8 +2,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createAgent, parseAgentConfig, type Agent, type AgentConfigInput, type AgentEvent } from '@kiln/agent';
-import { PROTOCOL_VERSION, appLayout, createProcessSupervisor, type Message, type ReleaseStore } from '@kiln/shared';
+import { createAgent, parseAgentConfig, type Agent, type AgentConfig, type AgentConfigInput, type AgentEvent } from '@kiln/agent';
+import { PROTOCOL_VERSION, appLayout, createProcessSupervisor, type Logger, type Message, type ReleaseStore } from '@kiln/shared';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { freePort, quietLog, tempDir, type Keys } from './release.js';
 import type { S3Fixture } from './s3.js';
@@ -83,16 +83,17 @@ export interface TestAgent {
   stop(): Promise<void>;
 }
 
-/** Writes an agent config under a fresh root (or the given one) and makes an agent on it with the process supervisor. */
-export async function makeAgent(args: {
+export interface AgentConfigArgs {
   s3: S3Fixture;
   keys: Keys;
   controller?: FakeController;
   root?: string;
   instanceId?: string;
-  store?: ReleaseStore;
   config?: Partial<AgentConfigInput>;
-}): Promise<TestAgent> {
+}
+
+/** Writes an agent config to ROOT/etc/kiln/agent.json under a fresh root (or the given one), as a host's image would carry it. */
+export async function writeAgentConfig(args: AgentConfigArgs): Promise<{ root: string; instanceId: string; port: number; config: AgentConfig }> {
   const root = args.root ?? (await tempDir('kiln-test-agent-'));
   const instanceId = args.instanceId ?? `i-${path.basename(root).slice(-6)}`;
   const port = args.config?.port ?? (await freePort());
@@ -111,10 +112,29 @@ export async function makeAgent(args: {
   };
   await mkdir(path.join(root, 'etc/kiln'), { recursive: true });
   await writeFile(path.join(root, 'etc/kiln/agent.json'), JSON.stringify(raw, null, 2));
-  const config = parseAgentConfig(raw, 'test config');
-  const log = quietLog();
+  return { root, instanceId, port, config: parseAgentConfig(raw, 'test config') };
+}
+
+/** Writes an agent config and makes an agent on it with the process supervisor. */
+export async function makeAgent(
+  args: AgentConfigArgs & {
+    store?: ReleaseStore;
+    maxQueued?: number;
+    /** the agent's root logger (default: quiet) */
+    log?: Logger;
+  },
+): Promise<TestAgent> {
+  const { root, instanceId, port, config } = await writeAgentConfig(args);
+  const log = args.log ?? quietLog();
   const events: AgentEvent[] = [];
-  const agent = createAgent({ root, config, log, ...(args.store ? { store: args.store } : {}), onEvent: (e) => events.push(e) });
+  const agent = createAgent({
+    root,
+    config,
+    log,
+    ...(args.store ? { store: args.store } : {}),
+    ...(args.maxQueued !== undefined ? { maxQueued: args.maxQueued } : {}),
+    onEvent: (e) => events.push(e),
+  });
   const service = createProcessSupervisor({ appDir: appLayout(root, 'web').appDir, log });
   return {
     agent,
@@ -122,19 +142,22 @@ export async function makeAgent(args: {
     port,
     instanceId,
     events,
-    serving: async () => {
-      try {
-        const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(2_000) });
-        return await res.text();
-      } catch {
-        return undefined;
-      }
-    },
+    serving: () => servingOn(port),
     async stop() {
       await agent.stop();
       await service.stop();
     },
   };
+}
+
+/** What the app on `port` answers, or undefined when nothing serves there. */
+export async function servingOn(port: number): Promise<string | undefined> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(2_000) });
+    return await res.text();
+  } catch {
+    return undefined;
+  }
 }
 
 /** Polls until `check` holds (or throws with `what`). */

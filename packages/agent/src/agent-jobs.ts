@@ -39,6 +39,8 @@ export interface AgentJobsOptions {
   isConnected: () => boolean;
   onResult: (result: CommandResult) => void;
   onProgress: (commandId: string, stage: string, bytes?: number, total?: number) => void;
+  /** start-up recovery is over (done or failed): state.json now records what an earlier run left interrupted */
+  recovered: () => Promise<void>;
   /** something a report shows changed */
   changed: () => void;
 }
@@ -136,7 +138,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
 
   async function boot(): Promise<void> {
     try {
-      const { interrupted } = await recoverUnderLock(layout, config.app, log, o.service);
+      const { interrupted } = await recoverUnderLock(layout, config.app, log, o.service).finally(o.recovered);
       if (interrupted) log.warn({ interrupted }, 'recovered an interrupted install');
       await ensureServing();
     } catch (err) {

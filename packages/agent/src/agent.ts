@@ -80,6 +80,14 @@ export function createAgent(opts: AgentOptions): Agent {
   const timers = new Set<NodeJS.Timeout>();
   let jobs: AgentJobs;
 
+  // The hello waits for start-up recovery: it must carry a command an earlier run left interrupted.
+  let recovered!: () => void;
+  const recovery = new Promise<void>((resolve) => (recovered = resolve));
+  async function loadResults(): Promise<void> {
+    const state = await loadState(layout, config.app, log);
+    for (const r of recentResults(state.commands, 100)) results.set(r.commandId, r);
+  }
+
   const emit = (event: AgentEvent) => opts.onEvent?.(event);
   function send(message: Outgoing): void {
     if (conn?.send(frame(message))) emit({ type: 'sent', message });
@@ -111,6 +119,8 @@ export function createAgent(opts: AgentOptions): Agent {
     maxQueued: opts.maxQueued ?? 8,
     log,
     run: (job) => {
+      // A command restored from the inbox that start-up recovery found interrupted keeps its recorded outcome.
+      if (job.kind === 'command' && results.has(job.command.id)) return Promise.resolve();
       emit({ type: 'job', job: job.kind, ...(job.kind === 'command' ? { commandId: job.command.id } : {}) });
       return jobs.run(job);
     },
@@ -136,6 +146,10 @@ export function createAgent(opts: AgentOptions): Agent {
     },
     onProgress: (commandId, stage, bytes, total) => send({ type: 'progress', commandId, stage, ...(bytes !== undefined ? { bytes, total } : {}) }),
     changed: publish,
+    async recovered() {
+      await loadResults().catch((err) => log.error({ err }, 'cannot read the command results'));
+      recovered();
+    },
   });
 
   let keys: PublicKey[] = opts.keys ?? [];
@@ -192,8 +206,7 @@ export function createAgent(opts: AgentOptions): Agent {
         live.lastError = { code: e.code, message: e.message, at: now().toISOString() };
         log.error({ err: e }, 'the image marker does not parse: reporting no baked release');
       }
-      const state = await loadState(layout, config.app, log);
-      for (const r of recentResults(state.commands, 100)) results.set(r.commandId, r);
+      await loadResults();
       queue.add({ kind: 'boot' });
       for (const cmd of await queue.restore()) {
         if (!results.has(cmd.id)) queue.add({ kind: 'command', command: cmd });
@@ -210,6 +223,7 @@ export function createAgent(opts: AgentOptions): Agent {
           random,
           ...(opts.wsOptions ? { wsOptions: opts.wsOptions } : {}),
           hello: async () => {
+            await recovery;
             const s = await loadState(layout, config.app, log);
             const message: Outgoing = { type: 'hello', report: await report(), results: recentResults(s.commands) };
             emit({ type: 'sent', message });
