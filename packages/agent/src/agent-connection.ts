@@ -51,7 +51,6 @@ export function connectToController(opts: ConnectionOptions): Connection {
     const heard = () => (lastHeard = Date.now());
 
     sock.on('open', () => {
-      open = true;
       heard();
       log.info({ url: opts.url }, 'connected to the controller');
       beat = setInterval(() => {
@@ -63,10 +62,18 @@ export function connectToController(opts: ConnectionOptions): Connection {
         sock.ping();
       }, opts.heartbeatMs);
       beat.unref();
-      opts.onState(true);
+      // Nothing else goes out before the hello: the controller learns who we are first.
       opts.hello().then(
-        (text) => sock.readyState === WebSocket.OPEN && sock.send(text),
-        (err) => log.error({ err }, 'cannot build the hello frame'),
+        (text) => {
+          if (sock.readyState !== WebSocket.OPEN) return;
+          sock.send(text);
+          open = true;
+          opts.onState(true);
+        },
+        (err) => {
+          log.error({ err }, 'cannot build the hello frame: reconnecting');
+          sock.terminate();
+        },
       );
     });
     sock.on('pong', heard);

@@ -75,6 +75,8 @@ export function createAgent(opts: AgentOptions): Agent {
   const live: LiveFacts = { tree: UNCHECKED, operation: null, lastError: null, queued: 0 };
   const results = new Map<string, CommandResult>();
   let marker: ImageMarker | undefined;
+  // Stays reported while the agent runs: the marker is read once, so a successful install does not fix it.
+  let markerError: AgentReport['lastError'] = null;
   let conn: Connection | undefined;
   let stopped = false;
   const timers = new Set<NodeJS.Timeout>();
@@ -93,7 +95,7 @@ export function createAgent(opts: AgentOptions): Agent {
     if (conn?.send(frame(message))) emit({ type: 'sent', message });
   }
 
-  const report = async () => collectReport({ root, instanceId: config.instanceId, imageId: config.imageId, app: config.app, channel: config.channel, agentVersion: AGENT_VERSION, marker, service, log }, { ...live, queued: queue.waiting }, now());
+  const report = async () => collectReport({ root, instanceId: config.instanceId, imageId: config.imageId, app: config.app, channel: config.channel, agentVersion: AGENT_VERSION, marker, service, log }, { ...live, lastError: live.lastError ?? markerError, queued: queue.waiting }, now());
   // Reports go out in order and never overlap; one asked for while another is built is merged into it.
   let reporting: Promise<void> | undefined;
   let again = false;
@@ -165,7 +167,8 @@ export function createAgent(opts: AgentOptions): Agent {
   function accept(cmd: CommandMessage): void {
     const refuse = (err: KilnError) => {
       log.warn({ commandId: cmd.id, code: err.code }, err.message);
-      send({ type: 'result', result: { commandId: cmd.id, outcome: 'failed', error: { code: err.code, message: err.message }, finishedAt: now().toISOString() } });
+      const version = cmd.action.kind === 'report' ? undefined : cmd.action.version;
+      send({ type: 'result', result: { commandId: cmd.id, outcome: 'failed', ...(version ? { version } : {}), error: { code: err.code, message: err.message }, finishedAt: now().toISOString() } });
     };
     if (cmd.instanceId !== config.instanceId || cmd.app !== config.app) {
       return refuse(new KilnError('KILN_WRONG_TARGET', `command ${cmd.id} is for ${cmd.app} on ${cmd.instanceId}, but this agent serves ${config.app} on ${config.instanceId}`));
@@ -203,7 +206,7 @@ export function createAgent(opts: AgentOptions): Agent {
         marker = await readImageMarker(root);
       } catch (err) {
         const e = asKilnError(err);
-        live.lastError = { code: e.code, message: e.message, at: now().toISOString() };
+        markerError = { code: e.code, message: e.message, at: now().toISOString() };
         log.error({ err: e }, 'the image marker does not parse: reporting no baked release');
       }
       await loadResults();
