@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 export const KILN_MAIN = fileURLToPath(new URL('../../packages/controller/dist/main.js', import.meta.url));
+export const KILN_AGENT_MAIN = fileURLToPath(new URL('../../packages/agent/dist/main.js', import.meta.url));
 
 export interface CliResult {
   code: number | null;
@@ -9,9 +10,21 @@ export interface CliResult {
   stderr: string;
 }
 
+export interface CliOptions {
+  cwd?: string;
+  env?: Record<string, string>;
+}
+
 /** Runs the built `kiln` CLI as a user would: a real child process. */
-export function kiln(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
-  const child = startKiln(args, opts);
+export const kiln = (args: string[], opts: CliOptions = {}): Promise<CliResult> => finished(startKiln(args, opts));
+export const startKiln = (args: string[], opts: CliOptions = {}): ChildProcess => startMain(KILN_MAIN, args, opts);
+
+/** Runs the built `kiln-agent` the same way. */
+export const kilnAgent = (args: string[], opts: CliOptions = {}): Promise<CliResult> => finished(startKilnAgent(args, opts));
+export const startKilnAgent = (args: string[], opts: CliOptions = {}): ChildProcess => startMain(KILN_AGENT_MAIN, args, opts);
+
+/** Collects a child's output until it exits. */
+export function finished(child: ChildProcess): Promise<CliResult> {
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => (stdout += d));
@@ -19,8 +32,8 @@ export function kiln(args: string[], opts: { cwd?: string; env?: Record<string, 
   return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
 }
 
-export function startKiln(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): ChildProcess {
-  return spawn(process.execPath, [KILN_MAIN, ...args], {
+function startMain(main: string, args: string[], opts: CliOptions): ChildProcess {
+  return spawn(process.execPath, [main, ...args], {
     cwd: opts.cwd ?? process.cwd(),
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],

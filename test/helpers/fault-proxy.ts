@@ -18,6 +18,8 @@ export interface FaultProxy {
   stallAfter: number;
   /** artifact GETs seen, whatever the fault */
   artifactGets: number;
+  /** every request seen, as `METHOD /path?query` */
+  requests: string[];
   close(): Promise<void>;
 }
 
@@ -32,8 +34,11 @@ function readAll(stream: IncomingMessage): Promise<Buffer> {
   });
 }
 
-/** An HTTP proxy on 127.0.0.1 in front of `target` (an http://host:port endpoint) that damages artifact downloads. */
-export async function startFaultProxy(target: string, fault: ArtifactFault = 'pass'): Promise<FaultProxy> {
+/**
+ * An HTTP proxy on 127.0.0.1 in front of `target` (an http://host:port endpoint) that damages artifact
+ * downloads; on `port` when given (an endpoint that was down comes back).
+ */
+export async function startFaultProxy(target: string, fault: ArtifactFault = 'pass', opts: { port?: number } = {}): Promise<FaultProxy> {
   const up = new URL(target);
   const sockets = new Set<Socket>();
   const proxy: FaultProxy = {
@@ -41,12 +46,14 @@ export async function startFaultProxy(target: string, fault: ArtifactFault = 'pa
     fault,
     stallAfter: 1024,
     artifactGets: 0,
+    requests: [],
     close: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
   const server: Server = createServer((req, res) => {
+    proxy.requests.push(`${req.method} ${req.url}`);
     const damage = isArtifactGet(req) ? proxy.fault : 'pass';
     if (isArtifactGet(req)) proxy.artifactGets++;
     // The Host header is part of the SigV4 signature: it is forwarded as the client sent it.
@@ -73,7 +80,7 @@ export async function startFaultProxy(target: string, fault: ArtifactFault = 'pa
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => server.listen(opts.port ?? 0, '127.0.0.1', resolve));
   proxy.endpoint = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
   return proxy;
 }

@@ -80,10 +80,14 @@ async function run(root: string, config: AgentConfig, log: Logger, env: AgentCli
   const agent = createAgent({ root, config, log });
   await agent.start();
   notifier.ready(`serving ${config.app} on ${config.instanceId}`);
+  // Neither signal listeners nor the agent's unref'd timers keep the process alive; with no controller
+  // socket it would exit once booted.
+  const alive = setInterval(() => undefined, 2 ** 30);
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
+  clearInterval(alive);
   log.info({ signal }, 'stopping');
   notifier.stop();
   await agent.stop();

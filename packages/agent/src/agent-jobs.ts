@@ -91,9 +91,12 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
   }
 
   /** Runs one routine call, keeping the live facts true whatever happens. */
-  async function attempt(what: string, run: () => Promise<InstallResult>, version = '?', commandId?: string): Promise<InstallResult> {
-    live.operation = { ...(commandId ? { commandId } : {}), op: what === 'rollback' ? 'rollback' : 'install', version, step: 'resolve', startedAt: o.now().toISOString() };
-    o.changed();
+  async function attempt(what: string, run: () => Promise<InstallResult>, version?: string, commandId?: string): Promise<InstallResult> {
+    // A channel's version is known only once its pointer is read: the routine's first step reports it.
+    if (version) {
+      live.operation = { ...(commandId ? { commandId } : {}), op: what === 'rollback' ? 'rollback' : 'install', version, step: 'resolve', startedAt: o.now().toISOString() };
+      o.changed();
+    }
     try {
       const result = await run();
       live.lastError = null;
