@@ -195,7 +195,8 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
         const target = { version: a.version, ...(a.manifestSha256 ? { manifestSha256: a.manifestSha256 } : {}) };
         r = await attempt('rollback', () => install({ ...routine({ ...base, via: 'rollback', allowDowngrade: true }, cmd.id), target }), a.version, cmd.id);
       } else {
-        r = await attempt('rollback', () => rollback(routine({ ...base, via: 'rollback' }, cmd.id)), 'previous', cmd.id);
+        const previous = (await loadState(layout, config.app, log)).previous?.version;
+        r = await attempt('rollback', () => rollback(routine({ ...base, via: 'rollback' }, cmd.id)), previous, cmd.id);
       }
       finish({ outcome: r.outcome, version: r.version });
     } catch (err) {
