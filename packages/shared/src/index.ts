@@ -29,3 +29,5 @@ export * from './text-table.js';
 export * from './agent-protocol.js';
 export * from './systemd-service.js';
 export * from './systemd-unit.js';
+export * from './doc-store.js';
+export * from './s3-objects.js';

@@ -1,12 +1,9 @@
-import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import type { Readable } from 'node:stream';
-import { KilnError } from './kiln-error.js';
 import { checkName } from './names.js';
 import { s3Error } from './s3-errors.js';
-
-/** Small objects (manifests, pointers, signatures) are read whole; anything larger is refused. */
-const MAX_SMALL_OBJECT = 32 * 1024 * 1024;
+import { s3Objects } from './s3-objects.js';
 
 export interface SignedObject {
   bytes: Buffer;
@@ -32,28 +29,7 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
   const releaseDir = (app: string, version: string) => `${prefix}releases/${checkName('app', app)}/${checkName('version', version)}/`;
   const pointerKey = (app: string, channel: string) => `${prefix}channels/${checkName('app', app)}/${checkName('channel', channel)}.json`;
 
-  async function getSmall(key: string): Promise<Buffer> {
-    try {
-      const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
-      if ((res.ContentLength ?? 0) > MAX_SMALL_OBJECT) {
-        (res.Body as Readable | undefined)?.destroy();
-        throw new KilnError('KILN_MANIFEST_INVALID', `s3://${bucket}/${key} is ${res.ContentLength} bytes, over the ${MAX_SMALL_OBJECT}-byte limit`);
-      }
-      return Buffer.from(await res.Body!.transformToByteArray());
-    } catch (err) {
-      throw s3Error(err, `s3://${bucket}/${key}`);
-    }
-  }
-
-  async function put(key: string, body: Buffer, contentType: string, ifNoneMatch = false): Promise<void> {
-    try {
-      await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType, ...(ifNoneMatch ? { IfNoneMatch: '*' } : {}) }));
-    } catch (err) {
-      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-      if (status === 412) throw new KilnError('KILN_RELEASE_EXISTS', `s3://${bucket}/${key} already exists: releases are immutable`, { cause: err });
-      throw s3Error(err, `s3://${bucket}/${key}`);
-    }
-  }
+  const { getSmall, put, list, where } = s3Objects(client, bucket);
 
   async function getSigned(key: string): Promise<SignedObject> {
     const [bytes, sig] = await Promise.all([getSmall(key), getSmall(`${key}.sig`)]);
@@ -71,7 +47,7 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
         await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
         return true;
       } catch (err) {
-        const mapped = s3Error(err, `s3://${bucket}/${key}`);
+        const mapped = s3Error(err, where(key));
         if (mapped.code === 'KILN_RELEASE_NOT_FOUND') return false;
         throw mapped;
       }
@@ -93,7 +69,7 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
         if (onProgress) upload.on('httpUploadProgress', (p) => onProgress(p.loaded ?? 0));
         await upload.done();
       } catch (err) {
-        throw s3Error(err, `s3://${bucket}/${key}`);
+        throw s3Error(err, where(key));
       }
     },
     async getArtifact(key, signal) {
@@ -101,23 +77,12 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
         const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), signal ? { abortSignal: signal } : {});
         return res.Body as Readable;
       } catch (err) {
-        throw s3Error(err, `s3://${bucket}/${key}`);
+        throw s3Error(err, where(key));
       }
     },
     async listVersions(app) {
       const base = `${prefix}releases/${checkName('app', app)}/`;
-      const versions: string[] = [];
-      let token: string | undefined;
-      try {
-        do {
-          const res = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: base, Delimiter: '/', ContinuationToken: token }));
-          for (const p of res.CommonPrefixes ?? []) versions.push(p.Prefix!.slice(base.length, -1));
-          token = res.IsTruncated ? res.NextContinuationToken : undefined;
-        } while (token);
-      } catch (err) {
-        throw s3Error(err, `s3://${bucket}/${base}`);
-      }
-      return versions;
+      return (await list(base, '/')).map((p) => p.slice(base.length, -1));
     },
     getPointer: (app, channel) => getSigned(pointerKey(app, channel)),
     async putPointer(app, channel, obj) {
