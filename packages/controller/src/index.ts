@@ -6,3 +6,8 @@ export { ensureBaseRootfs, kilnCacheDir, BASE_ROOTFS_RECIPE, type EnsureBaseRoot
 export { bootMachine, type BootMachineOptions, type Machine, type MachineBind, type MachineExit } from './nspawn-machine.js';
 export { type MachineExecOptions, type MachineExecResult } from './nspawn-exec.js';
 export { createMachineGroup, type MachineGroup } from './nspawn-group.js';
+export { buildServer, AGENTS_PATH, type KilnServer, type ServerOptions } from './server.js';
+export { createAgentHub, type AgentHub, type HubInstance } from './agent-hub.js';
+export { planBatches } from './rollout.js';
+export { Deployment, Fleet } from './fleet-model.js';
+export { type InstanceRow, type FleetSummary } from './fleet-view.js';

@@ -51,6 +51,17 @@ export const ERROR_CODES = {
   KILN_BOOT_TIMEOUT: 'a machine did not finish booting before its deadline (it was killed)',
   KILN_MACHINE_FAILED: 'systemd-nspawn exited or could not start, or the machine is not running',
   KILN_MACHINE_TIMEOUT: 'a command in a machine, or a unit becoming active there, ran past its deadline',
+  KILN_UNAUTHORIZED: 'no credential, or one the controller does not know (HTTP 401; WebSocket closed with 1008)',
+  KILN_FORBIDDEN: 'the credential is valid but not for this (an agent credential on the operator API: HTTP 403)',
+  KILN_REQUEST_INVALID: 'an HTTP body, parameter or query does not validate (HTTP 400, names the field)',
+  KILN_FLEET_NOT_FOUND: 'no such fleet (HTTP 404)',
+  KILN_FLEET_EXISTS: 'a fleet of that name already exists (HTTP 409)',
+  KILN_FLEET_BUSY: 'the fleet already has a deployment running (HTTP 409)',
+  KILN_DEPLOYMENT_NOT_FOUND: 'no such deployment (HTTP 404)',
+  KILN_AGENT_TIMEOUT: 'an agent did not report the release installed and healthy within the health timeout',
+  KILN_AGENT_UNREACHABLE: 'an agent of the fleet is not connected to the controller',
+  KILN_DEPLOY_FAILED: 'a deployment stopped at its failure limit and rolled the touched instances back',
+  KILN_CONTROLLER_UNREACHABLE: 'the CLI cannot reach the controller API',
   KILN_INSTALL_FAILED: 'the install failed for a reason not covered by a more specific code',
 } as const;
 

@@ -1,0 +1,170 @@
+import { randomBytes } from 'node:crypto';
+import { KilnError, promoteRelease, readPointer, showRelease, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseStore } from '@kiln/shared';
+import type { AgentHub } from './agent-hub.js';
+import { Deployment, type DeploymentCreate, type ReleaseRef } from './fleet-model.js';
+import type { FleetRegistry } from './fleet-registry.js';
+import { runRollout } from './rollout.js';
+import { createRolloutWaiter } from './rollout-wait.js';
+
+export interface DeploymentsOptions {
+  docs: DocStore;
+  hub: AgentHub;
+  fleets: FleetRegistry;
+  store: ReleaseStore;
+  /** signs the channel pointers a deployment moves; without it deployments are refused */
+  signingKey?: PrivateKey;
+  trustedKeys: PublicKey[];
+  log: Logger;
+  now: () => Date;
+  pointerTtlMs: number;
+}
+
+export interface Deployments {
+  create(input: DeploymentCreate, kind?: 'deploy' | 'rollback'): Promise<Deployment>;
+  /** A deployment of the fleet's previous good release, as a new pointer. */
+  rollback(fleet: string, opts: Pick<DeploymentCreate, 'batch' | 'maxFailures' | 'healthTimeoutMs'>): Promise<Deployment>;
+  get(id: string): Promise<Deployment>;
+  list(fleet?: string): Promise<Deployment[]>;
+  cancel(id: string): Promise<Deployment>;
+  /** At start: rollouts a previous controller left running are resumed (commands are idempotent). */
+  resume(): Promise<void>;
+  /** the release a channel points to now, or null */
+  pointed(app: string, channel: string): Promise<ReleaseRef | null>;
+  /** resolves when no rollout runs (tests) */
+  idle(): Promise<void>;
+  close(): void;
+}
+
+const keyOf = (fleet: string, id: string) => `controller/deployments/${fleet}/${id}.json`;
+
+export function createDeployments(o: DeploymentsOptions): Deployments {
+  const log = o.log.child({ module: 'deployments' });
+  const running = new Map<string, { record: Deployment; done: Promise<void> }>();
+  const busy = new Set<string>();
+  const waiter = createRolloutWaiter(o.hub);
+
+  function start(record: Deployment): void {
+    const succeeded = async (r: Deployment) => void (await o.fleets.setDesired(r.fleet, r.release));
+    const done = runRollout({ record, hub: o.hub, waiter, save: (r) => o.docs.put(keyOf(r.fleet, r.id), r), movePointer, succeeded, log, now: o.now })
+      .then(() => undefined)
+      .catch((err) => log.error({ err, id: record.id }, 'rollout crashed'))
+      .finally(() => {
+        running.delete(record.fleet);
+        busy.delete(record.fleet);
+      });
+    running.set(record.fleet, { record, done });
+  }
+
+  /** Points the fleet's channel at `release`, unless it already does (a resumed rollout). */
+  async function movePointer(app: string, channel: string, release: ReleaseRef): Promise<void> {
+    const current = await readPointer(o.store, app, channel, o.trustedKeys).catch(() => undefined);
+    if (current?.manifestSha256 === release.manifestSha256) return;
+    await promoteRelease({ store: o.store, app, version: release.version, channel, key: o.signingKey!, keys: o.trustedKeys, ttlMs: o.pointerTtlMs, now: o.now });
+  }
+
+  async function pointed(app: string, channel: string): Promise<ReleaseRef | null> {
+    const p = await readPointer(o.store, app, channel, o.trustedKeys).catch(() => undefined);
+    return p ? { version: p.version, seq: p.seq, manifestSha256: p.manifestSha256 } : null;
+  }
+
+  async function create(input: DeploymentCreate, kind: 'deploy' | 'rollback' = 'deploy'): Promise<Deployment> {
+    const fleet = o.fleets.get(input.fleet);
+    if (busy.has(fleet.name)) throw new KilnError('KILN_FLEET_BUSY', `fleet ${fleet.name} already has a deployment running (${running.get(fleet.name)?.record.id ?? 'starting'}); wait for it or cancel it`);
+    busy.add(fleet.name);
+    try {
+      if (!o.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to move channel pointers with; start it with one (`kiln keys generate`)');
+      const { manifest, manifestSha256 } = await showRelease(o.store, fleet.app, input.version, o.trustedKeys);
+      const release = { version: manifest.version, seq: manifest.seq, manifestSha256 };
+      const previous = fleet.desired ?? (await pointed(fleet.app, fleet.channel));
+      const at = o.now().toISOString();
+      const record: Deployment = {
+        id: `d-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`,
+        fleet: fleet.name,
+        app: fleet.app,
+        channel: fleet.channel,
+        strategy: 'hotfix',
+        kind,
+        release,
+        previous: previous && previous.manifestSha256 !== manifestSha256 ? previous : null,
+        batch: input.batch,
+        maxFailures: input.maxFailures,
+        healthTimeoutMs: input.healthTimeoutMs,
+        state: 'running',
+        verdict: null,
+        error: null,
+        batches: [],
+        instances: {},
+        cancelRequested: false,
+        createdAt: at,
+        updatedAt: at,
+        finishedAt: null,
+      };
+      await o.docs.put(keyOf(fleet.name, record.id), record);
+      log.info({ id: record.id, fleet: fleet.name, version: release.version, kind }, 'deployment created');
+      start(record);
+      return record;
+    } catch (err) {
+      if (!running.has(fleet.name)) busy.delete(fleet.name);
+      throw err;
+    }
+  }
+
+  async function read(id: string): Promise<Deployment> {
+    for (const r of running.values()) if (r.record.id === id) return r.record;
+    if (!/^d-[a-z0-9]+-[0-9a-f]{6}$/.test(id)) throw new KilnError('KILN_DEPLOYMENT_NOT_FOUND', `no deployment ${JSON.stringify(id)}`);
+    for (const f of o.fleets.list()) {
+      const rec = await o.docs.get(keyOf(f.name, id), Deployment);
+      if (rec) return rec;
+    }
+    throw new KilnError('KILN_DEPLOYMENT_NOT_FOUND', `no deployment ${id}`);
+  }
+
+  async function list(fleet?: string): Promise<Deployment[]> {
+    const names = fleet ? [o.fleets.get(fleet).name] : o.fleets.list().map((f) => f.name);
+    const out: Deployment[] = [];
+    for (const name of names) {
+      for (const key of await o.docs.list(`controller/deployments/${name}/`)) {
+        const live = [...running.values()].find((r) => key.endsWith(`/${r.record.id}.json`));
+        const rec = live?.record ?? (await o.docs.get(key, Deployment).catch(() => undefined));
+        if (rec) out.push(rec);
+      }
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+
+  return {
+    create,
+    async rollback(fleetName, opts) {
+      const fleet = o.fleets.get(fleetName);
+      const target = fleet.history.at(-1);
+      if (!target) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no earlier release to roll back to`);
+      return create({ fleet: fleet.name, version: target.version, strategy: 'hotfix', ...opts }, 'rollback');
+    },
+    get: read,
+    list,
+    async cancel(id) {
+      const rec = await read(id);
+      if (rec.state !== 'running') return rec;
+      rec.cancelRequested = true;
+      log.info({ id }, 'cancel requested: stopping after the running batch');
+      return rec;
+    },
+    async resume() {
+      for (const f of o.fleets.list()) {
+        for (const rec of await list(f.name)) {
+          if (rec.state !== 'running' || busy.has(f.name)) continue;
+          log.warn({ id: rec.id, fleet: f.name }, 'resuming a rollout a previous controller left running');
+          busy.add(f.name);
+          start(rec);
+        }
+      }
+    },
+    pointed,
+    async idle() {
+      await Promise.all([...running.values()].map((r) => r.done));
+    },
+    close() {
+      waiter.close();
+    },
+  };
+}

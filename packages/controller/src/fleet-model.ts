@@ -1,0 +1,91 @@
+import { KilnError, formatZodError, isValidName } from '@kiln/shared';
+import { z } from 'zod';
+
+export const fleetName = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lower-case letters, digits and -, at most 63');
+const appName = z.string().refine((v) => isValidName('app', v), 'invalid app name');
+const channelName = z.string().refine((v) => isValidName('channel', v), 'invalid channel name');
+const versionName = z.string().refine((v) => isValidName('version', v), 'invalid version name');
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
+
+export const ReleaseRef = z.strictObject({ version: versionName, seq: z.number().int().min(1), manifestSha256: sha256 });
+export type ReleaseRef = z.infer<typeof ReleaseRef>;
+
+/** A fleet: the instances of one app following one channel. Kept in the bucket; its agent credential only as a digest. */
+export const Fleet = z.strictObject({
+  name: fleetName,
+  app: appName,
+  channel: channelName,
+  provider: z.enum(['none', 'process', 'nspawn', 'ec2']),
+  image: z.string().max(256).nullable(),
+  size: z.number().int().min(0).max(100_000),
+  /** the release the fleet should run, set by every successful deployment */
+  desired: ReleaseRef.nullable(),
+  /** earlier desired releases, newest last: `kiln rollback FLEET` goes to the one before `desired` */
+  history: z.array(ReleaseRef.extend({ at: z.string() })).max(50),
+  agentCredentialSha256: sha256,
+  createdAt: z.string(),
+});
+export type Fleet = z.infer<typeof Fleet>;
+
+export const FleetCreate = z.strictObject({
+  name: fleetName,
+  app: appName,
+  channel: channelName.default('stable'),
+  provider: z.enum(['none', 'process', 'nspawn', 'ec2']).default('none'),
+  image: z.string().max(256).nullable().default(null),
+  size: z.number().int().min(0).max(100_000).default(0),
+});
+
+/** "25%" or "10": the share or number of the fleet's instances per batch. */
+export const BatchSpec = z.union([
+  z.strictObject({ percent: z.number().min(1).max(100) }),
+  z.strictObject({ count: z.number().int().min(1) }),
+]);
+export type BatchSpec = z.infer<typeof BatchSpec>;
+
+export const DeploymentCreate = z.strictObject({
+  fleet: fleetName,
+  version: versionName,
+  strategy: z.literal('hotfix').default('hotfix'),
+  batch: BatchSpec.default({ percent: 25 }),
+  maxFailures: z.number().int().min(0).default(0),
+  healthTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
+});
+export type DeploymentCreate = z.infer<typeof DeploymentCreate>;
+
+export const RollbackCreate = DeploymentCreate.omit({ fleet: true, version: true, strategy: true });
+
+export const InstanceStep = z.enum(['pending', 'sent', 'healthy', 'failed', 'rolled-back', 'rollback-failed', 'unreachable']);
+
+export const Deployment = z.strictObject({
+  id: z.string(),
+  fleet: fleetName,
+  app: appName,
+  channel: channelName,
+  strategy: z.literal('hotfix'),
+  /** `deploy` or `rollback` (a rollback is a deployment of the previous good release) */
+  kind: z.enum(['deploy', 'rollback']),
+  release: ReleaseRef,
+  /** the pointer this deployment replaced, restored if it fails */
+  previous: ReleaseRef.nullable(),
+  batch: BatchSpec,
+  maxFailures: z.number().int().min(0),
+  healthTimeoutMs: z.number().int(),
+  state: z.enum(['running', 'succeeded', 'failed', 'cancelled', 'interrupted']),
+  verdict: z.string().nullable(),
+  error: z.strictObject({ code: z.string(), message: z.string() }).nullable(),
+  batches: z.array(z.array(z.string())),
+  instances: z.record(z.string(), z.strictObject({ step: InstanceStep, batch: z.number().int(), error: z.strictObject({ code: z.string(), message: z.string() }).optional(), at: z.string() })),
+  cancelRequested: z.boolean(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+  finishedAt: z.string().nullable(),
+});
+export type Deployment = z.infer<typeof Deployment>;
+
+/** Parses a request body or query: a 400 that names the field. */
+export function parseInput<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const parsed = schema.safeParse(value ?? {});
+  if (!parsed.success) throw new KilnError('KILN_REQUEST_INVALID', `${what} is invalid: ${formatZodError(parsed.error)}`);
+  return parsed.data;
+}

@@ -1,0 +1,43 @@
+import type { FastifyPluginAsync } from 'fastify';
+import { z } from 'zod';
+import type { Deployments } from './deployments.js';
+import { FleetCreate, RollbackCreate, fleetName, parseInput, type Fleet } from './fleet-model.js';
+import type { FleetRegistry } from './fleet-registry.js';
+import { fleetRows, summarize } from './fleet-view.js';
+import type { AgentHub } from './agent-hub.js';
+
+const Params = z.strictObject({ name: fleetName });
+
+/** The public view of a fleet: never its credential digest. */
+export function publicFleet(f: Fleet): Omit<Fleet, 'agentCredentialSha256'> {
+  const { agentCredentialSha256: _, ...rest } = f;
+  return rest;
+}
+
+export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: AgentHub; deployments: Deployments }> = async (app, { fleets, hub, deployments }) => {
+  const fleetOf = (params: unknown) => fleets.get(parseInput(Params, params, 'the fleet name').name);
+
+  app.post('/v1/fleets', async (req, reply) => {
+    const input = parseInput(FleetCreate, req.body, 'the fleet');
+    // A new fleet wants what its channel points to now.
+    const { fleet, agentCredential } = await fleets.create(input, await deployments.pointed(input.app, input.channel));
+    return reply.status(201).send({ fleet: publicFleet(fleet), agentCredential });
+  });
+  app.get('/v1/fleets', async () => ({ fleets: fleets.list().map(publicFleet) }));
+  app.get('/v1/fleets/:name', async (req) => ({ fleet: publicFleet(fleetOf(req.params)) }));
+  app.get('/v1/fleets/:name/instances', async (req) => {
+    const fleet = fleetOf(req.params);
+    const rows = fleetRows(fleet, hub);
+    return { fleet: publicFleet(fleet), instances: rows, summary: summarize(rows) };
+  });
+  app.get('/v1/fleets/:name/drift', async (req) => {
+    const fleet = fleetOf(req.params);
+    const rows = fleetRows(fleet, hub);
+    return { fleet: publicFleet(fleet), drifted: rows.filter((r) => r.drift !== 'in-sync'), summary: summarize(rows) };
+  });
+  app.post('/v1/fleets/:name/rollback', async (req, reply) => {
+    const fleet = fleetOf(req.params);
+    const opts = parseInput(RollbackCreate, req.body, 'the rollback');
+    return reply.status(201).send({ deployment: await deployments.rollback(fleet.name, opts) });
+  });
+};

@@ -1,0 +1,71 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startController, startFleet, type TestController } from './helpers/controller.js';
+import { until, type TestAgent } from './helpers/agent.js';
+import { makeKeys, pushApp } from './helpers/release.js';
+import { startS3, type S3Fixture } from './helpers/s3.js';
+
+let s3: S3Fixture;
+let ctl: TestController;
+const keys = makeKeys();
+const agents: TestAgent[] = [];
+
+beforeAll(async () => {
+  s3 = await startS3();
+  await pushApp({ store: s3.store, keys, version: '1.0.0', channel: 'stable' });
+  await pushApp({ store: s3.store, keys, version: '2.0.0' });
+  await pushApp({ store: s3.store, keys, version: '3.0.0', kilnJson: { service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['false'], timeoutMs: 1500 } } });
+  ctl = await startController({ s3, keys });
+});
+afterAll(async () => {
+  await ctl.close();
+  await s3.close();
+});
+afterEach(async () => {
+  await Promise.all(agents.splice(0).map((a) => a.stop()));
+});
+
+async function finished(id: string) {
+  let d: any;
+  await until(`deployment ${id} to finish`, async () => {
+    d = (await ctl.api('GET', `/v1/deployments/${id}`)).body.deployment;
+    return d.state !== 'running';
+  }, 40_000);
+  return d;
+}
+
+describe('controller: hotfix rollouts over the agents', () => {
+  it('hotfixes a fleet of 3 in batches, moves the pointer, shows status and drift, then rolls back', async () => {
+    const fleet = await startFleet({ s3, keys, ctl, count: 3 });
+    agents.push(...fleet.agents);
+    await until('3 agents on 1.0.0', async () => (await ctl.api('GET', '/v1/fleets/web/instances')).body.instances.filter((r: any) => r.installed === '1.0.0' && r.connected).length === 3);
+    const created = await ctl.api('POST', '/v1/deployments', { fleet: 'web', version: '2.0.0', batch: { count: 2 }, healthTimeoutMs: 15_000 });
+    expect(created.status).toBe(201);
+    const d = await finished(created.body.deployment.id);
+    expect(d.state, d.verdict).toBe('succeeded');
+    expect(d.batches.map((b: string[]) => b.length)).toEqual([2, 1]);
+    for (const a of fleet.agents) expect(await a.serving()).toContain('kiln-demo 2.0.0');
+    const status = (await ctl.api('GET', '/v1/fleets/web/instances')).body;
+    expect(status.fleet.desired.version).toBe('2.0.0');
+    expect(status.instances.map((r: any) => [r.installed, r.via, r.drift])).toEqual(Array(3).fill(['2.0.0', 'hotfix', 'off-image']));
+    const rb = await ctl.api('POST', '/v1/fleets/web/rollback', { batch: { percent: 100 } });
+    expect(rb.status).toBe(201);
+    const r = await finished(rb.body.deployment.id);
+    expect(r.state, r.verdict).toBe('succeeded');
+    for (const a of fleet.agents) expect(await a.serving()).toContain('kiln-demo 1.0.0');
+  }, 60_000);
+
+  it('stops at the failure limit, rolls the touched instances back and restores the pointer', async () => {
+    const fleet = await startFleet({ s3, keys, ctl, count: 2, name: 'api' });
+    agents.push(...fleet.agents);
+    await until('2 agents', async () => (await ctl.api('GET', '/v1/fleets/api/instances')).body.instances.filter((r: any) => r.installed === '1.0.0').length === 2);
+    const first = await ctl.api('POST', '/v1/deployments', { fleet: 'api', version: '2.0.0', batch: { percent: 100 } });
+    expect(first.status, JSON.stringify(first.body)).toBe(201);
+    const ok = await finished(first.body.deployment.id);
+    expect(ok.state).toBe('succeeded');
+    const bad = await finished((await ctl.api('POST', '/v1/deployments', { fleet: 'api', version: '3.0.0', batch: { count: 1 }, healthTimeoutMs: 10_000 })).body.deployment.id);
+    expect(bad.state).toBe('failed');
+    expect(bad.error.code).toBe('KILN_DEPLOY_FAILED');
+    expect(Object.values(bad.instances).map((i: any) => i.step).sort()).toEqual(['pending', 'rolled-back']);
+    for (const a of fleet.agents) expect(await a.serving()).toContain('kiln-demo 2.0.0');
+  }, 60_000);
+});

@@ -1,0 +1,63 @@
+import { buildServer, type KilnServer } from '@kiln/controller';
+import { createS3Client, type Logger } from '@kiln/shared';
+import { makeAgent, type TestAgent } from './agent.js';
+import { quietLog, type Keys } from './release.js';
+import type { S3Fixture } from './s3.js';
+
+export const OPERATOR = 'operator-token-for-tests-0123456789';
+
+export interface TestController {
+  server: KilnServer;
+  url: string;
+  /** ws:// URL of the agents' endpoint */
+  agentsUrl: string;
+  /** an operator API call; returns status and parsed body */
+  api(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; body: any }>;
+  close(): Promise<void>;
+}
+
+/** A real controller (buildServer) listening on 127.0.0.1, on the fixture's bucket. */
+export async function startController(args: { s3: S3Fixture; keys: Keys; log?: Logger; port?: number; heartbeatMs?: number }): Promise<TestController> {
+  const server = await buildServer({
+    log: args.log ?? quietLog(),
+    s3: createS3Client(args.s3.s3.location),
+    bucket: args.s3.s3.location.bucket,
+    operatorTokens: [OPERATOR],
+    signingKey: args.keys.key,
+    trustedKeys: args.keys.keys,
+    heartbeatMs: args.heartbeatMs ?? 1_000,
+  });
+  await server.listen({ host: '127.0.0.1', port: args.port ?? 0 });
+  const { port } = server.server.address() as { port: number };
+  const url = `http://127.0.0.1:${port}`;
+  return {
+    server,
+    url,
+    agentsUrl: `ws://127.0.0.1:${port}/v1/agents`,
+    async api(method, path, body, token = OPERATOR) {
+      const res = await fetch(url + path, {
+        method,
+        headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
+      });
+      const text = await res.text();
+      return { status: res.status, body: text ? JSON.parse(text) : undefined };
+    },
+    close: () => server.close(),
+  };
+}
+
+/** A fleet and `count` real agents (process supervisor, own roots and ports) connected to it. */
+export async function startFleet(args: { s3: S3Fixture; keys: Keys; ctl: TestController; name?: string; count: number; app?: string }): Promise<{ agents: TestAgent[]; credential: string; name: string }> {
+  const name = args.name ?? 'web';
+  const created = await args.ctl.api('POST', '/v1/fleets', { name, app: args.app ?? 'web', channel: 'stable' });
+  if (created.status !== 201) throw new Error(`fleet create: ${JSON.stringify(created.body)}`);
+  const credential = created.body.agentCredential as string;
+  const agents: TestAgent[] = [];
+  for (let i = 0; i < args.count; i++) {
+    const a = await makeAgent({ s3: args.s3, keys: args.keys, instanceId: `${name}-${i + 1}`, config: { controller: { url: args.ctl.agentsUrl, credential } } });
+    agents.push(a);
+  }
+  await Promise.all(agents.map((a) => a.agent.start()));
+  return { agents, credential, name };
+}
