@@ -61,6 +61,7 @@ export const ERROR_CODES = {
   KILN_AGENT_TIMEOUT: 'an agent did not report the release installed and healthy within the health timeout',
   KILN_AGENT_UNREACHABLE: 'an agent of the fleet is not connected to the controller',
   KILN_DEPLOY_FAILED: 'a deployment stopped at its failure limit and rolled the touched instances back',
+  KILN_DEPLOY_CANCELLED: 'a deployment was cancelled before its last batch (the batches done stay done)',
   KILN_CONTROLLER_UNREACHABLE: 'the CLI cannot reach the controller API',
   KILN_INSTALL_FAILED: 'the install failed for a reason not covered by a more specific code',
 } as const;
