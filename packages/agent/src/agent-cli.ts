@@ -101,7 +101,7 @@ async function localReport(root: string, config: AgentConfig, log: Logger): Prom
   const service = config.serviceManager === 'systemd' ? createSystemdService({ root, app: config.app, log, ...env }) : createProcessSupervisor({ appDir: layout.appDir, log, ...env });
   const last = await readReportFile(path.join(layout.root, 'var/lib/kiln/agent'));
   const journal = await readJournal(layout.journal).catch(() => undefined);
-  const marker = await readImageMarker(root).catch(() => undefined);
+  const marker = await readImageMarker(root, config.app).catch(() => undefined);
   const now = new Date();
   const operation = journal ? { ...(journal.commandId ? { commandId: journal.commandId } : {}), op: journal.op, version: journal.version, step: journal.step, startedAt: journal.startedAt } : null;
   return collectReport(

@@ -83,6 +83,16 @@ export async function loadPinnedKeys(root: string, keys: string[]): Promise<Publ
   );
 }
 
+/** The private CA for a wss:// controller (`controller.ca`): a PEM file under the root. */
+export async function loadControllerCa(root: string, ca: string): Promise<Buffer> {
+  const file = underRoot(root, ca);
+  try {
+    return await readFile(file);
+  } catch (cause) {
+    throw new KilnError('KILN_CONFIG_INVALID', `cannot read the controller CA ${file} (controller.ca of the agent config): ${(cause as Error).message}`, { cause });
+  }
+}
+
 /** A config path is always inside the root, whether written absolute (as on the image) or relative. */
 export function underRoot(root: string, p: string): string {
   const abs = path.join(path.resolve(root), path.resolve('/', p));

@@ -80,8 +80,6 @@ export function connectToController(opts: ConnectionOptions): Connection {
     sock.on('ping', heard);
     sock.on('message', (data, isBinary) => {
       heard();
-      // A good frame resets the backoff: the connection is known to work both ways.
-      attempt = 0;
       let msg: Message;
       try {
         msg = parseFrame(isBinary ? (data as Buffer) : data.toString(), 'controller');
@@ -91,6 +89,9 @@ export function connectToController(opts: ConnectionOptions): Connection {
         sock.send(frame({ type: 'error', error: { code: e.code, message: e.message } }));
         return;
       }
+      // A good frame resets the backoff: the connection is known to work both ways. A refused one does
+      // not, or a controller speaking another protocol version would be redialled every half second.
+      attempt = 0;
       opts.onMessage(msg);
     });
     sock.on('error', (err) => log.warn({ err: err.message }, 'controller connection error'));

@@ -21,7 +21,7 @@ import type { AgentConfig } from './agent-config.js';
 import { treeCheckOf, type LiveFacts } from './agent-report.js';
 import { backoffDelay } from './backoff.js';
 import type { CommandMessage, Job } from './job-queue.js';
-import type { DigestCache } from './tree-check.js';
+import { UNCHECKED, type DigestCache } from './tree-check.js';
 
 export interface AgentJobsOptions {
   root: string;
@@ -117,9 +117,15 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
     installedSeq = (await loadState(layout, config.app, log).catch(() => undefined))?.current?.seq ?? installedSeq;
   }
 
+  /** Never throws: a file vanishing mid-check must not fail the install or the command that ran it. */
   async function checkTree(): Promise<void> {
     const before = JSON.stringify({ ...live.tree, checkedAt: null });
-    live.tree = await treeCheckOf(o.root, config.app, o.cache, o.now());
+    try {
+      live.tree = await treeCheckOf(o.root, config.app, o.cache, o.now());
+    } catch (err) {
+      log.warn({ err }, 'tree check failed: reporting the tree unchecked');
+      live.tree = UNCHECKED;
+    }
     if (JSON.stringify({ ...live.tree, checkedAt: null }) !== before) {
       if (live.tree.status === 'modified') log.warn({ tree: live.tree }, 'the installed tree differs from its manifest');
       o.changed();
@@ -154,18 +160,20 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
       try {
         const r = await attempt('boot', () => install({ ...routine({ via: 'boot', newPointerOnly: true }), target: { channel: config.channel } }));
         log.info({ version: r.version, outcome: r.outcome, downloaded: r.downloaded }, 'boot: the channel is installed');
-        return;
+        break;
       } catch (err) {
         const e = asKilnError(err);
         if (!TRANSIENT.has(e.code)) {
           log.error({ err: e }, 'boot: the channel cannot be installed; the installed release keeps serving');
-          return;
+          break;
         }
         const delay = backoffDelay(n, { baseMs: 1_000, capMs: config.backoffCapMs, random: o.random });
         log.warn({ code: e.code, retryInMs: delay }, 'boot: the bucket is unreachable; the installed release keeps serving, retrying');
         await sleep(delay, undefined, { signal: aborter.signal }).catch(() => undefined);
       }
     }
+    // A boot that installed nothing (an image booted with its baked release) checks the tree now, not a period later.
+    if (live.tree.status === 'unchecked' && !o.isStopped()) await checkTree();
   }
 
   async function poll(): Promise<void> {
@@ -209,7 +217,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
     async run(job) {
       if (job.kind === 'boot') return boot();
       if (job.kind === 'poll') return poll();
-      if (job.kind === 'tree') return checkTree().catch((err) => log.warn({ err }, 'tree check failed'));
+      if (job.kind === 'tree') return checkTree();
       return command(job.command);
     },
     precheck(cmd) {

@@ -19,7 +19,7 @@ import {
   type ServiceManager,
 } from '@kiln/shared';
 import type { ClientOptions } from 'ws';
-import { loadPinnedKeys, type AgentConfig } from './agent-config.js';
+import { loadControllerCa, loadPinnedKeys, type AgentConfig } from './agent-config.js';
 import { connectToController, type Connection } from './agent-connection.js';
 import { createAgentJobs, type AgentJobs } from './agent-jobs.js';
 import { collectReport, recentResults, type LiveFacts } from './agent-report.js';
@@ -202,8 +202,9 @@ export function createAgent(opts: AgentOptions): Agent {
   return {
     async start() {
       if (!opts.keys) keys = await loadPinnedKeys(root, config.keys);
+      const ca = config.controller?.ca ? await loadControllerCa(root, config.controller.ca) : undefined;
       try {
-        marker = await readImageMarker(root);
+        marker = await readImageMarker(root, config.app);
       } catch (err) {
         const e = asKilnError(err);
         markerError = { code: e.code, message: e.message, at: now().toISOString() };
@@ -224,11 +225,13 @@ export function createAgent(opts: AgentOptions): Agent {
           heartbeatMs: config.heartbeatMs,
           backoffCapMs: config.backoffCapMs,
           random,
-          ...(opts.wsOptions ? { wsOptions: opts.wsOptions } : {}),
+          ...(ca || opts.wsOptions ? { wsOptions: { ...(ca ? { ca } : {}), ...opts.wsOptions } } : {}),
           hello: async () => {
             await recovery;
-            const s = await loadState(layout, config.app, log);
-            const message: Outgoing = { type: 'hello', report: await report(), results: recentResults(s.commands) };
+            const r = await report();
+            // Taken in the same turn the frame is sent: a result that finishes while the hello is built
+            // is in it, and so is one that never reached state.json (refused before the install lock).
+            const message: Outgoing = { type: 'hello', report: r, results: [...results.values()].slice(-50) };
             emit({ type: 'sent', message });
             return frame(message);
           },
@@ -247,6 +250,8 @@ export function createAgent(opts: AgentOptions): Agent {
       queue.close();
       jobs.abort();
       await queue.idle();
+      // Nothing is written once stop() resolves (a root may be sealed or removed next).
+      await reporting;
     },
     idle: () => queue.idle(),
     report,

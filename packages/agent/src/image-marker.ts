@@ -1,22 +1,22 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, formatZodError, writeFileAtomic, type ReleaseRef } from '@kiln/shared';
+import { KilnError, formatZodError, isValidName, writeFileAtomic, type ReleaseRef } from '@kiln/shared';
 import { z } from 'zod';
 
 /** `/etc/kiln/image.json`: written when an image is baked, read by every instance launched from it. */
 export const ImageMarker = z.strictObject({
   schema: z.literal(1),
-  app: z.string(),
+  app: z.string().refine((v) => isValidName('app', v), 'invalid app name'),
   /** the release baked into the image */
-  release: z.strictObject({ version: z.string(), seq: z.number().int().min(1), manifestSha256: z.string().regex(/^[0-9a-f]{64}$/) }).nullable(),
+  release: z.strictObject({ version: z.string().refine((v) => isValidName('version', v), 'invalid version name'), seq: z.number().int().min(1), manifestSha256: z.string().regex(/^[0-9a-f]{64}$/) }).nullable(),
   bakedAt: z.string(),
 });
 export type ImageMarker = z.infer<typeof ImageMarker>;
 
 export const imageMarkerPath = (root: string) => path.join(path.resolve(root), 'etc/kiln/image.json');
 
-/** The image's marker, or undefined on a plain base image. A marker that does not parse is an error. */
-export async function readImageMarker(root: string): Promise<ImageMarker | undefined> {
+/** The image's marker, or undefined on a plain base image. A marker that does not parse, or is for another app, is an error. */
+export async function readImageMarker(root: string, app: string): Promise<ImageMarker | undefined> {
   const file = imageMarkerPath(root);
   let text: string;
   try {
@@ -33,6 +33,7 @@ export async function readImageMarker(root: string): Promise<ImageMarker | undef
   }
   const parsed = ImageMarker.safeParse(raw);
   if (!parsed.success) throw new KilnError('KILN_STATE_INVALID', `the image marker ${file} is invalid: ${formatZodError(parsed.error)}`);
+  if (parsed.data.app !== app) throw new KilnError('KILN_STATE_INVALID', `the image marker ${file} is for app ${parsed.data.app}, but this agent serves ${app}`);
   return parsed.data;
 }
 

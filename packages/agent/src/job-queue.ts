@@ -15,11 +15,13 @@ export interface JobQueue {
   has(commandId: string): 'running' | 'queued' | undefined;
   /** whether a job of this kind is running or waiting (boot, poll and tree are never queued twice) */
   pending(kind: Job['kind']): boolean;
+  /** commands waiting behind the running job (boot, poll and tree jobs are not counted) */
   readonly waiting: number;
-  /** Resolves once nothing runs or waits. */
+  /** Resolves once nothing runs or waits (once closed: once nothing runs) and the inbox is written. */
   idle(): Promise<void>;
   /** Commands accepted before a restart and not yet finished, to run again (they are idempotent by id). */
   restore(): Promise<CommandMessage[]>;
+  /** Runs nothing more; the commands still waiting stay in the inbox. */
   close(): void;
 }
 
@@ -58,7 +60,8 @@ export function createJobQueue(opts: { inboxFile: string; maxQueued: number; log
       running = undefined;
       if (finished.kind === 'command') await persist();
     }
-    if (!running && waiting.length === 0) {
+    // Once closed, the commands still waiting stay in the inbox for the next start; nothing more runs.
+    if (!running && (closed || waiting.length === 0)) {
       const w = idleWaiters;
       idleWaiters = [];
       for (const resolve of w) resolve();
@@ -89,11 +92,12 @@ export function createJobQueue(opts: { inboxFile: string; maxQueued: number; log
       return running?.kind === kind || waiting.some((j) => j.kind === kind);
     },
     get waiting() {
-      return waiting.length;
+      return waiting.filter((j) => j.kind === 'command').length;
     },
     idle() {
-      if (!running && waiting.length === 0) return Promise.resolve();
-      return new Promise((resolve) => idleWaiters.push(resolve));
+      // Also waits for the inbox writes, so nothing is written once a stopped agent's idle() resolves.
+      if (!running && (closed || waiting.length === 0)) return persisted;
+      return new Promise<void>((resolve) => idleWaiters.push(resolve)).then(() => persisted);
     },
     async restore() {
       let raw: unknown;
@@ -114,7 +118,6 @@ export function createJobQueue(opts: { inboxFile: string; maxQueued: number; log
     },
     close() {
       closed = true;
-      waiting.length = 0;
     },
   };
 }
