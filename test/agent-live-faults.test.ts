@@ -85,6 +85,8 @@ async function intact(root: string, port: number, version: string): Promise<void
   expect(await readlink(layout.current)).toBe(`releases/${version}`);
   expect(await isComplete(layout, version)).toBe(true);
   expect(await servingOn(port)).toContain(`kiln-demo ${version}`);
+  // The inbox is rewritten just after a command's result goes out: its temporary file may still be in flight.
+  await until('no temporary files', async () => (await leftovers(layout.root)).length === 0, 2_000).catch(() => undefined);
   expect(await leftovers(layout.root)).toEqual([]);
 }
 
