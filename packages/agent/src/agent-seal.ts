@@ -14,6 +14,9 @@ export async function sealImage(root: string, app: string, log: Logger, now = ne
     const state = await loadState(layout, app, log);
     if (!state.current) throw new KilnError('KILN_NOT_INSTALLED', `${app} has no installed release on ${layout.root} to bake into an image`);
     state.current = { ...state.current, via: 'baked' };
+    // The builder's command history is not the instances': they start with none.
+    state.commands = [];
+    state.last = null;
     await writeState(layout.state, state);
     const agentDir = path.join(layout.root, 'var/lib/kiln/agent');
     await Promise.all(['inbox.json', 'report.json'].map((f) => rm(path.join(agentDir, f), { force: true })));

@@ -13,7 +13,8 @@ const name = (kind: 'app' | 'version' | 'channel') => z.string().refine((v) => i
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
 const id = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, 'letters, digits and . _ : - (at most 128)');
 const time = z.string().max(40);
-const ErrorInfo = z.strictObject({ code: z.string().max(64), message: z.string().max(4096) });
+// Long messages are cut rather than refused: an error must never make every later report invalid.
+const ErrorInfo = z.strictObject({ code: z.string().max(64), message: z.string().transform((m) => m.slice(0, 4096)) });
 
 export const InstanceId = id;
 
