@@ -37,3 +37,8 @@ export const TRUST_OPTIONS: Record<string, OptionDef> = {
 export const JSON_OPTION: Record<string, OptionDef> = {
   json: { type: 'boolean', help: 'print JSON on stdout instead of a table' },
 };
+
+export const API_OPTIONS: Record<string, OptionDef> = {
+  controller: { type: 'string', value: 'URL', help: 'the controller (default: the one `kiln up` runs here; env KILN_CONTROLLER)' },
+  token: { type: 'string', value: 'TOKEN', help: 'an operator token (default: the local one in .kiln/controller.json; env KILN_TOKEN)' },
+};

@@ -1,6 +1,7 @@
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
+import type { z } from 'zod';
 import {
   KilnError,
   S3Location,
@@ -46,6 +47,25 @@ export const list = (flags: Flags, name: string): string[] => {
 
 export const localS3File = (home: string) => path.join(home, 's3.json');
 
+/** One of kiln's local JSON files (.kiln/…): undefined when it does not exist, `code` when it does not parse. */
+export async function readLocalJson<T>(file: string, schema: z.ZodType<T>, code: 'KILN_CONFIG_INVALID' | 'KILN_STATE_INVALID'): Promise<T | undefined> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (cause) {
+    throw new KilnError(code, `${file} is not JSON: ${(cause as Error).message}`, { cause });
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) throw new KilnError(code, `${file} is invalid: ${formatZodError(parsed.error)}`);
+  return parsed.data;
+}
+
 /**
  * Where releases live: flags, then KILN_* variables, then the embedded S3 that `kiln up` runs.
  * With `optional`, nothing configured at all gives undefined instead of an error.
@@ -67,16 +87,9 @@ export async function resolveLocation(flags: Flags, ctx: CliContext, optional = 
     if (!parsed.success) throw new KilnError('KILN_CONFIG_INVALID', `bad S3 location: ${formatZodError(parsed.error)}`);
     return parsed.data;
   }
-  let text: string;
-  try {
-    text = await readFile(localS3File(ctx.home), 'utf8');
-  } catch {
-    if (optional) return undefined;
-    throw new KilnError('KILN_CONFIG_INVALID', `no bucket given and no local S3 running: start one with \`kiln up\` (in this directory), or pass --bucket (and --s3-endpoint for S3-compatible servers)`);
-  }
-  const parsed = S3Location.safeParse(JSON.parse(text));
-  if (!parsed.success) throw new KilnError('KILN_CONFIG_INVALID', `${localS3File(ctx.home)} is invalid: ${formatZodError(parsed.error)}`);
-  return parsed.data;
+  const local = await readLocalJson(localS3File(ctx.home), S3Location, 'KILN_CONFIG_INVALID');
+  if (local || optional) return local;
+  throw new KilnError('KILN_CONFIG_INVALID', `no bucket given and no local S3 running: start one with \`kiln up\` (in this directory), or pass --bucket (and --s3-endpoint for S3-compatible servers)`);
 }
 
 export async function openStore(flags: Flags, ctx: CliContext): Promise<ReleaseStore> {
@@ -97,15 +110,19 @@ export async function signingKey(flags: Flags, ctx: CliContext): Promise<Private
   return loadPrivateKey(path.resolve(ctx.io.cwd, file));
 }
 
-/** The pinned public keys: every --trust FILE, else every *.pub in the home's key directory. */
-export async function trustedKeys(flags: Flags, ctx: CliContext): Promise<PublicKey[]> {
+/** The files of the pinned public keys: every --trust FILE, else every *.pub in the home's key directory. */
+export async function trustedKeyFiles(flags: Flags, ctx: CliContext): Promise<string[]> {
   let files = list(flags, 'trust').map((f) => path.resolve(ctx.io.cwd, f));
   if (!files.length) {
     const dir = defaultKeyDir(ctx.home);
     files = (await readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.pub')).map((f) => path.join(dir, f));
   }
   if (!files.length) throw new KilnError('KILN_KEY_INVALID', `no release public key to trust: pass --trust FILE, or run \`kiln keys generate\` (keys go to ${defaultKeyDir(ctx.home)})`);
-  return loadPublicKeys(files);
+  return files;
+}
+
+export async function trustedKeys(flags: Flags, ctx: CliContext): Promise<PublicKey[]> {
+  return loadPublicKeys(await trustedKeyFiles(flags, ctx));
 }
 
 export function out(ctx: CliContext, text: string): void {

@@ -1,51 +1,113 @@
+import { randomBytes } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, createS3Client, writeFileAtomic } from '@kiln/shared';
+import { KilnError, createS3Client, writeFileAtomic, type S3Location } from '@kiln/shared';
 import { ListBucketsCommand } from '@aws-sdk/client-s3';
+import { localControllerFile, readLocalController, type LocalController } from './api-client.js';
 import type { CommandDef } from './cli-command.js';
-import { localS3File, out, str } from './cli-context.js';
+import { defaultKeyDir, localS3File, out, str, type CliContext, type Flags } from './cli-context.js';
 import { startEmbeddedS3 } from './embedded-s3.js';
+import { startLocalController, type KeyState } from './local-controller.js';
 
-async function alreadyRunning(file: string): Promise<string | undefined> {
+/** What of a previous `kiln up` in this home still answers, if anything. */
+async function alreadyRunning(home: string): Promise<string | undefined> {
   try {
-    const loc = JSON.parse(await readFile(file, 'utf8'));
+    const loc = JSON.parse(await readFile(localS3File(home), 'utf8')) as S3Location;
     await createS3Client(loc, { maxAttempts: 1, connectTimeoutMs: 500 }).send(new ListBucketsCommand({}));
-    return loc.endpoint as string;
+    return `a local S3 at ${loc.endpoint}`;
   } catch {
-    return undefined;
+    // not running: look at the controller
   }
+  const ctl = await readLocalController(home).catch(() => undefined);
+  if (!ctl || ctl.url.startsWith('https:')) return undefined;
+  const res = await fetch(`${ctl.url}/v1/health`, { signal: AbortSignal.timeout(500) }).catch(() => undefined);
+  return res?.ok ? `a controller at ${ctl.url}` : undefined;
 }
+
+function portFlag(flags: Flags, name: string): number {
+  const v = str(flags, name);
+  if (v === undefined) return 0;
+  if (!/^\d+$/.test(v) || Number(v) > 65535) throw new KilnError('KILN_USAGE', `--${name} ${v}: a port number (0 for a free one)`);
+  return Number(v);
+}
+
+function tlsFlags(ctx: CliContext, flags: Flags): { certFile: string; keyFile: string } | undefined {
+  const cert = str(flags, 'tls-cert');
+  const key = str(flags, 'tls-key');
+  if (!cert !== !key) throw new KilnError('KILN_USAGE', 'TLS needs both --tls-cert FILE and --tls-key FILE');
+  return cert && key ? { certFile: path.resolve(ctx.io.cwd, cert), keyFile: path.resolve(ctx.io.cwd, key) } : undefined;
+}
+
+const describeKeys = (k: KeyState) =>
+  k.signingKey
+    ? `signing key ${k.signingKey.keyId}; trusting ${k.trustedKeys.map((p) => p.keyId).join(', ') || 'no key'}`
+    : 'none yet: deployments are refused until `kiln keys generate` (picked up without a restart)';
 
 export const upCommand: CommandDef = {
   name: 'up',
-  summary: 'run the embedded S3 endpoint on 127.0.0.1 (stays in the foreground)',
-  usage: 'up [--port N] [--data DIR] [--bucket NAME]',
-  details: 'Other kiln commands run in the same directory find it through .kiln/s3.json. Stop it with Ctrl-C.',
+  summary: 'run the controller and an embedded S3 endpoint on 127.0.0.1 (stays in the foreground)',
+  usage: 'up [--port N] [--s3-port N] [--data DIR] [--bucket NAME] [--tls-cert FILE --tls-key FILE]',
+  details:
+    'The controller keeps its state in the bucket; kiln commands run in the same directory find both\n' +
+    'through .kiln/controller.json and .kiln/s3.json. The operator token is made on the first start and kept\n' +
+    'in .kiln/controller.json (0600). Release keys in .kiln/keys are used when present, also when made later.\n' +
+    'Stop it with Ctrl-C.',
   options: {
-    port: { type: 'string', value: 'N', help: 'the port (default: a free one)' },
+    port: { type: 'string', value: 'N', help: "the controller's port (default: a free one)" },
+    's3-port': { type: 'string', value: 'N', help: "the S3 endpoint's port (default: a free one)" },
     data: { type: 'string', value: 'DIR', help: 'where objects are kept (default .kiln/s3)' },
     bucket: { type: 'string', value: 'NAME', help: 'the bucket to create (default "kiln")' },
+    'tls-cert': { type: 'string', value: 'FILE', help: 'serve https and wss with this PEM certificate (with --tls-key)' },
+    'tls-key': { type: 'string', value: 'FILE', help: "the certificate's PEM private key" },
   },
   positionals: [0, 0],
   async run(ctx, flags) {
-    const file = localS3File(ctx.home);
-    const running = await alreadyRunning(file);
-    if (running) throw new KilnError('KILN_USAGE', `a local S3 already runs at ${running} for ${ctx.home}; stop it first`);
-    const port = str(flags, 'port');
-    if (port !== undefined && !/^\d+$/.test(port)) throw new KilnError('KILN_USAGE', `--port ${port}: a number`);
+    const port = portFlag(flags, 'port');
+    const s3Port = portFlag(flags, 's3-port');
+    const tls = tlsFlags(ctx, flags);
+    const running = await alreadyRunning(ctx.home);
+    if (running) throw new KilnError('KILN_USAGE', `${running} already runs for ${ctx.home}; stop it first`);
+    const previous = await readLocalController(ctx.home).catch(() => undefined);
+    const operatorToken = previous?.operatorToken ?? `kfo_${randomBytes(24).toString('base64url')}`;
+
     const s3 = await startEmbeddedS3({
       directory: path.resolve(ctx.io.cwd, str(flags, 'data') ?? path.join(ctx.home, 's3')),
       bucket: str(flags, 'bucket') ?? 'kiln',
-      port: port ? Number(port) : 0,
+      port: s3Port,
     });
-    await writeFileAtomic(file, JSON.stringify(s3.location, null, 2) + '\n', 0o600);
+    const s3File = localS3File(ctx.home);
+    const ctlFile = localControllerFile(ctx.home);
+    let ctl;
+    try {
+      await writeFileAtomic(s3File, JSON.stringify(s3.location, null, 2) + '\n', 0o600);
+      ctl = await startLocalController({
+        log: ctx.log,
+        s3: s3.location,
+        operatorToken,
+        keyDir: defaultKeyDir(ctx.home),
+        port,
+        ...(tls ? { tls } : {}),
+        onKeys: (k) => out(ctx, `release keys changed: ${describeKeys(k)}`),
+      });
+    } catch (err) {
+      await rm(s3File, { force: true });
+      await s3.close();
+      throw err;
+    }
+    const local: LocalController = { url: ctl.url, agentsUrl: ctl.agentsUrl, operatorToken, ...(tls ? { ca: tls.certFile } : {}) };
+    await writeFileAtomic(ctlFile, JSON.stringify(local, null, 2) + '\n', 0o600);
     out(
       ctx,
       [
-        `kiln S3 endpoint  ${s3.location.endpoint}`,
+        `kiln controller   ${ctl.url}`,
+        `agents connect to ${ctl.agentsUrl} (with their fleet's credential: \`kiln fleet create\` prints it)`,
+        `operator token    ${operatorToken}`,
+        `release keys      ${describeKeys(ctl.keys)}`,
+        `S3 endpoint       ${s3.location.endpoint}`,
         `bucket            ${s3.location.bucket}`,
-        `credentials       ${s3.location.accessKeyId} / ${s3.location.secretAccessKey} (local only)`,
-        `written to        ${file} (kiln commands in this directory use it)`,
+        `S3 credentials    ${s3.location.accessKeyId} / ${s3.location.secretAccessKey} (local only)`,
+        `written to        ${ctlFile} and ${s3File}: kiln commands in this directory use them;`,
+        `                  elsewhere set KILN_CONTROLLER=${ctl.url} KILN_TOKEN=<the token>`,
         'press Ctrl-C to stop',
       ].join('\n'),
     );
@@ -53,7 +115,9 @@ export const upCommand: CommandDef = {
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);
     });
-    await rm(file, { force: true });
+    // The controller first: it stops its rollouts and says goodbye to the agents while S3 still answers.
+    await ctl.close();
+    await rm(s3File, { force: true });
     await s3.close();
     out(ctx, 'stopped');
   },
