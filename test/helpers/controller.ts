@@ -1,3 +1,4 @@
+import type { S3Client } from '@aws-sdk/client-s3';
 import { buildServer, type KilnServer } from '@kiln/controller';
 import { createS3Client, type Logger } from '@kiln/shared';
 import { makeAgent, type TestAgent } from './agent.js';
@@ -17,10 +18,10 @@ export interface TestController {
 }
 
 /** A real controller (buildServer) listening on 127.0.0.1, on the fixture's bucket. */
-export async function startController(args: { s3: S3Fixture; keys: Keys; log?: Logger; port?: number; heartbeatMs?: number }): Promise<TestController> {
+export async function startController(args: { s3: S3Fixture; keys: Keys; log?: Logger; port?: number; heartbeatMs?: number; client?: S3Client }): Promise<TestController> {
   const server = await buildServer({
     log: args.log ?? quietLog(),
-    s3: createS3Client(args.s3.s3.location),
+    s3: args.client ?? createS3Client(args.s3.s3.location),
     bucket: args.s3.s3.location.bucket,
     operatorTokens: [OPERATOR],
     signingKey: args.keys.key,
@@ -34,21 +35,26 @@ export async function startController(args: { s3: S3Fixture; keys: Keys; log?: L
     server,
     url,
     agentsUrl: `ws://127.0.0.1:${port}/v1/agents`,
-    async api(method, path, body, token = OPERATOR) {
-      const res = await fetch(url + path, {
-        method,
-        headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-        ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text ? JSON.parse(text) : undefined };
-    },
+    api: apiClient(url),
     close: () => server.close(),
   };
 }
 
+/** Operator API calls against the controller at `url` (a string body is sent as it is). */
+export function apiClient(url: string): TestController['api'] {
+  return async (method, path, body, token = OPERATOR) => {
+    const res = await fetch(url + path, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
+    });
+    const text = await res.text();
+    return { status: res.status, body: text ? JSON.parse(text) : undefined };
+  };
+}
+
 /** A fleet and `count` real agents (process supervisor, own roots and ports) connected to it. */
-export async function startFleet(args: { s3: S3Fixture; keys: Keys; ctl: TestController; name?: string; count: number; app?: string }): Promise<{ agents: TestAgent[]; credential: string; name: string }> {
+export async function startFleet(args: { s3: S3Fixture; keys: Keys; ctl: Pick<TestController, 'api' | 'agentsUrl'>; name?: string; count: number; app?: string }): Promise<{ agents: TestAgent[]; credential: string; name: string }> {
   const name = args.name ?? 'web';
   const created = await args.ctl.api('POST', '/v1/fleets', { name, app: args.app ?? 'web', channel: 'stable' });
   if (created.status !== 201) throw new Error(`fleet create: ${JSON.stringify(created.body)}`);

@@ -135,6 +135,13 @@ export function createAgentHub(opts: { log: Logger; auth: Auth; heartbeatMs?: nu
       }
       const instanceId = String(req.headers['x-kiln-instance'] ?? '');
       if (!InstanceId.safeParse(instanceId).success) return ws.close(1008, 'KILN_REQUEST_INVALID: the X-Kiln-Instance header is missing or invalid');
+      // Instances are keyed by id alone: another fleet's credential must not replace this one's
+      // connection and receive its commands.
+      const owner = known.get(instanceId)?.fleet;
+      if (owner && owner !== who.fleet.name) {
+        log.warn({ instanceId, fleet: who.fleet.name, owner }, 'refused an agent connection for an instance of another fleet');
+        return ws.close(1008, `KILN_FORBIDDEN: instance ${instanceId} belongs to another fleet`);
+      }
       attach(ws, who.fleet, instanceId);
     });
   };

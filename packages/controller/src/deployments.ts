@@ -30,8 +30,9 @@ export interface Deployments {
   resume(): Promise<void>;
   /** the release a channel points to now, or null */
   pointed(app: string, channel: string): Promise<ReleaseRef | null>;
-  /** resolves when no rollout runs (tests) */
+  /** resolves when no rollout runs */
   idle(): Promise<void>;
+  /** Stops every rollout where it is and writes nothing more: the next controller resumes them. */
   close(): void;
 }
 
@@ -42,10 +43,13 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
   const running = new Map<string, { record: Deployment; done: Promise<void> }>();
   const busy = new Set<string>();
   const waiter = createRolloutWaiter(o.hub);
+  // A stopping controller must not record what it did not see: the waits it abandons are no failures.
+  let closed = false;
 
   function start(record: Deployment): void {
-    const succeeded = async (r: Deployment) => void (await o.fleets.setDesired(r.fleet, r.release));
-    const done = runRollout({ record, hub: o.hub, waiter, save: (r) => o.docs.put(keyOf(r.fleet, r.id), r), movePointer, succeeded, log, now: o.now })
+    const succeeded = async (r: Deployment) => void (closed || (await o.fleets.setDesired(r.fleet, r.release)));
+    const save = async (r: Deployment) => void (closed || (await o.docs.put(keyOf(r.fleet, r.id), r)));
+    const done = runRollout({ record, hub: o.hub, waiter, save, movePointer, succeeded, log, now: o.now, stopped: () => closed })
       .then(() => undefined)
       .catch((err) => log.error({ err, id: record.id }, 'rollout crashed'))
       .finally(() => {
@@ -57,6 +61,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
 
   /** Points the fleet's channel at `release`, unless it already does (a resumed rollout). */
   async function movePointer(app: string, channel: string, release: ReleaseRef): Promise<void> {
+    if (closed) return;
     const current = await readPointer(o.store, app, channel, o.trustedKeys).catch(() => undefined);
     if (current?.manifestSha256 === release.manifestSha256) return;
     await promoteRelease({ store: o.store, app, version: release.version, channel, key: o.signingKey!, keys: o.trustedKeys, ttlMs: o.pointerTtlMs, now: o.now });
@@ -69,6 +74,9 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
 
   async function create(input: DeploymentCreate, kind: 'deploy' | 'rollback' = 'deploy'): Promise<Deployment> {
     const fleet = o.fleets.get(input.fleet);
+    // A rollout whose verdict is out (the API shows it finished) only writes its record still.
+    const ending = running.get(fleet.name);
+    if (ending && ending.record.state !== 'running') await ending.done;
     if (busy.has(fleet.name)) throw new KilnError('KILN_FLEET_BUSY', `fleet ${fleet.name} already has a deployment running (${running.get(fleet.name)?.record.id ?? 'starting'}); wait for it or cancel it`);
     busy.add(fleet.name);
     try {
@@ -164,6 +172,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
       await Promise.all([...running.values()].map((r) => r.done));
     },
     close() {
+      closed = true;
       waiter.close();
     },
   };

@@ -19,6 +19,7 @@ export interface RolloutWaiter {
    * the agent reports the release installed and healthy, reports a failure, or the timeout passes.
    */
   run(t: WaitTarget): Promise<WaitOutcome>;
+  /** the controller is stopping: every wait, running or later, resolves at once as not ok */
   close(): void;
 }
 
@@ -34,18 +35,24 @@ export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
   hub.on('report', onReport);
   hub.on('result', onResult);
   hub.on('connection', onConnection);
+  const stopping: WaitOutcome = { ok: false, code: 'KILN_AGENT_UNREACHABLE', message: 'the controller is stopping' };
+  const open = new Set<(o: WaitOutcome) => void>();
+  let closed = false;
 
   return {
     run(t) {
+      if (closed) return Promise.resolve(stopping);
       return new Promise<WaitOutcome>((resolve) => {
         let sentTo: string | undefined; // the connection time the command went out on
         const finish = (o: WaitOutcome) => {
           clearTimeout(timer);
+          open.delete(finish);
           const set = waits.get(t.instanceId);
           set?.delete(check);
           if (set?.size === 0) waits.delete(t.instanceId);
           resolve(o);
         };
+        open.add(finish);
         const check = () => {
           const inst = hub.get(t.instanceId);
           if (inst?.connected && sentTo !== inst.connectedAt) {
@@ -68,6 +75,8 @@ export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
       });
     },
     close() {
+      closed = true;
+      for (const finish of [...open]) finish(stopping);
       hub.off('report', onReport);
       hub.off('result', onResult);
       hub.off('connection', onConnection);

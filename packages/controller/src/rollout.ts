@@ -13,6 +13,8 @@ export interface RolloutContext {
   succeeded: (record: Deployment) => Promise<void>;
   log: Logger;
   now: () => Date;
+  /** true once the controller is stopping: the rollout ends where it is, its record left running for the next one */
+  stopped?: () => boolean;
 }
 
 /** Splits the targets into batches of a share or a count of the fleet. */
@@ -82,6 +84,10 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
           else mark(id, 'failed', { code: o.code, message: o.message });
         }),
       );
+      if (c.stopped?.()) {
+        log.info('the controller is stopping: the rollout is left running for the next controller to resume');
+        return r;
+      }
       const failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
       log.info({ batch: n + 1, of: r.batches.length, failed }, 'batch done');
       if (failed > r.maxFailures) {

@@ -78,8 +78,10 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   app.addHook('onListen', async () => {
     await deployments.resume();
   });
-  app.addHook('onClose', async () => {
+  // Before the HTTP server closes: it waits for every socket, and the agents' sockets end only here.
+  app.addHook('preClose', async () => {
     deployments.close();
+    await deployments.idle();
     await hub.close();
   });
   return app;
