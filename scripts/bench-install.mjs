@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // bench:install — measures the install goals of the Foundation issue against a loopback S3:
-//   1. `kiln install` (the real CLI, end to end, no health wait) of a ~200 MiB release vs `tar -xzf`
+//   1. `kiln host install` (the real CLI, end to end, no health wait) of a ~200 MiB release vs `tar -xzf`
 //      of the same artifact from local disk, in the same run (goal: kiln <= 1.5x tar);
 //   2. the installing process's peak RSS for that release and for a larger one (goal: <= 150 MB, flat);
 //   3. the re-install of an installed release (no-op), timed in-process (goal: <= 50 ms) and via the CLI.
@@ -84,7 +84,7 @@ const { values: opt } = parseArgs({
     'quiet-wait': { type: 'string', default: '30' },
     'json-out': { type: 'string', default: 'bench-results/install.json' },
     'keep-temp': { type: 'boolean', default: false },
-    /** extra Node options for the `kiln install` child (diagnostics, e.g. a memory-sampling --require) */
+    /** extra Node options for the `kiln host install` child (diagnostics, e.g. a memory-sampling --require) */
     'cli-node-arg': { type: 'string', multiple: true, default: [] },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -407,7 +407,7 @@ let s3;
 let cleaned = false;
 
 async function stopApp(app, root) {
-  await runTimed(process.execPath, [...NODE_ARGS, CLI, 'stop', app, '--root', root], { env: { ...process.env, ...S3_ENV }, cwd: base }).catch(() => undefined);
+  await runTimed(process.execPath, [...NODE_ARGS, CLI, 'host', 'stop', app, '--root', root], { env: { ...process.env, ...S3_ENV }, cwd: base }).catch(() => undefined);
 }
 
 async function cleanup() {
@@ -435,9 +435,9 @@ const freshDir = async (label) => {
 
 async function kilnInstallCli(app, version, root, extraEnv = {}) {
   const timeFile = path.join(base, `time-${++fresh}.txt`);
-  const args = [...NODE_ARGS, ...opt['cli-node-arg'], ...(RSS_METHOD === 'preload' ? ['--require', PRELOAD] : []), CLI, 'install', app, '--version', version, '--root', root, '--bucket', 'kiln', '--s3-endpoint', s3.location.endpoint, '--trust', pubFile, '--skip-health', '--json'];
+  const args = [...NODE_ARGS, ...opt['cli-node-arg'], ...(RSS_METHOD === 'preload' ? ['--require', PRELOAD] : []), CLI, 'host', 'install', app, '--version', version, '--root', root, '--bucket', 'kiln', '--s3-endpoint', s3.location.endpoint, '--trust', pubFile, '--skip-health', '--json'];
   liveRoots.add({ app, root });
-  const r = must(await runTimed(process.execPath, args, { env: { ...process.env, ...S3_ENV, ...extraEnv }, cwd: base, timeFile }), `kiln install ${app} ${version}`);
+  const r = must(await runTimed(process.execPath, args, { env: { ...process.env, ...S3_ENV, ...extraEnv }, cwd: base, timeFile }), `kiln host install ${app} ${version}`);
   const result = JSON.parse(r.stdout);
   const u = await childUsage(r, timeFile);
   // other processes' CPU meanwhile (includes the ~0.2 s of the supervisor + app kiln itself starts)
@@ -505,7 +505,7 @@ try {
     publishSeconds: r1(pubMs / 1000),
   };
 
-  // --- goal 1 + 2: kiln install (CLI) vs tar -xzf, interleaved, same artifact ---
+  // --- goal 1 + 2: kiln host install (CLI) vs tar -xzf, interleaved, same artifact ---
   const runs = [];
   for (let i = -WARMUP; i < RUNS; i++) {
     const warm = i < 0;
@@ -787,12 +787,12 @@ lines.push('');
 lines.push('| measure | median | min | max | goal |');
 lines.push('|---|---|---|---|---|');
 lines.push(`| \`tar -xzf\` from local disk (s) | ${mmm(results.install.tarMs, s)} | baseline |`);
-lines.push(`| \`kiln install\` CLI from loopback S3 (s) | ${mmm(results.install.kilnMs, s)} | |`);
+lines.push(`| \`kiln host install\` CLI from loopback S3 (s) | ${mmm(results.install.kilnMs, s)} | |`);
 lines.push(`| ratio kiln CLI / tar (per run) | ${mmm(results.install.ratio, (x) => x.toFixed(2))} | (context) |`);
 lines.push(`| install routine, download → swap (s) | ${mmm(results.routine.ms, s)} | |`);
 lines.push(`| ratio routine / tar (per run) | ${mmm(results.routine.ratio, (x) => x.toFixed(2))} | ≤ 1.5: ${ok(goals.ratio.pass)} |`);
-lines.push(`| peak RSS of \`kiln install\`, ${rel.unpackedMiB} MiB release (MiB) | ${mmm(results.install.peakRssMiB, (x) => x.toFixed(1))} | ≤ 150 MB: ${ok(results.install.peakRssMiB.max <= 150 * MB)} |`);
-if (results.large) lines.push(`| peak RSS of \`kiln install\`, ${results.large.unpackedMiB} MiB release (MiB) | ${mmm(results.large.peakRssMiB, (x) => x.toFixed(1))} | ≤ 150 MB: ${ok(results.large.peakRssMiB.max <= 150 * MB)} |`);
+lines.push(`| peak RSS of \`kiln host install\`, ${rel.unpackedMiB} MiB release (MiB) | ${mmm(results.install.peakRssMiB, (x) => x.toFixed(1))} | ≤ 150 MB: ${ok(results.install.peakRssMiB.max <= 150 * MB)} |`);
+if (results.large) lines.push(`| peak RSS of \`kiln host install\`, ${results.large.unpackedMiB} MiB release (MiB) | ${mmm(results.large.peakRssMiB, (x) => x.toFixed(1))} | ≤ 150 MB: ${ok(results.large.peakRssMiB.max <= 150 * MB)} |`);
 lines.push(`| no-op re-install, \`install()\` in-process (ms) | ${mmm(results.noop.inProcessMs, (x) => x.toFixed(2))} | ≤ 50 ms: ${ok(goals.noop.pass)} |`);
 lines.push(`| no-op re-install, CLI wall time (ms, info) | ${mmm(results.noop.cliWallMs, (x) => x.toFixed(0))} | |`);
 lines.push(`| bare \`node -e 0\` start-up (ms, for scale) | ${mmm(results.noop.nodeStartupMs, (x) => x.toFixed(0))} | |`);

@@ -2,23 +2,31 @@
 import { execFileSync } from 'node:child_process';
 import { cp, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { Writable } from 'node:stream';
+import { runCli } from '@kiln/controller';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { kiln, startKiln } from './helpers/cli.js';
+import { kiln, outputHolds, startKiln, stopKiln } from './helpers/cli.js';
 import { DEMO_APP, freePort, tempDir } from './helpers/release.js';
 import type { ChildProcess } from 'node:child_process';
 
-const COMMANDS = ['demo', 'up', 'keys generate', 'release push', 'release list', 'release show', 'release promote', 'release channel', 'install', 'rollback', 'installed', 'recover', 'stop'];
+const COMMANDS = [
+  'demo', 'up', 'keys generate', 'release push', 'release list', 'release show', 'release promote', 'release channel',
+  'fleet create', 'fleet list', 'agents start', 'agents list', 'agents stop', 'deploy', 'deployments', 'deployments show', 'deployments cancel', 'status', 'drift', 'rollback',
+  'host install', 'host rollback', 'host installed', 'host recover', 'host stop',
+];
 
 describe('kiln --help and usage errors', () => {
   it('lists every command, and every command has --help', async () => {
     const top = await kiln(['--help']);
     expect(top.code).toBe(0);
     for (const c of COMMANDS) expect(top.stdout).toContain(`  ${c} `);
-    const helps = await Promise.all(COMMANDS.map((c) => kiln([...c.split(' '), '--help'])));
-    helps.forEach((h, i) => {
-      expect(h.code).toBe(0);
-      expect(h.stdout).toContain(`usage: kiln ${COMMANDS[i]}`);
-    });
+    // Each command's help in this process: the same runCli the binary runs, without a Node start per command.
+    for (const c of COMMANDS) {
+      let stdout = '';
+      const io = { stdout: new Writable({ write: (d, _e, cb) => ((stdout += d), cb()) }), stderr: new Writable({ write: (_d, _e, cb) => cb() }), env: {}, cwd: process.cwd() };
+      expect(await runCli([...c.split(' '), '--help'], { io })).toBe(0);
+      expect(stdout).toContain(`usage: kiln ${c}`);
+    }
   });
 
   it('exits 2 with KILN_USAGE on an unknown command, an unknown option or missing arguments', async () => {
@@ -27,12 +35,12 @@ describe('kiln --help and usage errors', () => {
     expect(unknown.stderr).toMatch(/^error KILN_USAGE: unknown command/);
     const group = await kiln(['release', 'pish']);
     expect(group.stderr).toContain('kiln release push');
-    const opt = await kiln(['install', 'web', '--versoin', '1']);
+    const opt = await kiln(['host', 'install', 'web', '--versoin', '1']);
     expect(opt.code).toBe(2);
     expect(opt.stderr).toContain('KILN_USAGE');
     const args = await kiln(['release', 'show', 'web']);
     expect(args.code).toBe(2);
-    const both = await kiln(['install', 'web', '--version', '1', '--channel', 'c', '--root', '/tmp/x']);
+    const both = await kiln(['host', 'install', 'web', '--version', '1', '--channel', 'c', '--root', '/tmp/x']);
     expect(both.code).toBe(2);
     expect(both.stderr).toContain('exactly one of --version V or --channel C');
   });
@@ -55,19 +63,11 @@ describe('a session against `kiln up`', () => {
     cwd = await tempDir('kiln-cli-');
     port = await freePort();
     up = startKiln(['up'], { cwd });
-    let stdout = '';
-    await new Promise<void>((resolve, reject) => {
-      up.stdout!.on('data', (d) => {
-        stdout += d;
-        if (stdout.includes('press Ctrl-C')) resolve();
-      });
-      up.on('exit', (code) => reject(new Error(`kiln up exited ${code}`)));
-    });
+    await outputHolds(up, 'press Ctrl-C');
   });
   afterAll(async () => {
-    await kiln(['stop', 'web', '--root', root()], { cwd });
-    up.kill('SIGTERM');
-    await new Promise((r) => up.on('close', r));
+    await kiln(['host', 'stop', 'web', '--root', root()], { cwd });
+    await stopKiln(up);
     // kiln up removes its address file when it stops
     await expect(stat(path.join(cwd, '.kiln/s3.json'))).rejects.toThrow();
   });
@@ -123,33 +123,33 @@ describe('a session against `kiln up`', () => {
     expect(promote.code, promote.stderr).toBe(0);
     expect(promote.stdout).toContain('web/stable -> 1.0.0 (pointer seq 1');
 
-    const noPrev = await kiln(['rollback', 'web', '--root', root()], { cwd });
+    const noPrev = await kiln(['host', 'rollback', 'web', '--root', root()], { cwd });
     expect(noPrev.code).toBe(1);
     expect(noPrev.stderr).toContain('KILN_NO_PREVIOUS');
 
-    const i1 = await kiln(['install', 'web', '--channel', 'stable', '--root', root(), '--port', String(port)], { cwd });
+    const i1 = await kiln(['host', 'install', 'web', '--channel', 'stable', '--root', root(), '--port', String(port)], { cwd });
     expect(i1.code, i1.stderr).toBe(0);
     expect(i1.stdout).toMatch(/^installed web 1\.0\.0 in \d+ ms/);
     expect(i1.stderr).toContain('health web 1.0.0');
     expect(await (await fetch(`http://127.0.0.1:${port}/`)).text()).toContain('1.0.0');
 
-    const i2 = await kiln(['install', 'web', '--version', '2.0.0', '--root', root()], { cwd });
+    const i2 = await kiln(['host', 'install', 'web', '--version', '2.0.0', '--root', root()], { cwd });
     expect(i2.code, i2.stderr).toBe(0);
     // the port given at the first install stays with the host
     expect(await (await fetch(`http://127.0.0.1:${port}/`)).text()).toContain('2.0.0');
 
-    const installed = JSON.parse((await kiln(['installed', 'web', '--root', root(), '--json'], { cwd })).stdout);
+    const installed = JSON.parse((await kiln(['host', 'installed', 'web', '--root', root(), '--json'], { cwd })).stdout);
     expect(installed).toMatchObject({ current: { version: '2.0.0', via: 'manual' }, previous: { version: '1.0.0' }, service: { active: true } });
 
-    const rb = await kiln(['rollback', 'web', '--root', root()], { cwd });
+    const rb = await kiln(['host', 'rollback', 'web', '--root', root()], { cwd });
     expect(rb.code, rb.stderr).toBe(0);
     expect(rb.stdout).toMatch(/^rolled-back web 1\.0\.0 \(was 2\.0\.0\)/);
     expect(await (await fetch(`http://127.0.0.1:${port}/`)).text()).toContain('1.0.0');
 
-    const down = await kiln(['install', 'web', '--version', '1.0.0', '--root', root()], { cwd });
+    const down = await kiln(['host', 'install', 'web', '--version', '1.0.0', '--root', root()], { cwd });
     expect(down.stdout).toContain('already installed');
 
-    const stop = await kiln(['stop', 'web', '--root', root()], { cwd });
+    const stop = await kiln(['host', 'stop', 'web', '--root', root()], { cwd });
     expect(stop.code).toBe(0);
     await expect(fetch(`http://127.0.0.1:${port}/`)).rejects.toThrow();
   });

@@ -30,7 +30,7 @@ afterEach(async () => {
 });
 
 function cliArgs(h: Host, version: string): string[] {
-  return ['install', 'web', '--version', version, '--root', h.root, '--port', String(h.port), '--bucket', 'kiln', '--s3-endpoint', s3.s3.location.endpoint!, '--trust', pubFile];
+  return ['host', 'install', 'web', '--version', version, '--root', h.root, '--port', String(h.port), '--bucket', 'kiln', '--s3-endpoint', s3.s3.location.endpoint!, '--trust', pubFile];
 }
 const env = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' };
 
@@ -84,7 +84,7 @@ describe('SIGKILL of the installing process', () => {
     expect(first.code, first.stderr).toBe(0);
 
     await killAt(h, /paused at /, stepName);
-    const rec = await kiln(['recover', 'web', '--root', h.root, '--json']);
+    const rec = await kiln(['host', 'recover', 'web', '--root', h.root, '--json']);
     expect(rec.code, rec.stderr).toBe(0);
     const { interrupted } = JSON.parse(rec.stdout);
     expect(interrupted).toMatchObject({ version: '2.0.0', outcome: expected === '2.0.0' ? 'installed' : 'interrupted' });
@@ -116,7 +116,7 @@ describe('SIGKILL of the installing process', () => {
     await killAt(h, /paused at /, 'health');
     await expect.poll(() => h.serving(), { timeout: 5_000 }).toContain('2.0.0');
     await swapSymlink(appLayout(h.root, 'web').current, 'releases/1.0.0');
-    const rec = await kiln(['recover', 'web', '--root', h.root]);
+    const rec = await kiln(['host', 'recover', 'web', '--root', h.root]);
     expect(rec.code, rec.stderr).toBe(0);
     expect(await expectConsistent(h)).toBe('1.0.0');
   });

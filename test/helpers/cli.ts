@@ -39,3 +39,33 @@ function startMain(main: string, args: string[], opts: CliOptions): ChildProcess
     stdio: ['ignore', 'pipe', 'pipe'],
   });
 }
+
+/** Resolves with the child's stdout so far once it holds `text` (a long runner is ready); rejects if it exits first. */
+export function outputHolds(child: ChildProcess, text: string, timeoutMs = 20_000): Promise<string> {
+  let stdout = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no "${text}" within ${timeoutMs} ms; stdout so far: ${stdout}`)), timeoutMs);
+    const onData = (d: Buffer) => {
+      stdout += d;
+      if (!stdout.includes(text)) return;
+      clearTimeout(timer);
+      child.stdout!.off('data', onData);
+      child.off('exit', onExit);
+      resolve(stdout);
+    };
+    const onExit = (code: number | null) => {
+      clearTimeout(timer);
+      reject(new Error(`exited ${code} before "${text}"; stdout: ${stdout}`));
+    };
+    child.stdout!.on('data', onData);
+    child.on('exit', onExit);
+  });
+}
+
+/** Stops a long runner with SIGTERM and waits until it has exited. */
+export async function stopKiln(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+  const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  child.kill('SIGTERM');
+  return closed;
+}

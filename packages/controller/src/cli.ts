@@ -3,27 +3,27 @@ import { parseArgs } from 'node:util';
 import { createLogger, isKilnError, type Logger } from '@kiln/shared';
 import type { CommandDef, OptionDef } from './cli-command.js';
 import type { CliContext, CliIO, Flags } from './cli-context.js';
+import { agentsList, agentsStart, agentsStop } from './cmd-agents.js';
 import { demoCommand } from './cmd-demo.js';
+import { deployCommand, deploymentsCancel, deploymentsList, deploymentsShow, fleetRollback } from './cmd-deploy.js';
+import { fleetCreate, fleetList } from './cmd-fleet.js';
 import { installCommand, installedCommand, recoverCommand, rollbackCommand, stopCommand } from './cmd-install.js';
 import { keysGenerate } from './cmd-keys.js';
 import { releaseChannel, releaseList, releasePromote, releasePush, releaseShow } from './cmd-release.js';
+import { driftCommand, statusCommand } from './cmd-status.js';
 import { upCommand } from './cmd-up.js';
 
-export const COMMANDS: CommandDef[] = [
-  demoCommand,
-  upCommand,
-  keysGenerate,
-  releasePush,
-  releaseList,
-  releaseShow,
-  releasePromote,
-  releaseChannel,
-  installCommand,
-  rollbackCommand,
-  installedCommand,
-  recoverCommand,
-  stopCommand,
+const SECTIONS: Array<[string, CommandDef[]]> = [
+  ['getting started', [demoCommand, upCommand, keysGenerate]],
+  ['releases (in S3)', [releasePush, releaseList, releaseShow, releasePromote, releaseChannel]],
+  [
+    'fleets (through the controller)',
+    [fleetCreate, fleetList, agentsStart, agentsList, agentsStop, deployCommand, deploymentsList, deploymentsShow, deploymentsCancel, statusCommand, driftCommand, fleetRollback],
+  ],
+  ['one host, without a controller', [installCommand, rollbackCommand, installedCommand, recoverCommand, stopCommand]],
 ];
+
+export const COMMANDS: CommandDef[] = SECTIONS.flatMap(([, cmds]) => cmds);
 
 const COMMON: Record<string, OptionDef> = {
   home: { type: 'string', value: 'DIR', help: "kiln's local directory: keys, local S3 (default ./.kiln; env KILN_HOME)" },
@@ -34,14 +34,13 @@ const COMMON: Record<string, OptionDef> = {
 export function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
   return [
-    'kiln: publish releases to S3 and install them on hosts, at boot or in place.',
+    'kiln: publish releases to S3, deploy them to fleets in place (hotfix) and see what runs where.',
     '',
     'usage: kiln COMMAND [options]      kiln COMMAND --help for its options',
+    ...SECTIONS.flatMap(([title, cmds]) => ['', `${title}:`, ...cmds.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`)]),
     '',
-    'commands:',
-    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
-    '',
-    'Start with `kiln demo`, or `kiln up` in one terminal and `kiln keys generate`, `kiln release push` in another.',
+    'Start with `kiln demo`; or `kiln up` in one terminal, then `kiln keys generate`, `kiln release push`,',
+    '`kiln fleet create`, `kiln agents start`, `kiln deploy` in another (README: "Fleets and hotfixes").',
     '',
   ].join('\n');
 }
@@ -86,7 +85,8 @@ export async function runCli(argv: string[], opts: RunCliOptions): Promise<numbe
   }
   const found = findCommand(argv);
   if (!found) {
-    const group = COMMANDS.filter((c) => c.name.startsWith(`${argv[0]} `)).map((c) => `kiln ${c.name}`);
+    // a group's commands ("release" → release push, …) or a command that moved into one ("install" → host install)
+    const group = COMMANDS.filter((c) => c.name.startsWith(`${argv[0]} `) || c.name.endsWith(` ${argv[0]}`)).map((c) => `kiln ${c.name}`);
     io.stderr.write(`error KILN_USAGE: unknown command "${argv.slice(0, 2).join(' ')}"${group.length ? `; did you mean one of: ${group.join(', ')}` : '; see kiln --help'}\n`);
     return 2;
   }

@@ -1,5 +1,4 @@
 import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,16 +19,9 @@ import {
 import type { CommandDef } from './cli-command.js';
 import { out } from './cli-context.js';
 import { startEmbeddedS3 } from './embedded-s3.js';
+import { freePort } from './free-port.js';
 
 const DEMO_APP = fileURLToPath(new URL('../demo-app/', import.meta.url));
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as { port: number };
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
-}
 
 async function get(url: string): Promise<string> {
   const res = await fetch(url, { signal: AbortSignal.timeout(5_000) });

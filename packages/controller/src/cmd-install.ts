@@ -77,9 +77,9 @@ function report(ctx: CliContext, r: InstallResult): void {
 }
 
 export const installCommand: CommandDef = {
-  name: 'install',
+  name: 'host install',
   summary: 'install a release on this host with the shared install routine',
-  usage: 'install APP (--version V | --channel C) --root DIR [options]',
+  usage: 'host install APP (--version V | --channel C) --root DIR [options]',
   details:
     'The same routine the agent runs at boot and on command: verify, extract, swap, restart, health gate, or swap back.\n' +
     'Installing what is installed changes nothing, but starts the app if it is not running.',
@@ -97,7 +97,7 @@ export const installCommand: CommandDef = {
   async run(ctx, flags, [app]) {
     const version = str(flags, 'version');
     const channel = str(flags, 'channel');
-    if (!version === !channel) throw new KilnError('KILN_USAGE', 'install needs exactly one of --version V or --channel C');
+    if (!version === !channel) throw new KilnError('KILN_USAGE', 'host install needs exactly one of --version V or --channel C');
     const base = await routineOptions(ctx, flags, app!);
     // A release already on disk installs without a bucket; a channel always needs one.
     const store = channel ? await openStore(flags, ctx) : await openStoreIfAny(flags, ctx);
@@ -107,9 +107,9 @@ export const installCommand: CommandDef = {
 };
 
 export const rollbackCommand: CommandDef = {
-  name: 'rollback',
+  name: 'host rollback',
   summary: 'swap back to the previous release on this host (health-gated); again swaps forward',
-  usage: 'rollback APP --root DIR [options]',
+  usage: 'host rollback APP --root DIR [options]',
   options: { ...ROOT_OPTION, ...RUN_OPTIONS, ...TRUST_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
@@ -118,9 +118,9 @@ export const rollbackCommand: CommandDef = {
 };
 
 export const recoverCommand: CommandDef = {
-  name: 'recover',
+  name: 'host recover',
   summary: 'run start-up recovery for an app on this host (what the agent does at boot)',
-  usage: 'recover APP --root DIR',
+  usage: 'host recover APP --root DIR',
   options: { ...ROOT_OPTION, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
@@ -132,9 +132,9 @@ export const recoverCommand: CommandDef = {
 };
 
 export const stopCommand: CommandDef = {
-  name: 'stop',
+  name: 'host stop',
   summary: 'stop the app (and its process supervisor) on this host',
-  usage: 'stop APP --root DIR',
+  usage: 'host stop APP --root DIR',
   options: { ...ROOT_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
@@ -147,9 +147,9 @@ export const stopCommand: CommandDef = {
 };
 
 export const installedCommand: CommandDef = {
-  name: 'installed',
+  name: 'host installed',
   summary: 'show what is installed on this host: current, previous, last operation, service',
-  usage: 'installed APP --root DIR [--json]',
+  usage: 'host installed APP --root DIR [--json]',
   options: { ...ROOT_OPTION, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [app]) {

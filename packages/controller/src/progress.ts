@@ -6,10 +6,12 @@ export interface Progress {
   phase(text: string): void;
   /** bytes done of a total: a bar on a terminal, nothing otherwise */
   bytes(done: number, total: number): void;
+  /** a status line redrawn in place on a terminal, nothing otherwise */
+  status(text: string): void;
   done(): void;
 }
 
-/** Progress on stderr: a redrawn bar on a TTY, plain phase lines otherwise (logs, CI, pipes). */
+/** Progress on a stream: a redrawn bar or status line on a TTY, plain phase lines otherwise (logs, CI, pipes). */
 export function createProgress(stream: Writable & { isTTY?: boolean; columns?: number }, quiet = false): Progress {
   const tty = !!stream.isTTY && !quiet;
   let drawn = false;
@@ -17,6 +19,10 @@ export function createProgress(stream: Writable & { isTTY?: boolean; columns?: n
   const clear = () => {
     if (drawn) stream.write('\r\x1b[K');
     drawn = false;
+  };
+  const draw = (text: string) => {
+    stream.write(`\r\x1b[K${text.slice(0, Math.max(20, (stream.columns ?? 80) - 1))}`);
+    drawn = true;
   };
   return {
     phase(text) {
@@ -30,8 +36,10 @@ export function createProgress(stream: Writable & { isTTY?: boolean; columns?: n
       const width = Math.max(10, Math.min(40, (stream.columns ?? 80) - 40));
       const frac = total > 0 ? Math.min(1, done / total) : 0;
       const fill = Math.round(frac * width);
-      stream.write(`\r\x1b[K  [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}%  ${formatBytes(done)} / ${formatBytes(total)}`);
-      drawn = true;
+      draw(`  [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}%  ${formatBytes(done)} / ${formatBytes(total)}`);
+    },
+    status(text) {
+      if (tty) draw(text);
     },
     done: clear,
   };

@@ -164,7 +164,7 @@ export async function pruneReleases(layout: AppLayout, state: InstallState, keep
   return doomed;
 }
 
-/** Recovery on its own (the agent at boot, `kiln recover`): takes the install lock for it. */
+/** Recovery on its own (the agent at boot, `kiln host recover`): takes the install lock for it. */
 export async function recoverUnderLock(layout: AppLayout, app: string, log: Logger, service?: ServiceManager): Promise<{ interrupted: Operation | null }> {
   const lock = await acquireLock(layout.lock, `recover ${app}`);
   try {

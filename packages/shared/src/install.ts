@@ -76,7 +76,7 @@ export interface InstallResult {
 }
 
 /**
- * THE install routine: used by `kiln install`, by the agent at boot and on command, by bakes.
+ * THE install routine: used by `kiln host install`, by the agent at boot and on command, by bakes.
  * resolve → download (stream) → verify → extract to staging → fsync → rename → mark complete →
  * journal → swap `current` → restart → health gate → commit, or swap back and restart the previous.
  */
@@ -176,7 +176,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     }
     const installedSeq = state.current?.seq ?? 0;
     if (manifest.seq < installedSeq && !opts.allowDowngrade && !pointerSeq) {
-      throw new KilnError('KILN_SEQ_DOWNGRADE', `${app} ${version} has seq ${manifest.seq}, lower than the installed ${state.current!.version} (seq ${installedSeq}); use \`kiln rollback\` or --allow-downgrade`);
+      throw new KilnError('KILN_SEQ_DOWNGRADE', `${app} ${version} has seq ${manifest.seq}, lower than the installed ${state.current!.version} (seq ${installedSeq}); use \`kiln host rollback\` or --allow-downgrade`);
     }
 
     journal = { schema: 1, op, app, version, from, via, ...(pointerSeq ? { pointer: pointerSeq } : {}), step: 'fetch', ...(opts.commandId ? { commandId: opts.commandId } : {}), startedAt: started, pid: process.pid };

@@ -1,0 +1,138 @@
+import { KilnError, formatTable, parseDuration } from '@kiln/shared';
+import { openApi } from './api-client.js';
+import { API_OPTIONS, JSON_OPTION, type CommandDef, type OptionDef } from './cli-command.js';
+import { out, printJson, str, type CliContext, type Flags } from './cli-context.js';
+import { followDeployment, tally } from './deploy-watch.js';
+import type { BatchSpec, Deployment } from './fleet-model.js';
+
+const ROLLOUT_OPTIONS: Record<string, OptionDef> = {
+  batch: { type: 'string', value: '25%|N', help: "a share or a number of the fleet's instances per batch (default 25%)" },
+  'max-failures': { type: 'string', value: 'N', help: 'instances that may fail before the deployment stops and rolls back (default 0)' },
+  'health-timeout': { type: 'string', value: 'DURATION', help: 'how long an instance has to report the release healthy: 30s, 2m (default 30s)' },
+  'no-wait': { type: 'boolean', help: 'print the deployment and return at once instead of following it' },
+};
+
+/** --batch, --max-failures and --health-timeout as the API's fields (absent ones take the API's defaults). */
+function rolloutBody(flags: Flags): { batch?: BatchSpec; maxFailures?: number; healthTimeoutMs?: number } {
+  const body: { batch?: BatchSpec; maxFailures?: number; healthTimeoutMs?: number } = {};
+  const batch = str(flags, 'batch');
+  if (batch !== undefined) {
+    const m = /^(\d+)(%?)$/.exec(batch);
+    const n = Number(m?.[1]);
+    if (!m || n < 1 || (m[2] && n > 100)) throw new KilnError('KILN_USAGE', `--batch ${batch}: a share from 1% to 100%, or a number of instances from 1`);
+    body.batch = m[2] ? { percent: n } : { count: n };
+  }
+  const max = str(flags, 'max-failures');
+  if (max !== undefined) {
+    if (!/^\d+$/.test(max)) throw new KilnError('KILN_USAGE', `--max-failures ${max}: a whole number from 0`);
+    body.maxFailures = Number(max);
+  }
+  const timeout = str(flags, 'health-timeout');
+  if (timeout !== undefined) {
+    const ms = parseDuration(timeout);
+    if (!ms || ms < 100) throw new KilnError('KILN_USAGE', `--health-timeout ${timeout}: a duration like 30s or 2m`);
+    body.healthTimeoutMs = ms;
+  }
+  return body;
+}
+
+const STRATEGIES = ['hotfix', 'bake', 'relaunch'];
+
+export const deployCommand: CommandDef = {
+  name: 'deploy',
+  summary: 'deploy a release to a fleet and follow it live (hotfix: in place, in health-gated batches)',
+  usage: 'deploy FLEET VERSION [--strategy hotfix] [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
+  details:
+    "The fleet's channel pointer moves first (instances launched later boot into the release); then each batch\n" +
+    'is told to install it, and counts once its agents report it installed and healthy. Past --max-failures the\n' +
+    'touched instances are rolled back and the pointer restored. Exit 0 only when the deployment succeeded.',
+  options: {
+    strategy: { type: 'string', value: 'NAME', help: 'hotfix (in place; bake and relaunch come with images)' },
+    ...ROLLOUT_OPTIONS,
+    ...API_OPTIONS,
+    ...JSON_OPTION,
+  },
+  positionals: [2, 2],
+  async run(ctx, flags, [fleet, version]) {
+    const strategy = str(flags, 'strategy') ?? 'hotfix';
+    if (!STRATEGIES.includes(strategy)) throw new KilnError('KILN_USAGE', `--strategy ${strategy}: one of ${STRATEGIES.join(', ')}`);
+    if (strategy !== 'hotfix') throw new KilnError('KILN_USAGE', `--strategy ${strategy} is not available yet: bake and relaunch come with images and fleets of launched instances; use --strategy hotfix`);
+    const body = rolloutBody(flags);
+    const api = await openApi(flags, ctx);
+    const { deployment } = await api.post<{ deployment: Deployment }>('/v1/deployments', { fleet, version, strategy, ...body });
+    if (flags['no-wait']) return printCreated(ctx, deployment);
+    return followDeployment(ctx, api, deployment);
+  },
+};
+
+export const fleetRollback: CommandDef = {
+  name: 'rollback',
+  summary: "roll a fleet back to its previous release (a new pointer, then a hotfix to it) and follow it",
+  usage: 'rollback FLEET [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
+  details: 'The previous release is the one the fleet ran before its last successful deployment.\nFor one host without a controller, see `kiln host rollback`.',
+  options: { ...ROLLOUT_OPTIONS, ...API_OPTIONS, ...JSON_OPTION },
+  positionals: [1, 1],
+  async run(ctx, flags, [fleet]) {
+    const body = rolloutBody(flags);
+    const api = await openApi(flags, ctx);
+    const { deployment } = await api.post<{ deployment: Deployment }>(`/v1/fleets/${encodeURIComponent(fleet!)}/rollback`, body);
+    if (flags['no-wait']) return printCreated(ctx, deployment);
+    return followDeployment(ctx, api, deployment);
+  },
+};
+
+function printCreated(ctx: CliContext, d: Deployment): void {
+  if (ctx.json) return printJson(ctx, d);
+  out(ctx, `deployment ${d.id} started: ${d.kind} of fleet ${d.fleet} to ${d.release.version}; follow it with \`kiln deployments show ${d.id} --follow\``);
+}
+
+const summaryOf = (d: Deployment) => {
+  const t = tally(d);
+  return d.state === 'running' ? `${t.healthy}/${t.targets} healthy, ${t.failed} failed` : (d.verdict ?? d.state);
+};
+
+export const deploymentsList: CommandDef = {
+  name: 'deployments',
+  summary: "list deployments, a fleet's or all (oldest first)",
+  usage: 'deployments [FLEET] [--json]',
+  options: { ...API_OPTIONS, ...JSON_OPTION },
+  positionals: [0, 1],
+  async run(ctx, flags, [fleet]) {
+    const api = await openApi(flags, ctx);
+    const { deployments } = await api.get<{ deployments: Deployment[] }>(`/v1/deployments${fleet ? `?fleet=${encodeURIComponent(fleet)}` : ''}`);
+    if (ctx.json) return printJson(ctx, deployments);
+    if (!deployments.length) return out(ctx, fleet ? `no deployments of fleet ${fleet} yet` : 'no deployments yet');
+    out(ctx, formatTable(['ID', 'FLEET', 'KIND', 'RELEASE', 'STATE', 'CREATED', 'VERDICT'], deployments.map((d) => [d.id, d.fleet, d.kind, d.release.version, d.state, d.createdAt, summaryOf(d)])));
+  },
+};
+
+export const deploymentsShow: CommandDef = {
+  name: 'deployments show',
+  summary: 'show one deployment: its batches and every instance; --follow waits for its end',
+  usage: 'deployments show ID [--follow] [--json]',
+  options: { follow: { type: 'boolean', help: 'follow it live until it ends, like `kiln deploy` (exit 1 unless it succeeds)' }, ...API_OPTIONS, ...JSON_OPTION },
+  positionals: [1, 1],
+  async run(ctx, flags, [id]) {
+    const api = await openApi(flags, ctx);
+    const { deployment: d } = await api.get<{ deployment: Deployment }>(`/v1/deployments/${encodeURIComponent(id!)}`);
+    if (flags.follow) return followDeployment(ctx, api, d);
+    if (ctx.json) return printJson(ctx, d);
+    out(ctx, `deployment ${d.id}: ${d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (from ${d.previous?.version ?? '-'}), ${d.state}\n${summaryOf(d)}\n`);
+    const rows = Object.entries(d.instances).sort(([a], [b]) => a.localeCompare(b)).map(([iid, i]) => [iid, i.batch >= 0 ? String(i.batch + 1) : '-', i.step, i.error ? `${i.error.code}: ${i.error.message}` : '-']);
+    out(ctx, rows.length ? formatTable(['INSTANCE', 'BATCH', 'STEP', 'ERROR'], rows) : 'no instances (none was connected when it started)');
+  },
+};
+
+export const deploymentsCancel: CommandDef = {
+  name: 'deployments cancel',
+  summary: 'cancel a running deployment: it stops after the batch in flight',
+  usage: 'deployments cancel ID [--json]',
+  options: { ...API_OPTIONS, ...JSON_OPTION },
+  positionals: [1, 1],
+  async run(ctx, flags, [id]) {
+    const api = await openApi(flags, ctx);
+    const { deployment: d } = await api.post<{ deployment: Deployment }>(`/v1/deployments/${encodeURIComponent(id!)}/cancel`);
+    if (ctx.json) return printJson(ctx, d);
+    out(ctx, d.state === 'running' ? `cancel requested: ${d.id} stops after the batch in flight (\`kiln deployments show ${d.id} --follow\`)` : `${d.id} already ended: ${d.verdict ?? d.state}`);
+  },
+};

@@ -1,0 +1,71 @@
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { KilnError, formatTable, writeFileAtomic } from '@kiln/shared';
+import { openApi } from './api-client.js';
+import { API_OPTIONS, JSON_OPTION, type CommandDef } from './cli-command.js';
+import { out, printJson, str } from './cli-context.js';
+import type { Fleet } from './fleet-model.js';
+
+/** A fleet as the API shows it: never its credential digest. */
+export type PublicFleet = Omit<Fleet, 'agentCredentialSha256'>;
+
+/** Where `kiln fleet create` keeps a fleet's agent credential for local agents (0600). */
+export const fleetCredentialFile = (home: string, fleet: string) => path.join(home, 'fleets', `${fleet}.credential`);
+
+export async function readFleetCredential(home: string, fleet: string): Promise<string> {
+  const file = fleetCredentialFile(home, fleet);
+  try {
+    return (await readFile(file, 'utf8')).trim();
+  } catch {
+    throw new KilnError('KILN_CONFIG_INVALID', `no agent credential for fleet ${fleet} in ${file}: \`kiln fleet create\` saves it there; if the fleet was made elsewhere, write the credential it printed to that file`);
+  }
+}
+
+export const fleetCreate: CommandDef = {
+  name: 'fleet create',
+  summary: "create a fleet; prints its agent credential (once) and saves it for local agents",
+  usage: 'fleet create NAME --app APP [--channel stable] [--json]',
+  details: 'A fleet is the instances of one app following one channel. Its agents connect with the credential printed here,\nwhich the controller keeps only as a digest; it is also saved to .kiln/fleets/NAME.credential (0600) for `kiln agents start`.',
+  options: {
+    app: { type: 'string', value: 'APP', help: 'the app its instances run' },
+    channel: { type: 'string', value: 'CHANNEL', help: 'the channel they follow (default stable)' },
+    ...API_OPTIONS,
+    ...JSON_OPTION,
+  },
+  positionals: [1, 1],
+  async run(ctx, flags, [name]) {
+    const app = str(flags, 'app');
+    if (!app) throw new KilnError('KILN_USAGE', 'fleet create needs --app APP');
+    const api = await openApi(flags, ctx);
+    const res = await api.post<{ fleet: PublicFleet; agentCredential: string }>('/v1/fleets', { name, app, channel: str(flags, 'channel') ?? 'stable' });
+    const file = fleetCredentialFile(ctx.home, res.fleet.name);
+    await mkdir(path.dirname(file), { recursive: true });
+    await writeFileAtomic(file, `${res.agentCredential}\n`, 0o600);
+    if (ctx.json) return printJson(ctx, { ...res, credentialFile: file, agentsUrl: api.agentsUrl });
+    const f = res.fleet;
+    out(
+      ctx,
+      [
+        `fleet ${f.name}: app ${f.app}, channel ${f.channel}, desired ${f.desired?.version ?? '- (the channel points nowhere yet)'}`,
+        `agent credential  ${res.agentCredential}`,
+        `                  shown once; saved to ${file} (0600)`,
+        `agents connect to ${api.agentsUrl}`,
+        `start local agents with: kiln agents start ${f.name} --count 3`,
+      ].join('\n'),
+    );
+  },
+};
+
+export const fleetList: CommandDef = {
+  name: 'fleet list',
+  summary: 'list the fleets',
+  usage: 'fleet list [--json]',
+  options: { ...API_OPTIONS, ...JSON_OPTION },
+  positionals: [0, 0],
+  async run(ctx, flags) {
+    const { fleets } = await (await openApi(flags, ctx)).get<{ fleets: PublicFleet[] }>('/v1/fleets');
+    if (ctx.json) return printJson(ctx, fleets);
+    if (!fleets.length) return out(ctx, 'no fleets yet: `kiln fleet create NAME --app APP`');
+    out(ctx, formatTable(['NAME', 'APP', 'CHANNEL', 'PROVIDER', 'DESIRED', 'CREATED'], fleets.map((f) => [f.name, f.app, f.channel, f.provider, f.desired?.version ?? '-', f.createdAt])));
+  },
+};

@@ -1,0 +1,10 @@
+import { createServer } from 'node:net';
+
+/** A port free on 127.0.0.1 right now (the kernel's pick), for an app or agent started next. */
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const { port } = srv.address() as { port: number };
+  await new Promise((resolve) => srv.close(resolve));
+  return port;
+}
