@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startController, startFleet, type TestController } from './helpers/controller.js';
 import { until, type TestAgent } from './helpers/agent.js';
+import { readPointer } from '@kiln/shared';
 import { makeKeys, pushApp } from './helpers/release.js';
 import { startS3, type S3Fixture } from './helpers/s3.js';
 
@@ -68,4 +69,13 @@ describe('controller: hotfix rollouts over the agents', () => {
     expect(Object.values(bad.instances).map((i: any) => i.step).sort()).toEqual(['pending', 'rolled-back']);
     for (const a of fleet.agents) expect(await a.serving()).toContain('kiln-demo 2.0.0');
   }, 60_000);
+
+  it('refuses a release signed by a key it does not trust with 422, before the pointer moves', async () => {
+    await pushApp({ store: s3.store, keys: makeKeys(), version: '9.0.0' });
+    await ctl.api('POST', '/v1/fleets', { name: 'signed', app: 'web', channel: 'stable' });
+    const before = await readPointer(s3.store, 'web', 'stable', keys.keys);
+    const r = await ctl.api('POST', '/v1/deployments', { fleet: 'signed', version: '9.0.0' });
+    expect([r.status, r.body.error.code]).toEqual([422, 'KILN_SIGNATURE_INVALID']);
+    expect(await readPointer(s3.store, 'web', 'stable', keys.keys)).toEqual(before);
+  });
 });

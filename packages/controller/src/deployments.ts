@@ -81,7 +81,8 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     busy.add(fleet.name);
     try {
       if (!o.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to move channel pointers with; start it with one (`kiln keys generate`)');
-      const { manifest, manifestSha256 } = await showRelease(o.store, fleet.app, input.version, o.trustedKeys);
+      const { manifest, manifestSha256, summary } = await showRelease(o.store, fleet.app, input.version, o.trustedKeys);
+      if (!summary.verified) throw new KilnError('KILN_SIGNATURE_INVALID', `${fleet.app} ${input.version} is not signed by a key this controller trusts; agents would refuse it`);
       const release = { version: manifest.version, seq: manifest.seq, manifestSha256 };
       const previous = fleet.desired ?? (await pointed(fleet.app, fleet.channel));
       const at = o.now().toISOString();

@@ -13,6 +13,11 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   KILN_NO_PREVIOUS: 409,
   KILN_FLEET_EXISTS: 409,
   KILN_FLEET_BUSY: 409,
+  KILN_SIGNATURE_INVALID: 422,
+  KILN_SIGNATURE_UNKNOWN_KEY: 422,
+  KILN_MANIFEST_INVALID: 422,
+  // the controller runs without a signing key: it cannot move pointers until restarted with one
+  KILN_KEY_INVALID: 503,
   KILN_S3_UNREACHABLE: 503,
   KILN_S3_TIMEOUT: 503,
 };

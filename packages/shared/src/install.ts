@@ -164,12 +164,13 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     const from = await currentVersion(layout);
     if (from === version && state.current?.manifestSha256 === verified.sha256) {
       if (pointerSeq && (state.channels[pointerSeq.channel] ?? 0) < pointerSeq.seq) state.channels[pointerSeq.channel] = pointerSeq.seq;
-      // Installed means installed and running: a stopped app is started (no swap, so nothing to undo).
+      // Installed means installed, running and healthy: a stopped app is started (no swap, so nothing
+      // to undo), and one that runs still passes its health check (it may be starting after a swap-back).
       if (!(await opts.service.status()).active) {
         log.info({ version }, 'already installed but not running: starting it');
         await opts.service.restart(manifest.service);
-        if (!opts.skipHealth) await healthGate(opts, manifest, layout.release(version));
       }
+      if (!opts.skipHealth) await healthGate(opts, manifest, layout.release(version));
       await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: now().toISOString(), outcome: 'unchanged' });
       log.info({ version }, 'already installed: nothing to do');
       return { outcome: 'unchanged', app, version, previous: state.previous?.version ?? null, via: state.current.via, downloaded: false, timings };
