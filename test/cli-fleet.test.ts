@@ -3,6 +3,8 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { Writable } from 'node:stream';
+import { runCli } from '@kiln/controller';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isAlive } from '@kiln/shared';
 import { until, servingOn } from './helpers/agent.js';
@@ -149,6 +151,14 @@ describe('the operator story against `kiln up`', { timeout: 90_000 }, () => {
     const list = json(listed);
     expect(list.map((x: any) => [x.id, x.state])).toEqual([[deploymentId, 'succeeded']]);
     expect(shown.stdout).toMatch(/web-3\s+2\s+healthy/);
+
+    // On a terminal, following draws a status line in place (the same runCli as the binary, here with a TTY stdout).
+    let screen = '';
+    const tty = Object.assign(new Writable({ write: (d, _e, cb) => ((screen += d), cb()) }), { isTTY: true, columns: 120 });
+    const io = { stdout: tty, stderr: new Writable({ write: (_d, _e, cb) => cb() }), env: {}, cwd };
+    expect(await runCli(['deployments', 'show', deploymentId, '--follow'], { io })).toBe(0);
+    expect(screen).toContain('\r\x1b[Kbatch 2/2  healthy 3/3, failed 0, in flight 0, pending 0');
+    expect(screen).toMatch(/succeeded: 3 healthy on 2\.0\.0\n$/);
   });
 
   it('rolls the fleet back to 1.0.0 and follows it (--json prints the final record)', async () => {

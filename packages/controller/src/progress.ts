@@ -21,7 +21,8 @@ export function createProgress(stream: Writable & { isTTY?: boolean; columns?: n
     drawn = false;
   };
   const draw = (text: string) => {
-    stream.write(`\r\x1b[K${text.slice(0, Math.max(20, (stream.columns ?? 80) - 1))}`);
+    // A terminal that does not say its width (columns 0) is taken as 80 wide.
+    stream.write(`\r\x1b[K${text.slice(0, Math.max(20, (stream.columns || 80) - 1))}`);
     drawn = true;
   };
   return {
@@ -33,7 +34,7 @@ export function createProgress(stream: Writable & { isTTY?: boolean; columns?: n
     bytes(done, total) {
       if (!tty || Date.now() - lastDraw < 80) return;
       lastDraw = Date.now();
-      const width = Math.max(10, Math.min(40, (stream.columns ?? 80) - 40));
+      const width = Math.max(10, Math.min(40, (stream.columns || 80) - 40));
       const frac = total > 0 ? Math.min(1, done / total) : 0;
       const fill = Math.round(frac * width);
       draw(`  [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(0).padStart(3)}%  ${formatBytes(done)} / ${formatBytes(total)}`);
