@@ -68,6 +68,10 @@ describe('controller: hotfix rollouts over the agents', () => {
     expect(bad.error.code).toBe('KILN_DEPLOY_FAILED');
     expect(Object.values(bad.instances).map((i: any) => i.step).sort()).toEqual(['pending', 'rolled-back']);
     for (const a of fleet.agents) expect(await a.serving()).toContain('kiln-demo 2.0.0');
+    // An explicit older version goes out as a rollback: the agents would refuse a lower seq to install.
+    const older = await finished((await ctl.api('POST', '/v1/deployments', { fleet: 'api', version: '1.0.0', batch: { percent: 100 } })).body.deployment.id);
+    expect(older.state, older.verdict).toBe('succeeded');
+    for (const a of fleet.agents) expect(await a.serving()).toContain('kiln-demo 1.0.0');
   }, 60_000);
 
   it('refuses a release signed by a key it does not trust with 422, before the pointer moves', async () => {

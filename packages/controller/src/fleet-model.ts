@@ -71,7 +71,8 @@ export const Deployment = z.strictObject({
   batch: BatchSpec,
   maxFailures: z.number().int().min(0),
   healthTimeoutMs: z.number().int(),
-  state: z.enum(['running', 'succeeded', 'failed', 'cancelled', 'interrupted']),
+  /** a controller restarted mid-rollout resumes it: `running` records are picked up at start */
+  state: z.enum(['running', 'succeeded', 'failed', 'cancelled']),
   verdict: z.string().nullable(),
   error: z.strictObject({ code: z.string(), message: z.string() }).nullable(),
   batches: z.array(z.array(z.string())),

@@ -17,7 +17,7 @@ export interface InstanceRow {
   tree: string;
   operation: string | null;
   lastError: string | null;
-  /** in-sync: runs the desired release, tree intact, as baked; off-image: in sync but not what its image carries (a hotfix, heal replaces it); drifted: not the desired release or a modified tree */
+  /** in-sync: runs the desired release, tree intact, as baked or installed at boot; off-image: the desired release but changed in place (a hotfix; heal replaces it); drifted: not the desired release, or a modified tree */
   drift: DriftState;
 }
 
@@ -37,7 +37,8 @@ export function instanceRow(fleet: Fleet, i: HubInstance): InstanceRow {
   let drift: DriftState;
   if (!i.connected) drift = 'unreachable';
   else if (!fleet.desired || installedSha !== fleet.desired.manifestSha256 || !treeOk) drift = 'drifted';
-  else if (r?.image?.manifestSha256 !== installedSha) drift = 'off-image';
+  // Changed in place since launch (a hotfix, a rollback, a manual install): heal replaces it.
+  else if (!['baked', 'boot'].includes(r?.installed?.via ?? '')) drift = 'off-image';
   else drift = 'in-sync';
   const t = r?.tree;
   return {

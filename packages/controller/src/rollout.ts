@@ -68,11 +68,16 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
       await save();
       log.info({ targets: targets.length, batches: r.batches.length }, 'rollout started');
     }
-    const install: CommandAction = r.kind === 'rollback' ? { kind: 'rollback', version: r.release.version, manifestSha256: r.release.manifestSha256 } : { kind: 'install', ...r.release };
+    // Going back (a fleet rollback, or an explicit older version) is a rollback on the agents: they refuse a lower seq otherwise.
+    const back = r.kind === 'rollback' || (r.previous !== null && r.release.seq < r.previous.seq);
+    const install: CommandAction = back ? { kind: 'rollback', version: r.release.version, manifestSha256: r.release.manifestSha256 } : { kind: 'install', ...r.release };
     for (const [n, batch] of r.batches.entries()) {
       if (r.cancelRequested) {
+        // Instances launched from now on boot into what the fleet ran before; those already done stay.
+        if (r.previous) await c.movePointer(r.app, r.channel, r.previous);
+        const done = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
         r.state = 'cancelled';
-        r.verdict = `cancelled before batch ${n + 1} of ${r.batches.length}`;
+        r.verdict = `cancelled before batch ${n + 1} of ${r.batches.length}: ${done} instance(s) stay on ${r.release.version}${r.previous ? `, the channel points to ${r.previous.version} again` : ''}`;
         break;
       }
       const todo = batch.filter((id) => r.instances[id]?.step === 'pending' || r.instances[id]?.step === 'sent');

@@ -1,6 +1,6 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { createDocStore, createReleaseStore, type Logger, type PrivateKey, type PublicKey } from '@kiln/shared';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { createAgentHub, type AgentHub } from './agent-hub.js';
 import { createDeployments, type Deployments } from './deployments.js';
 import { createFleetRegistry, type FleetRegistry } from './fleet-registry.js';
@@ -58,7 +58,8 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
 
   const app = Fastify({
     loggerInstance: log,
-    disableRequestLogging: true,
+    // Requests are not logged one by one: agents and the CLI poll; errors are logged where they happen.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
     ...(opts.https ? { https: opts.https } : {}),
   }) as unknown as KilnServer;
