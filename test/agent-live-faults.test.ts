@@ -86,8 +86,8 @@ async function intact(root: string, port: number, version: string): Promise<void
   expect(await isComplete(layout, version)).toBe(true);
   expect(await servingOn(port)).toContain(`kiln-demo ${version}`);
   // The inbox is rewritten just after a command's result goes out: its temporary file may still be in flight.
-  await until('no temporary files', async () => (await leftovers(layout.root)).length === 0, 2_000).catch(() => undefined);
-  expect(await leftovers(layout.root)).toEqual([]);
+  // Settled means none left at one moment: a later write may start right after.
+  await until('no temporary files under the root', async () => (await leftovers(layout.root)).length === 0, 5_000);
 }
 
 /** The first frame an instance sent after `isNew` began. */

@@ -213,7 +213,7 @@ describe('the operator story against `kiln up`', { timeout: 90_000 }, () => {
     await writeFile(gate, '');
     const cancelled = await k('deployments', 'show', started.id, '--follow');
     expect(cancelled.code).toBe(1);
-    expect(cancelled.stdout).toMatch(/cancelled before batch 2 of 3\n$/);
+    expect(cancelled.stdout).toMatch(/cancelled before batch 2 of 3: 1 instance\(s\) stay on 3.0.0, the channel points to 1.0.0 again\n$/);
     expect(cancelled.stderr).toMatch(/^error KILN_DEPLOY_CANCELLED: /);
 
     const failed = await k('deploy', 'web', '4.0.0', '--batch', '1');

@@ -384,7 +384,7 @@ describe('an agent that never answers', () => {
     await silent.opened;
     silent.hello(report('web-silent', { installed: { ...rel['2.0.0']!, artifactSha256: 'a'.repeat(64), via: 'hotfix', installedAt: new Date().toISOString() } }));
     await until('the silent agent is in the view', async () => (await rows('web')).some((r) => r.instanceId === 'web-silent' && r.installed === '2.0.0'));
-    const res = await ctl.api('POST', '/v1/deployments', { fleet: 'web', version: '3.0.0', batch: { percent: 100 }, maxFailures: 0, healthTimeoutMs: 4_000 });
+    const res = await ctl.api('POST', '/v1/deployments', { fleet: 'web', version: '3.0.0', batch: { percent: 100 }, maxFailures: 0, healthTimeoutMs: 8_000 });
     expect(res.status, JSON.stringify(res.body)).toBe(201);
     const d = await finished(res.body.deployment.id);
     expect(d.state).toBe('failed');
@@ -398,7 +398,7 @@ describe('an agent that never answers', () => {
     expect((await readPointer(s3.store, 'web', 'stable', keys.keys)).manifestSha256).toBe(rel['2.0.0']!.manifestSha256);
     expect((await ctl.api('GET', '/v1/fleets/web')).body.fleet.desired.version).toBe('2.0.0');
     await serving();
-  }, 30_000);
+  }, 60_000);
 });
 
 describe('durability: a controller killed mid-rollout', () => {
@@ -438,7 +438,7 @@ describe('durability: a controller killed mid-rollout', () => {
       ['dur-2', true, '2.0.0'],
     ]);
     await serving(proc);
-  }, 45_000);
+  }, 120_000);
   it('regression: a controller closed mid-rollout writes nothing more; its record stays running for the next one, which finishes it', async () => {
     const s3g = await startS3();
     cleanup.push(() => s3g.close());

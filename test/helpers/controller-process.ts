@@ -27,7 +27,7 @@ export async function startControllerProcess(args: { s3: S3Fixture; keys: Keys; 
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the controller process did not start within 15 s: ${stderr}`)), 15_000);
+    const timer = setTimeout(() => reject(new Error(`the controller process did not start within 45 s: ${stderr}`)), 45_000);
     child.stdout.on('data', (d: Buffer) => d.toString().includes('listening') && (clearTimeout(timer), resolve()));
     child.once('exit', (code) => (clearTimeout(timer), reject(new Error(`the controller process exited with ${code}: ${stderr}`))));
   });
