@@ -67,6 +67,15 @@ if (mode === 'demo') {
   if (existsSync(report)) {
     const r = JSON.parse(readFileSync(report, 'utf8'));
     const skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+    // Suites that skip say why in their names ("… (skipped: not root)"): repeat those here.
+    const reasons = new Set();
+    for (const file of r.testResults ?? []) {
+      for (const t of file.assertionResults ?? []) {
+        const title = [...(t.ancestorTitles ?? []), t.title].find((x) => /\(skipped: /.test(x));
+        if (title && t.status !== 'passed' && t.status !== 'failed') reasons.add(title);
+      }
+    }
+    for (const title of reasons) console.log(`skipped: ${title}`);
     summary = `${r.numPassedTests} passed, ${r.numFailedTests} failed${skipped ? `, ${skipped} skipped` : ''}`;
   }
   console.log(summary);

@@ -1,4 +1,4 @@
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { ERROR_CODES } from '@kiln/shared';
 
@@ -12,7 +12,8 @@ describe('docs', () => {
   });
 
   it('every file README.md and docs/ link to exists', async () => {
-    for (const page of ['README.md', 'docs/install.md', 'docs/release-format.md', 'docs/errors.md']) {
+    const docs = (await readdir(new URL('docs/', top))).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`);
+    for (const page of ['README.md', 'BENCHMARKS.md', ...docs]) {
       const text = await readFile(new URL(page, top), 'utf8');
       for (const [, link] of text.matchAll(/\]\(([^)#:]+)(?:#[^)]*)?\)/g)) {
         await expect(stat(new URL(link!, new URL(page, top))), `${page} links to ${link}`).resolves.toBeTruthy();
