@@ -134,7 +134,12 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     for (const name of names) {
       for (const key of await o.docs.list(`controller/deployments/${name}/`)) {
         const live = [...running.values()].find((r) => key.endsWith(`/${r.record.id}.json`));
-        const rec = live?.record ?? (await o.docs.get(key, Deployment).catch(() => undefined));
+        const rec =
+          live?.record ??
+          (await o.docs.get(key, Deployment).catch((err) => {
+            log.error({ err, key }, 'skipping a deployment record that cannot be read');
+            return undefined;
+          }));
         if (rec) out.push(rec);
       }
     }

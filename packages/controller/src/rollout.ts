@@ -56,6 +56,8 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     void save();
   };
 
+  // The verdict is kept aside until it is written: a reader never sees an outcome the bucket does not hold.
+  const end: Partial<Pick<Deployment, 'state' | 'verdict' | 'error' | 'finishedAt'>> = {};
   try {
     await c.movePointer(r.app, r.channel, r.release);
     if (r.batches.length === 0) {
@@ -76,8 +78,8 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
         // Instances launched from now on boot into what the fleet ran before; those already done stay.
         if (r.previous) await c.movePointer(r.app, r.channel, r.previous);
         const done = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
-        r.state = 'cancelled';
-        r.verdict = `cancelled before batch ${n + 1} of ${r.batches.length}: ${done} instance(s) stay on ${r.release.version}${r.previous ? `, the channel points to ${r.previous.version} again` : ''}`;
+        end.state = 'cancelled';
+        end.verdict = `cancelled before batch ${n + 1} of ${r.batches.length}: ${done} instance(s) stay on ${r.release.version}${r.previous ? `, the channel points to ${r.previous.version} again` : ''}`;
         break;
       }
       const todo = batch.filter((id) => r.instances[id]?.step === 'pending' || r.instances[id]?.step === 'sent');
@@ -97,28 +99,31 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
       log.info({ batch: n + 1, of: r.batches.length, failed }, 'batch done');
       if (failed > r.maxFailures) {
         await rollBack(c, r, mark);
-        r.state = 'failed';
-        r.error = { code: 'KILN_DEPLOY_FAILED', message: `${failed} instance(s) failed in batch ${n + 1} of ${r.batches.length}, over the limit of ${r.maxFailures}` };
-        r.verdict = `failed: ${r.error.message}; ${r.previous ? `touched instances rolled back to ${r.previous.version}` : 'no earlier release to roll back to'}`;
+        end.state = 'failed';
+        end.error = { code: 'KILN_DEPLOY_FAILED', message: `${failed} instance(s) failed in batch ${n + 1} of ${r.batches.length}, over the limit of ${r.maxFailures}` };
+        end.verdict = `failed: ${end.error.message}; ${r.previous ? `touched instances rolled back to ${r.previous.version}` : 'no earlier release to roll back to'}`;
         break;
       }
     }
-    if (r.state === 'running') {
+    if (!end.state) {
       const healthy = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
       const failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
       await c.succeeded(r);
-      r.state = 'succeeded';
-      r.verdict = `succeeded: ${healthy} healthy on ${r.release.version}${failed ? `, ${failed} failed (within the limit of ${r.maxFailures})` : ''}`;
+      end.state = 'succeeded';
+      end.verdict = `succeeded: ${healthy} healthy on ${r.release.version}${failed ? `, ${failed} failed (within the limit of ${r.maxFailures})` : ''}`;
     }
   } catch (err) {
     const e = asKilnError(err);
-    r.state = 'failed';
-    r.error = { code: e.code, message: e.message };
-    r.verdict = `failed: ${e.message}`;
+    end.state = 'failed';
+    end.error = { code: e.code, message: e.message };
+    end.verdict = `failed: ${e.message}`;
     log.error({ err: e }, 'rollout failed');
   }
-  r.finishedAt = c.now().toISOString();
-  await save();
+  end.finishedAt = c.now().toISOString();
+  await saving;
+  r.updatedAt = end.finishedAt;
+  await c.save({ ...structuredClone(r), ...end }).catch((err) => log.error({ err }, 'cannot write the deployment record'));
+  Object.assign(r, end);
   log.info({ state: r.state, verdict: r.verdict }, 'rollout finished');
   return r;
 }
