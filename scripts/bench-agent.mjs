@@ -23,6 +23,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { benchService } from './bench-measure.mjs';
 
 const TOP = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SELF = fileURLToPath(import.meta.url);
@@ -96,23 +97,6 @@ async function fullGc() {
     globalThis.gc();
     await sleep(50);
   }
-}
-
-/** The tiny in-memory ServiceManager of the many-agents measure: one process supervisor per agent would be 2,000 processes. */
-function benchService() {
-  let active = false;
-  return {
-    kind: 'bench',
-    async restart() {
-      active = true;
-    },
-    async stop() {
-      active = false;
-    },
-    async status() {
-      return { active, pid: null, release: null, port: null };
-    },
-  };
 }
 
 function agentConfig({ instanceId, location, publicPem, url }) {
