@@ -1,5 +1,4 @@
 import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +14,8 @@ import {
   type PublicKey,
   type ReleaseStore,
 } from '@kiln/shared';
+
+export { freePort } from '@kiln/controller';
 
 export const DEMO_APP = fileURLToPath(new URL('../../packages/controller/demo-app/', import.meta.url));
 
@@ -39,13 +40,6 @@ export async function tempDir(prefix = 'kiln-test-'): Promise<string> {
   return mkdtemp(path.join(tmpdir(), prefix));
 }
 
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as { port: number };
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
-}
 
 /** A copy of the demo HTTP app that answers with `version`; extra files may be added. */
 export async function makeApp(version: string, extra: Record<string, string | Buffer> = {}, kilnJson?: unknown): Promise<string> {

@@ -11,3 +11,4 @@ export { createAgentHub, type AgentHub, type HubInstance } from './agent-hub.js'
 export { planBatches } from './rollout.js';
 export { Deployment, Fleet } from './fleet-model.js';
 export { type InstanceRow, type FleetSummary } from './fleet-view.js';
+export { freePort } from './free-port.js';
