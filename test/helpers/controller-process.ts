@@ -30,6 +30,10 @@ export async function startControllerProcess(args: { s3: S3Fixture; keys: Keys; 
     const timer = setTimeout(() => reject(new Error(`the controller process did not start within 45 s: ${stderr}`)), 45_000);
     child.stdout.on('data', (d: Buffer) => d.toString().includes('listening') && (clearTimeout(timer), resolve()));
     child.once('exit', (code) => (clearTimeout(timer), reject(new Error(`the controller process exited with ${code}: ${stderr}`))));
+  }).catch((err) => {
+    // A controller that never said it listens must not outlive the test.
+    child.kill('SIGKILL');
+    throw err;
   });
   const url = `http://127.0.0.1:${args.port}`;
   return {
