@@ -23,7 +23,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { benchService } from './bench-measure.mjs';
+import { CLK_TCK, benchService, intOption, machineTicks, median, nextMessage, pct, printUsage, procMem, procTicks, r1, r2, r3, say } from './bench-measure.mjs';
 
 const TOP = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SELF = fileURLToPath(import.meta.url);
@@ -40,42 +40,6 @@ const MiB = 1024 * 1024;
 const MB_IN_MiB = 1e6 / MiB;
 const CHILD_ENV = { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' };
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-
-const say = (msg) => process.stderr.write(`[bench] ${msg}\n`);
-const sorted = (xs) => [...xs].sort((a, b) => a - b);
-const median = (xs) => {
-  const s = sorted(xs);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-/** nearest-rank percentile */
-const pct = (xs, p) => sorted(xs)[Math.max(0, Math.ceil((p / 100) * xs.length) - 1)];
-const r1 = (x) => Math.round(x * 10) / 10;
-const r2 = (x) => Math.round(x * 100) / 100;
-const r3 = (x) => Math.round(x * 1000) / 1000;
-
-/** VmRSS, RssAnon and RssFile of a process, in KiB. */
-function procMem(pid) {
-  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (name) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? NaN);
-  return { rssKiB: kb('VmRSS'), anonKiB: kb('RssAnon'), fileKiB: kb('RssFile') };
-}
-
-/** utime + stime of a process (all its threads), in clock ticks. */
-function procTicks(pid) {
-  const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  // fields after the name start at field 3 (state); utime and stime are fields 14 and 15
-  return Number(f[11]) + Number(f[12]);
-}
-
-const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100;
-
-/** Machine-wide CPU ticks from /proc/stat: busy (without steal), steal, idle. */
-function machineTicks() {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
-  return { busy: f[0] + f[1] + f[2] + f[5] + f[6], steal: f[7] ?? 0, idle: f[3] + f[4] };
-}
 
 /** Fraction of all CPUs busy (steal included) over `ms` while this benchmark does nothing: other people's load. */
 async function othersBusy(ms = 500) {
@@ -338,17 +302,10 @@ async function main() {
     },
   });
   if (opt.help) {
-    console.log(readFileSync(SELF, 'utf8').split('\n').slice(1, 14).join('\n'));
+    printUsage(SELF);
     process.exit(0);
   }
-  const int = (name, min) => {
-    const n = Number(opt[name]);
-    if (!Number.isInteger(n) || n < min) {
-      console.error(`--${name} ${opt[name]}: a whole number >= ${min}`);
-      process.exit(2);
-    }
-    return n;
-  };
+  const int = intOption(opt);
   const IDLE_S = int('idle-seconds', 1);
   const SETTLE_S = int('settle-seconds', 0);
   const AGENTS = int('agents', 1);
@@ -436,23 +393,6 @@ async function main() {
     closeSync(out);
     child.logFile = logFile;
     return child;
-  }
-
-  /** The next IPC message of `type` from a child, or a rejection if it exits first or `ms` pass. */
-  function nextMessage(child, type, ms = 600_000) {
-    return new Promise((resolve, reject) => {
-      const done = (fn, v) => {
-        clearTimeout(timer);
-        child.off('message', onMsg);
-        child.off('exit', onExit);
-        fn(v);
-      };
-      const onMsg = (m) => m.type === type && done(resolve, m);
-      const onExit = (code) => done(reject, new Error(`the ${type} child exited (${code}) first; see ${child.logFile ?? 'its output'}:\n${readFileSync(child.logFile, 'utf8').slice(-3000)}`));
-      const timer = setTimeout(() => done(reject, new Error(`no ${type} message within ${ms} ms`)), ms);
-      child.on('message', onMsg);
-      child.on('exit', onExit);
-    });
   }
 
   /** A small release: kiln.json, a VERSION file and 20 source-like files (~80 KiB). */

@@ -34,6 +34,7 @@ import {
   parsePublicKey,
   publishRelease,
 } from '../packages/shared/dist/index.js';
+import { intOption, printUsage } from './bench-measure.mjs';
 
 // The AWS SDK's notice about its future Node minimum is noise here (the CLI silences it the same way).
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -90,17 +91,10 @@ const { values: opt } = parseArgs({
   },
 });
 if (opt.help) {
-  console.log(readFileSync(SELF, 'utf8').split('\n').slice(1, 11).join('\n'));
+  printUsage(SELF);
   process.exit(0);
 }
-const int = (name, min) => {
-  const n = Number(opt[name]);
-  if (!Number.isInteger(n) || n < min) {
-    console.error(`--${name} ${opt[name]}: a whole number >= ${min}`);
-    process.exit(2);
-  }
-  return n;
-};
+const int = intOption(opt);
 const RUNS = int('runs', 1);
 const SIZE_MIB = int('size-mib', 1);
 const LARGE_MIB = int('large-mib', 0);
