@@ -22,7 +22,7 @@ import {
 } from '@kiln/shared';
 import { CREDENTIAL, makeAgent, servingOn, startFakeController, until, writeAgentConfig, type FakeController, type TestAgent } from './helpers/agent.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
-import { freePort, leftovers, makeKeys, pushApp, quietLog, tempDir } from './helpers/release.js';
+import { freePort, leftovers, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from './helpers/release.js';
 import { startS3, type S3Fixture } from './helpers/s3.js';
 
 const AGENT_MAIN = fileURLToPath(new URL('../packages/agent/dist/main.js', import.meta.url));
@@ -41,7 +41,7 @@ beforeAll(async () => {
   s3 = await startS3();
   ctl = await startFakeController();
   gate = path.join(await tempDir('kiln-test-gate-'), 'open');
-  const gated = { service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['test', '-e', gate], timeoutMs: 30_000, intervalMs: 50 } };
+  const gated = gatedSpec(gate);
   for (const [version, extra] of [['1.0.0', { channel: 'stable' }], ['2.0.0', {}], ['3.0.0', { kilnJson: gated }], ['4.0.0', {}]] as const) {
     const r = await pushApp({ store: s3.store, keys, version, ...extra });
     rel[version] = { version, seq: r.manifest.seq, manifestSha256: r.manifestSha256 };

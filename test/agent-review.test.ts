@@ -10,7 +10,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { createAgent, sealImage } from '@kiln/agent';
 import { AgentReport, appLayout, createProcessSupervisor, type ServiceManager } from '@kiln/shared';
 import { CREDENTIAL, makeAgent, startFakeController, until, writeAgentConfig, type FakeController, type TestAgent } from './helpers/agent.js';
-import { freePort, makeKeys, pushApp, quietLog, tempDir } from './helpers/release.js';
+import { freePort, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from './helpers/release.js';
 import { startS3, type S3Fixture } from './helpers/s3.js';
 
 let s3: S3Fixture;
@@ -27,7 +27,7 @@ beforeAll(async () => {
   s3 = await startS3();
   ctl = await startFakeController();
   gate = path.join(await tempDir('kiln-test-gate-'), 'open');
-  const gated = { service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['test', '-e', gate], timeoutMs: 30_000, intervalMs: 50 } };
+  const gated = gatedSpec(gate);
   for (const [version, extra] of [['1.0.0', { channel: 'stable' }], ['3.0.0', { kilnJson: gated }], ['4.0.0', {}]] as const) {
     const r = await pushApp({ store: s3.store, keys, version, ...extra });
     rel[version] = { version, seq: r.manifest.seq, manifestSha256: r.manifestSha256 };

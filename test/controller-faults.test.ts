@@ -13,7 +13,7 @@ import { MAX_FRAME_BYTES, createDocStore, createLogger, createS3Client, readPoin
 import { OPERATOR, startController, startFleet, type TestController } from './helpers/controller.js';
 import { startControllerProcess } from './helpers/controller-process.js';
 import { makeAgent, until, type TestAgent } from './helpers/agent.js';
-import { freePort, makeKeys, pushApp, quietLog, tempDir } from './helpers/release.js';
+import { freePort, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from './helpers/release.js';
 import { startS3, type S3Fixture } from './helpers/s3.js';
 
 const keys = makeKeys();
@@ -26,14 +26,13 @@ let web: { agents: TestAgent[]; credential: string };
 let rawCredential: string;
 const rel: Record<string, { version: string; seq: number; manifestSha256: string }> = {};
 /** releases whose health check passes only once their gate file exists: a rollout held as long as a test wants */
-const gated = (gate: string) => ({ service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['test', '-e', gate], timeoutMs: 30_000, intervalMs: 50 } });
 let gate: string;
 const cleanup: Array<() => unknown> = [];
 
 beforeAll(async () => {
   s3 = await startS3();
   gate = path.join(await tempDir('kiln-test-gate-'), 'open');
-  for (const [version, extra] of [['1.0.0', { channel: 'stable' }], ['2.0.0', { kilnJson: gated(gate) }], ['3.0.0', {}]] as const) {
+  for (const [version, extra] of [['1.0.0', { channel: 'stable' }], ['2.0.0', { kilnJson: gatedSpec(gate) }], ['3.0.0', {}]] as const) {
     const r = await pushApp({ store: s3.store, keys, version, ...extra });
     rel[version] = { version, seq: r.manifest.seq, manifestSha256: r.manifestSha256 };
   }
@@ -409,7 +408,7 @@ describe('durability: a controller killed mid-rollout', () => {
     cleanup.push(() => rm(dir, { recursive: true, force: true }));
     const gateD = path.join(dir, 'open');
     await pushApp({ store: s3d.store, keys, version: '1.0.0', channel: 'stable' });
-    await pushApp({ store: s3d.store, keys, version: '2.0.0', kilnJson: gated(gateD) });
+    await pushApp({ store: s3d.store, keys, version: '2.0.0', kilnJson: gatedSpec(gateD) });
     const port = await freePort();
     let proc = await startControllerProcess({ s3: s3d, keys, port, dir });
     cleanup.push(() => proc.kill());
@@ -445,7 +444,7 @@ describe('durability: a controller killed mid-rollout', () => {
     const gateG = path.join(await tempDir('kiln-test-gate-'), 'open');
     cleanup.push(() => rm(path.dirname(gateG), { recursive: true, force: true }));
     await pushApp({ store: s3g.store, keys, version: '1.0.0', channel: 'stable' });
-    const r2 = await pushApp({ store: s3g.store, keys, version: '2.0.0', kilnJson: gated(gateG) });
+    const r2 = await pushApp({ store: s3g.store, keys, version: '2.0.0', kilnJson: gatedSpec(gateG) });
     const port = await freePort();
     const first = await startController({ s3: s3g, keys, port });
     const fleet = await startFleet({ s3: s3g, keys, ctl: first, name: 'grace', count: 1 });

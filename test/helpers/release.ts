@@ -54,6 +54,11 @@ export async function makeApp(version: string, extra: Record<string, string | Bu
   return dir;
 }
 
+/** kiln.json of the demo app whose health check waits for the file `gate`: an install held at its health step until a test creates it. */
+export function gatedSpec(gate: string) {
+  return { service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['test', '-e', gate], timeoutMs: 30_000, intervalMs: 50 } };
+}
+
 /** Publishes (and optionally promotes) the demo app at `version`. */
 export async function pushApp(args: { store: ReleaseStore; keys: Keys; app?: string; version: string; channel?: string; extra?: Record<string, string | Buffer>; kilnJson?: unknown }) {
   const dir = await makeApp(args.version, args.extra, args.kilnJson);
