@@ -63,6 +63,12 @@ export const ERROR_CODES = {
   KILN_DEPLOY_FAILED: 'a deployment stopped at its failure limit and rolled the touched instances back',
   KILN_DEPLOY_CANCELLED: 'a deployment was cancelled before its last batch (the batches done stay done)',
   KILN_CONTROLLER_UNREACHABLE: 'the CLI cannot reach the controller API',
+  KILN_PROVIDER_FAILED: 'a provider call (launch, stop, create image, …) failed; what it created so far was reaped',
+  KILN_PROVIDER_TIMEOUT: 'a provider resource did not reach the awaited state before its deadline',
+  KILN_IMAGE_NOT_FOUND: 'no such image (a base image to bake from, or a fleet image to launch)',
+  KILN_INSTANCE_NOT_FOUND: 'no such instance',
+  KILN_BAKE_FAILED: 'a bake failed; the error names the phase, and every resource it created was reaped',
+  KILN_GROUP_UNHEALTHY: 'a new instance group failed its health gate; the old group stays live and the new one is removed',
   KILN_INSTALL_FAILED: 'the install failed for a reason not covered by a more specific code',
 } as const;
 
