@@ -3,27 +3,77 @@ import { parseArgs } from 'node:util';
 import { createLogger, isKilnError, type Logger } from '@kiln/shared';
 import type { CommandDef, OptionDef } from './cli-command.js';
 import type { CliContext, CliIO, Flags } from './cli-context.js';
-import { agentsList, agentsStart, agentsStop } from './cmd-agents.js';
-import { demoCommand } from './cmd-demo.js';
-import { deployCommand, deploymentsCancel, deploymentsList, deploymentsShow, fleetRollback } from './cmd-deploy.js';
-import { fleetCreate, fleetList } from './cmd-fleet.js';
-import { installCommand, installedCommand, recoverCommand, rollbackCommand, stopCommand } from './cmd-install.js';
-import { keysGenerate } from './cmd-keys.js';
-import { releaseChannel, releaseList, releasePromote, releasePush, releaseShow } from './cmd-release.js';
-import { driftCommand, statusCommand } from './cmd-status.js';
-import { upCommand } from './cmd-up.js';
 
-const SECTIONS: Array<[string, CommandDef[]]> = [
-  ['getting started', [demoCommand, upCommand, keysGenerate]],
-  ['releases (in S3)', [releasePush, releaseList, releaseShow, releasePromote, releaseChannel]],
+/**
+ * A command by name, its module loaded only when the command runs or its help is shown: `kiln status`
+ * does not load what `kiln up` or `kiln release push` need (fastify, the AWS SDK). The name must be
+ * the definition's (checked when it loads).
+ */
+interface LazyCommand {
+  name: string;
+  load(): Promise<CommandDef>;
+}
+
+const lazy = (name: string, load: () => Promise<CommandDef>): LazyCommand => ({ name, load });
+
+const SECTIONS: Array<[string, LazyCommand[]]> = [
+  [
+    'getting started',
+    [
+      lazy('demo', async () => (await import('./cmd-demo.js')).demoCommand),
+      lazy('up', async () => (await import('./cmd-up.js')).upCommand),
+      lazy('keys generate', async () => (await import('./cmd-keys.js')).keysGenerate),
+    ],
+  ],
+  [
+    'releases (in S3)',
+    [
+      lazy('release push', async () => (await import('./cmd-release.js')).releasePush),
+      lazy('release list', async () => (await import('./cmd-release.js')).releaseList),
+      lazy('release show', async () => (await import('./cmd-release.js')).releaseShow),
+      lazy('release promote', async () => (await import('./cmd-release.js')).releasePromote),
+      lazy('release channel', async () => (await import('./cmd-release.js')).releaseChannel),
+    ],
+  ],
   [
     'fleets (through the controller)',
-    [fleetCreate, fleetList, agentsStart, agentsList, agentsStop, deployCommand, deploymentsList, deploymentsShow, deploymentsCancel, statusCommand, driftCommand, fleetRollback],
+    [
+      lazy('fleet create', async () => (await import('./cmd-fleet.js')).fleetCreate),
+      lazy('fleet list', async () => (await import('./cmd-fleet.js')).fleetList),
+      lazy('agents start', async () => (await import('./cmd-agents.js')).agentsStart),
+      lazy('agents list', async () => (await import('./cmd-agents.js')).agentsList),
+      lazy('agents stop', async () => (await import('./cmd-agents.js')).agentsStop),
+      lazy('deploy', async () => (await import('./cmd-deploy.js')).deployCommand),
+      lazy('deployments', async () => (await import('./cmd-deploy.js')).deploymentsList),
+      lazy('deployments show', async () => (await import('./cmd-deploy.js')).deploymentsShow),
+      lazy('deployments cancel', async () => (await import('./cmd-deploy.js')).deploymentsCancel),
+      lazy('status', async () => (await import('./cmd-status.js')).statusCommand),
+      lazy('drift', async () => (await import('./cmd-status.js')).driftCommand),
+      lazy('rollback', async () => (await import('./cmd-deploy.js')).fleetRollback),
+    ],
   ],
-  ['one host, without a controller', [installCommand, rollbackCommand, installedCommand, recoverCommand, stopCommand]],
+  [
+    'one host, without a controller',
+    [
+      lazy('host install', async () => (await import('./cmd-install.js')).installCommand),
+      lazy('host rollback', async () => (await import('./cmd-install.js')).rollbackCommand),
+      lazy('host installed', async () => (await import('./cmd-install.js')).installedCommand),
+      lazy('host recover', async () => (await import('./cmd-install.js')).recoverCommand),
+      lazy('host stop', async () => (await import('./cmd-install.js')).stopCommand),
+    ],
+  ],
 ];
 
-export const COMMANDS: CommandDef[] = SECTIONS.flatMap(([, cmds]) => cmds);
+const LAZY: LazyCommand[] = SECTIONS.flatMap(([, cmds]) => cmds);
+
+async function loadCommand(lc: LazyCommand): Promise<CommandDef> {
+  const cmd = await lc.load();
+  if (cmd.name !== lc.name) throw new Error(`cli.ts lists "${lc.name}" for the command named "${cmd.name}"`);
+  return cmd;
+}
+
+/** Every command's definition (loads every command module: for help and tests, not for running one). */
+export const loadCommands = (): Promise<CommandDef[]> => Promise.all(LAZY.map(loadCommand));
 
 const COMMON: Record<string, OptionDef> = {
   home: { type: 'string', value: 'DIR', help: "kiln's local directory: keys, local S3 (default ./.kiln; env KILN_HOME)" },
@@ -31,13 +81,14 @@ const COMMON: Record<string, OptionDef> = {
   help: { type: 'boolean', short: 'h', help: 'show this help' },
 };
 
-export function mainHelp(): string {
-  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+export async function mainHelp(): Promise<string> {
+  const width = Math.max(...LAZY.map((c) => c.name.length));
+  const summaries = new Map((await loadCommands()).map((c) => [c.name, c.summary]));
   return [
     'kiln: publish releases to S3, deploy them to fleets in place (hotfix) and see what runs where.',
     '',
     'usage: kiln COMMAND [options]      kiln COMMAND --help for its options',
-    ...SECTIONS.flatMap(([title, cmds]) => ['', `${title}:`, ...cmds.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`)]),
+    ...SECTIONS.flatMap(([title, cmds]) => ['', `${title}:`, ...cmds.map((c) => `  ${c.name.padEnd(width)}  ${summaries.get(c.name)}`)]),
     '',
     'Start with `kiln demo`; or `kiln up` in one terminal, then `kiln keys generate`, `kiln release push`,',
     '`kiln fleet create`, `kiln agents start`, `kiln deploy` in another (README: "Fleets and hotfixes").',
@@ -61,11 +112,11 @@ export function commandHelp(cmd: CommandDef): string {
   ].join('\n');
 }
 
-function findCommand(argv: string[]): { cmd: CommandDef; rest: string[] } | undefined {
-  const two = COMMANDS.find((c) => c.name === `${argv[0]} ${argv[1]}`);
-  if (two) return { cmd: two, rest: argv.slice(2) };
-  const one = COMMANDS.find((c) => c.name === argv[0]);
-  return one ? { cmd: one, rest: argv.slice(1) } : undefined;
+async function findCommand(argv: string[]): Promise<{ cmd: CommandDef; rest: string[] } | undefined> {
+  const two = LAZY.find((c) => c.name === `${argv[0]} ${argv[1]}`);
+  if (two) return { cmd: await loadCommand(two), rest: argv.slice(2) };
+  const one = LAZY.find((c) => c.name === argv[0]);
+  return one ? { cmd: await loadCommand(one), rest: argv.slice(1) } : undefined;
 }
 
 export interface RunCliOptions {
@@ -79,14 +130,14 @@ export interface RunCliOptions {
 export async function runCli(argv: string[], opts: RunCliOptions): Promise<number> {
   const { io } = opts;
   if (!argv.length || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
-    const sub = argv[0] === 'help' && argv.length > 1 ? findCommand(argv.slice(1)) : undefined;
-    io.stdout.write(sub ? commandHelp(sub.cmd) : mainHelp());
+    const sub = argv[0] === 'help' && argv.length > 1 ? await findCommand(argv.slice(1)) : undefined;
+    io.stdout.write(sub ? commandHelp(sub.cmd) : await mainHelp());
     return argv.length ? 0 : 2;
   }
-  const found = findCommand(argv);
+  const found = await findCommand(argv);
   if (!found) {
     // a group's commands ("release" → release push, …) or a command that moved into one ("install" → host install)
-    const group = COMMANDS.filter((c) => c.name.startsWith(`${argv[0]} `) || c.name.endsWith(` ${argv[0]}`)).map((c) => `kiln ${c.name}`);
+    const group = LAZY.filter((c) => c.name.startsWith(`${argv[0]} `) || c.name.endsWith(` ${argv[0]}`)).map((c) => `kiln ${c.name}`);
     io.stderr.write(`error KILN_USAGE: unknown command "${argv.slice(0, 2).join(' ')}"${group.length ? `; did you mean one of: ${group.join(', ')}` : '; see kiln --help'}\n`);
     return 2;
   }

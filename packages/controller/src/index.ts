@@ -1,4 +1,4 @@
-export { runCli, COMMANDS, mainHelp, commandHelp } from './cli.js';
+export { runCli, loadCommands, mainHelp, commandHelp } from './cli.js';
 export { startEmbeddedS3, type EmbeddedS3, type EmbeddedS3Options } from './embedded-s3.js';
 export { hostDebianMirror, mirrorFromAptSources, DEFAULT_DEBIAN_MIRROR } from './debian-mirror.js';
 export { checkNspawnHost, nspawnHostProblem, type NspawnTools } from './nspawn-host.js';
