@@ -1,9 +1,9 @@
-import { GetObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
+import type { S3Client } from '@aws-sdk/client-s3';
 import type { Readable } from 'node:stream';
 import { checkName } from './names.js';
 import { s3Error } from './s3-errors.js';
 import { s3Objects } from './s3-objects.js';
+import { s3Sdk, s3Storage } from './s3-sdk.js';
 
 export interface SignedObject {
   bytes: Buffer;
@@ -30,6 +30,7 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
   const pointerKey = (app: string, channel: string) => `${prefix}channels/${checkName('app', app)}/${checkName('channel', channel)}.json`;
 
   const { getSmall, put, list, where } = s3Objects(client, bucket);
+  const { GetObjectCommand, HeadObjectCommand } = s3Sdk();
 
   async function getSigned(key: string): Promise<SignedObject> {
     const [bytes, sig] = await Promise.all([getSmall(key), getSmall(`${key}.sig`)]);
@@ -60,6 +61,7 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
     },
     async putArtifact(key, body, onProgress) {
       try {
+        const { Upload } = s3Storage();
         const upload = new Upload({
           client,
           params: { Bucket: bucket, Key: key, Body: body, ContentType: 'application/gzip' },

@@ -1,6 +1,6 @@
-import { S3Client } from '@aws-sdk/client-s3';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { z } from 'zod';
+import { s3HttpHandler, s3Sdk } from './s3-sdk.js';
 
 export const S3Location = z.strictObject({
   bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'an S3 bucket name'),
@@ -29,6 +29,8 @@ export interface S3ClientOptions {
  */
 export function createS3Client(loc: S3Location, opts: S3ClientOptions = {}): S3Client {
   const local = loc.endpoint !== undefined;
+  const { S3Client } = s3Sdk();
+  const { NodeHttpHandler } = s3HttpHandler();
   return new S3Client({
     ...(local ? { endpoint: loc.endpoint, forcePathStyle: true } : {}),
     region: loc.region ?? (local ? 'us-east-1' : undefined),

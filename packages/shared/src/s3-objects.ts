@@ -1,7 +1,8 @@
-import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Client } from '@aws-sdk/client-s3';
 import type { Readable } from 'node:stream';
 import { KilnError } from './kiln-error.js';
 import { s3Error } from './s3-errors.js';
+import { s3Sdk } from './s3-sdk.js';
 
 /** Small objects (manifests, pointers, signatures, records) are read whole; anything larger is refused. */
 const MAX_SMALL_OBJECT = 32 * 1024 * 1024;
@@ -9,6 +10,7 @@ const MAX_SMALL_OBJECT = 32 * 1024 * 1024;
 /** The few object operations every store is built from, with errors mapped to kiln codes. */
 export function s3Objects(client: S3Client, bucket: string) {
   const where = (key: string) => `s3://${bucket}/${key}`;
+  const { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } = s3Sdk();
   return {
     where,
     async getSmall(key: string): Promise<Buffer> {
