@@ -386,7 +386,7 @@ async function main() {
   for (const s of SKIP) if (!['fanout', 'idle'].includes(s)) (console.error(`--skip ${s}: fanout or idle`), process.exit(2));
 
   const shared = await import(SHARED);
-  const { COMMANDS } = await import(CONTROLLER);
+  const { loadCommands } = await import(CONTROLLER);
   const { createLogger, createReleaseStore, createS3Client, formatTable, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, promoteRelease, publishRelease } = shared;
 
   const benchStart = mono();
@@ -758,7 +758,7 @@ async function main() {
 
     // --- 2. and 3. idle agents, and status ---
     if (!SKIP.has('idle')) {
-      const statusCmd = COMMANDS.find((c) => c.name === 'status');
+      const statusCmd = (await loadCommands()).find((c) => c.name === 'status');
       const idleRuns = [];
       for (let k = 1; k <= IDLE_RUNS; k++) {
         const ctl = await startController(location, `idle-${k}/`, pair);
