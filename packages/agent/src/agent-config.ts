@@ -37,6 +37,8 @@ export const AgentConfig = z.strictObject({
   backoffCapMs: ms(100, 600_000, 30_000),
   /** releases kept beyond current and previous */
   keep: z.number().int().min(0).max(100).default(2),
+  /** a bake's builder: once the boot install is done, seal the root (the installed release becomes the image's baked release) */
+  seal: z.boolean().default(false),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });
 export type AgentConfig = z.infer<typeof AgentConfig>;

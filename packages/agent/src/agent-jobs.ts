@@ -43,6 +43,8 @@ export interface AgentJobsOptions {
   recovered: () => Promise<void>;
   /** something a report shows changed */
   changed: () => void;
+  /** a builder (`seal` in the config) seals its root after the boot install */
+  seal: () => Promise<void>;
 }
 
 export interface AgentJobs {
@@ -174,6 +176,14 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
     }
     // A boot that installed nothing (an image booted with its baked release) checks the tree now, not a period later.
     if (live.tree.status === 'unchecked' && !o.isStopped()) await checkTree();
+    if (config.seal && !o.isStopped()) {
+      await o.seal().catch((err) => {
+        const e = asKilnError(err);
+        live.lastError = { code: e.code, message: `sealing the image failed: ${e.message}`, at: o.now().toISOString() };
+        log.error({ err: e }, 'cannot seal this root for its image');
+      });
+      o.changed();
+    }
   }
 
   async function poll(): Promise<void> {

@@ -24,6 +24,7 @@ import { connectToController, type Connection } from './agent-connection.js';
 import { createAgentJobs, type AgentJobs } from './agent-jobs.js';
 import { collectReport, recentResults, type LiveFacts } from './agent-report.js';
 import { jittered } from './backoff.js';
+import { sealImage } from './agent-seal.js';
 import { readImageMarker, type ImageMarker } from './image-marker.js';
 import { createJobQueue, type CommandMessage, type Job } from './job-queue.js';
 import { UNCHECKED, type DigestCache } from './tree-check.js';
@@ -148,6 +149,11 @@ export function createAgent(opts: AgentOptions): Agent {
     },
     onProgress: (commandId, stage, bytes, total) => send({ type: 'progress', commandId, stage, ...(bytes !== undefined ? { bytes, total } : {}) }),
     changed: publish,
+    async seal() {
+      marker = await sealImage(root, config.app, log, now());
+      markerError = null;
+      log.info({ release: marker.release }, 'sealed: this root is ready to become an image');
+    },
     async recovered() {
       await loadResults().catch((err) => log.error({ err }, 'cannot read the command results'));
       recovered();
