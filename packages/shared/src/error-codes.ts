@@ -69,6 +69,7 @@ export const ERROR_CODES = {
   KILN_INSTANCE_NOT_FOUND: 'no such instance',
   KILN_BAKE_FAILED: 'a bake failed; the error names the phase, and every resource it created was reaped',
   KILN_GROUP_UNHEALTHY: 'a new instance group failed its health gate; the old group stays live and the new one is removed',
+  KILN_AGENT_BUNDLE_FAILED: 'the agent could not be bundled into one file (not built, or esbuild failed)',
   KILN_INSTALL_FAILED: 'the install failed for a reason not covered by a more specific code',
 } as const;
 
