@@ -1,5 +1,5 @@
 import type { S3Client } from '@aws-sdk/client-s3';
-import { buildServer, type KilnServer } from '@kiln/controller';
+import { buildServer, type KilnServer, type LaunchOptions } from '@kiln/controller';
 import { createS3Client, type Logger } from '@kiln/shared';
 import { makeAgent, type TestAgent } from './agent.js';
 import { quietLog, type Keys } from './release.js';
@@ -18,7 +18,7 @@ export interface TestController {
 }
 
 /** A real controller (buildServer) listening on 127.0.0.1, on the fixture's bucket. */
-export async function startController(args: { s3: S3Fixture; keys: Keys; log?: Logger; port?: number; heartbeatMs?: number; client?: S3Client }): Promise<TestController> {
+export async function startController(args: { s3: S3Fixture; keys: Keys; log?: Logger; port?: number; heartbeatMs?: number; client?: S3Client; launch?: LaunchOptions }): Promise<TestController> {
   const server = await buildServer({
     log: args.log ?? quietLog(),
     s3: args.client ?? createS3Client(args.s3.s3.location),
@@ -27,6 +27,7 @@ export async function startController(args: { s3: S3Fixture; keys: Keys; log?: L
     signingKey: args.keys.key,
     trustedKeys: args.keys.keys,
     heartbeatMs: args.heartbeatMs ?? 1_000,
+    ...(args.launch ? { launch: args.launch } : {}),
   });
   await server.listen({ host: '127.0.0.1', port: args.port ?? 0 });
   const { port } = server.server.address() as { port: number };

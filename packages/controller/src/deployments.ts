@@ -3,6 +3,8 @@ import { KilnError, promoteRelease, readPointer, showRelease, type DocStore, typ
 import type { AgentHub } from './agent-hub.js';
 import { Deployment, type DeploymentCreate, type ReleaseRef } from './fleet-model.js';
 import type { FleetRegistry } from './fleet-registry.js';
+import { runGroupRollout, type GroupRolloutContext } from './group-rollout.js';
+import { TAG } from './provider.js';
 import { runRollout } from './rollout.js';
 import { createRolloutWaiter } from './rollout-wait.js';
 
@@ -17,12 +19,16 @@ export interface DeploymentsOptions {
   log: Logger;
   now: () => Date;
   pointerTtlMs: number;
+  /** bake, relaunch, heal and group rollback: the fleet's provider and how to bake and boot */
+  groups?: Pick<GroupRolloutContext, 'provider' | 'bake' | 'boot' | 'launchTimeoutMs'>;
 }
 
 export interface Deployments {
   create(input: DeploymentCreate, kind?: 'deploy' | 'rollback'): Promise<Deployment>;
   /** A deployment of the fleet's previous good release, as a new pointer. */
   rollback(fleet: string, opts: Pick<DeploymentCreate, 'batch' | 'maxFailures' | 'healthTimeoutMs'>): Promise<Deployment>;
+  /** Replaces the fleet's drifted instances from an image holding its desired release (baked first if none exists). */
+  heal(fleet: string, opts: Pick<DeploymentCreate, 'maxFailures' | 'healthTimeoutMs'>): Promise<Deployment>;
   get(id: string): Promise<Deployment>;
   list(fleet?: string): Promise<Deployment[]>;
   cancel(id: string): Promise<Deployment>;
@@ -49,7 +55,11 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
   function start(record: Deployment): void {
     const succeeded = async (r: Deployment) => void (closed || (await o.fleets.setDesired(r.fleet, r.release)));
     const save = async (r: Deployment) => void (closed || (await o.docs.put(keyOf(r.fleet, r.id), r)));
-    const done = runRollout({ record, hub: o.hub, waiter, save, movePointer, succeeded, log, now: o.now, stopped: () => closed })
+    const run =
+      record.strategy === 'hotfix' && record.kind !== 'heal'
+        ? runRollout({ record, hub: o.hub, waiter, save, movePointer, succeeded, log, now: o.now, stopped: () => closed })
+        : runGroupRollout({ ...o.groups!, record, fleets: o.fleets, hub: o.hub, waiter, save, movePointer, log, now: o.now });
+    const done = run
       .then(() => undefined)
       .catch((err) => log.error({ err, id: record.id }, 'rollout crashed'))
       .finally(() => {
@@ -72,8 +82,12 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     return p ? { version: p.version, seq: p.seq, manifestSha256: p.manifestSha256 } : null;
   }
 
-  async function create(input: DeploymentCreate, kind: 'deploy' | 'rollback' = 'deploy'): Promise<Deployment> {
+  async function create(input: DeploymentCreate, kind: Deployment['kind'] = 'deploy'): Promise<Deployment> {
     const fleet = o.fleets.get(input.fleet);
+    const onGroups = input.strategy !== 'hotfix' || kind === 'heal' || (kind === 'rollback' && fleet.groups.some((g) => g.state === 'standby'));
+    if (onGroups && (!o.groups || fleet.provider === 'none')) {
+      throw new KilnError('KILN_REQUEST_INVALID', `fleet ${fleet.name} has no provider this controller runs (provider: ${fleet.provider}); only --strategy hotfix reaches its instances`);
+    }
     // A rollout whose verdict is out (the API shows it finished) only writes its record still.
     const ending = running.get(fleet.name);
     if (ending && ending.record.state !== 'running') await ending.done;
@@ -91,7 +105,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
         fleet: fleet.name,
         app: fleet.app,
         channel: fleet.channel,
-        strategy: 'hotfix',
+        strategy: input.strategy,
         kind,
         release,
         previous: previous && previous.manifestSha256 !== manifestSha256 ? previous : null,
@@ -104,6 +118,9 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
         batches: [],
         instances: {},
         cancelRequested: false,
+        group: null,
+        image: null,
+        phases: [],
         createdAt: at,
         updatedAt: at,
         finishedAt: null,
@@ -116,6 +133,33 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
       if (!running.has(fleet.name)) busy.delete(fleet.name);
       throw err;
     }
+  }
+
+  /**
+   * A bake, relaunch or heal a previous controller left running is not resumed half-way: what it
+   * launched and did not make live is reaped by its tags, and the record says interrupted.
+   */
+  async function interrupted(rec: Deployment): Promise<void> {
+    const p = o.groups?.provider;
+    const fleet = o.fleets.get(rec.fleet);
+    const live = fleet.groups.find((g) => g.name === rec.group)?.state === 'live';
+    if (p) {
+      const builders = await p.describeInstances({ [TAG.deployment]: rec.id });
+      const group = rec.group && !live && rec.kind !== 'rollback' ? await p.describeInstances({ [TAG.fleet]: rec.fleet, [TAG.group]: rec.group }) : [];
+      await p.terminate([...builders, ...group].map((i) => i.id));
+      for (const img of await p.describeImages({ tags: { [TAG.deployment]: rec.id } })) if (img.state !== 'available') await p.deleteImage(img.id);
+      if (rec.group && !live && rec.kind !== 'rollback') await o.fleets.update(rec.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== rec.group) }));
+    }
+    const at = o.now().toISOString();
+    Object.assign(rec, {
+      state: live ? 'succeeded' : 'failed',
+      verdict: live ? `the controller restarted after group ${rec.group} went live` : 'interrupted: the controller restarted mid-way; what it launched was removed and the live group stays live',
+      error: live ? null : { code: 'KILN_INTERRUPTED', message: 'the controller restarted during this deployment' },
+      finishedAt: at,
+      updatedAt: at,
+    });
+    await o.docs.put(keyOf(rec.fleet, rec.id), rec);
+    log.warn({ id: rec.id, fleet: rec.fleet, state: rec.state }, 'a bake, relaunch or heal was interrupted by a controller restart');
   }
 
   async function read(id: string): Promise<Deployment> {
@@ -150,9 +194,17 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     create,
     async rollback(fleetName, opts) {
       const fleet = o.fleets.get(fleetName);
+      // A stopped group is brought back as it was: seconds, nothing installed.
+      const standby = fleet.groups.filter((g) => g.state === 'standby').at(-1);
+      if (standby?.release) return create({ fleet: fleet.name, version: standby.release.version, strategy: 'relaunch', ...opts }, 'rollback');
       const target = fleet.history.at(-1);
       if (!target) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no earlier release to roll back to`);
       return create({ fleet: fleet.name, version: target.version, strategy: 'hotfix', ...opts }, 'rollback');
+    },
+    async heal(fleetName, opts) {
+      const fleet = o.fleets.get(fleetName);
+      if (!fleet.desired) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no desired release yet: deploy one first`);
+      return create({ fleet: fleet.name, version: fleet.desired.version, strategy: 'bake', batch: { percent: 100 }, ...opts }, 'heal');
     },
     get: read,
     list,
@@ -167,6 +219,10 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
       for (const f of o.fleets.list()) {
         for (const rec of await list(f.name)) {
           if (rec.state !== 'running' || busy.has(f.name)) continue;
+          if (rec.strategy !== 'hotfix' || rec.kind === 'heal') {
+            await interrupted(rec);
+            continue;
+          }
           log.warn({ id: rec.id, fleet: f.name }, 'resuming a rollout a previous controller left running');
           busy.add(f.name);
           start(rec);

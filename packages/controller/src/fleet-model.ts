@@ -10,6 +10,19 @@ const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
 export const ReleaseRef = z.strictObject({ version: versionName, seq: z.number().int().min(1), manifestSha256: sha256 });
 export type ReleaseRef = z.infer<typeof ReleaseRef>;
 
+/** Instances launched together from one image (`web-v003`): the unit bake and relaunch replace. */
+export const Group = z.strictObject({
+  name: z.string(),
+  image: z.string(),
+  /** the release the group went live with */
+  release: ReleaseRef.nullable(),
+  instances: z.array(z.string()),
+  /** live: serving; standby: stopped, kept for `kiln rollback`; launching: on its way (not live yet) */
+  state: z.enum(['launching', 'live', 'standby']),
+  createdAt: z.string(),
+});
+export type Group = z.infer<typeof Group>;
+
 /** A fleet: the instances of one app following one channel. Kept in the bucket; its agent credential only as a digest. */
 export const Fleet = z.strictObject({
   name: fleetName,
@@ -23,6 +36,12 @@ export const Fleet = z.strictObject({
   /** earlier desired releases, newest last: `kiln rollback FLEET` goes to the one before `desired` */
   history: z.array(ReleaseRef.extend({ at: z.string() })).max(50),
   agentCredentialSha256: sha256,
+  /** with the controller's agent secret, derives the agent credential its launches give instances */
+  credentialSalt: z.string().max(64).optional(),
+  /** groups on a provider, oldest first */
+  groups: z.array(Group).default([]),
+  /** the number of the last group (`web-v003` is 3) */
+  groupSeq: z.number().int().min(0).default(0),
   createdAt: z.string(),
 });
 export type Fleet = z.infer<typeof Fleet>;
@@ -36,6 +55,9 @@ export const FleetCreate = z.strictObject({
   size: z.number().int().min(0).max(100_000).default(0),
 });
 
+export const Strategy = z.enum(['hotfix', 'relaunch', 'bake']);
+export type Strategy = z.infer<typeof Strategy>;
+
 /** "25%" or "10": the share or number of the fleet's instances per batch. */
 export const BatchSpec = z.union([
   z.strictObject({ percent: z.number().min(1).max(100) }),
@@ -46,7 +68,7 @@ export type BatchSpec = z.infer<typeof BatchSpec>;
 export const DeploymentCreate = z.strictObject({
   fleet: fleetName,
   version: versionName,
-  strategy: z.literal('hotfix').default('hotfix'),
+  strategy: Strategy.default('hotfix'),
   batch: BatchSpec.default({ percent: 25 }),
   maxFailures: z.number().int().min(0).default(0),
   healthTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
@@ -62,9 +84,9 @@ export const Deployment = z.strictObject({
   fleet: fleetName,
   app: appName,
   channel: channelName,
-  strategy: z.literal('hotfix'),
-  /** `deploy` or `rollback` (a rollback is a deployment of the previous good release) */
-  kind: z.enum(['deploy', 'rollback']),
+  strategy: Strategy,
+  /** `deploy`; `rollback` (the previous good release, or the standby group brought back); `heal` (drifted instances replaced) */
+  kind: z.enum(['deploy', 'rollback', 'heal']),
   release: ReleaseRef,
   /** the pointer this deployment replaced, restored if it fails */
   previous: ReleaseRef.nullable(),
@@ -78,6 +100,10 @@ export const Deployment = z.strictObject({
   batches: z.array(z.array(z.string())),
   instances: z.record(z.string(), z.strictObject({ step: InstanceStep, batch: z.number().int(), error: z.strictObject({ code: z.string(), message: z.string() }).optional(), at: z.string() })),
   cancelRequested: z.boolean(),
+  /** bake and relaunch: the group launched, the image it came from, each phase's wall time */
+  group: z.string().nullable().default(null),
+  image: z.string().nullable().default(null),
+  phases: z.array(z.strictObject({ name: z.string(), ms: z.number() })).default([]),
   createdAt: z.string(),
   updatedAt: z.string(),
   finishedAt: z.string().nullable(),

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { KilnError, sha256Hex, type DocStore, type Logger } from '@kiln/shared';
 import { Fleet, FleetCreate, type ReleaseRef } from './fleet-model.js';
 import type { z } from 'zod';
@@ -12,14 +12,30 @@ export interface FleetRegistry {
   /** Creates a fleet; the agent credential is returned once and kept only as a digest. */
   create(input: z.infer<typeof FleetCreate>, desired: ReleaseRef | null): Promise<{ fleet: Fleet; agentCredential: string }>;
   setDesired(name: string, release: ReleaseRef): Promise<Fleet>;
-  /** the fleet an agent credential belongs to */
+  /** Changes a fleet record (groups, image, size) and writes it. */
+  update(name: string, change: (f: Fleet) => Fleet): Promise<Fleet>;
+  /** the fleet an agent credential belongs to; a bake's builder belongs to the pseudo-fleet `bake:APP` */
   byAgentCredential(token: string): Fleet | undefined;
+  /** The agent credential instances launched into the fleet get (derived again from the controller's agent secret). */
+  agentCredential(name: string): string;
+  /** The credential a bake's builder connects with: good for builders of this app only. */
+  builderCredential(app: string): string;
 }
+
+/** The pseudo-fleet a bake's builders report under: never listed, never deployed to. */
+export const builderFleet = (app: string) => `bake:${app}`;
 
 const key = (name: string) => `controller/fleets/${name}.json`;
 
-export function createFleetRegistry(opts: { docs: DocStore; log: Logger; now: () => Date }): FleetRegistry {
+/**
+ * `agentSecret` lets the controller give the instances it launches their fleet's credential without
+ * keeping the credential anywhere: it is derived from the secret and a per-fleet salt. Without it
+ * (tests, `provider: none` only) credentials are random and shown once.
+ */
+export function createFleetRegistry(opts: { docs: DocStore; log: Logger; now: () => Date; agentSecret?: Buffer }): FleetRegistry {
   const fleets = new Map<string, Fleet>();
+  const mac = (what: string) => createHmac('sha256', opts.agentSecret!).update(what).digest('base64url');
+  const derive = (name: string, salt: string) => `kfa_${mac(`fleet:${name}:${salt}`)}`;
   const byDigest = new Map<string, string>();
   const log = opts.log.child({ module: 'fleets' });
 
@@ -48,8 +64,18 @@ export function createFleetRegistry(opts: { docs: DocStore; log: Logger; now: ()
     },
     async create(input, desired) {
       if (fleets.has(input.name)) throw new KilnError('KILN_FLEET_EXISTS', `a fleet named ${input.name} already exists`);
-      const agentCredential = `kfa_${randomBytes(24).toString('base64url')}`;
-      const fleet: Fleet = { ...input, desired, history: [], agentCredentialSha256: sha256Hex(Buffer.from(agentCredential)), createdAt: opts.now().toISOString() };
+      const salt = opts.agentSecret ? randomBytes(12).toString('hex') : undefined;
+      const agentCredential = salt ? derive(input.name, salt) : `kfa_${randomBytes(24).toString('base64url')}`;
+      const fleet: Fleet = {
+        ...input,
+        desired,
+        history: [],
+        agentCredentialSha256: sha256Hex(Buffer.from(agentCredential)),
+        ...(salt ? { credentialSalt: salt } : {}),
+        groups: [],
+        groupSeq: 0,
+        createdAt: opts.now().toISOString(),
+      };
       await opts.docs.put(key(fleet.name), fleet);
       remember(fleet);
       log.info({ fleet: fleet.name, app: fleet.app, channel: fleet.channel }, 'fleet created');
@@ -63,10 +89,34 @@ export function createFleetRegistry(opts: { docs: DocStore; log: Logger; now: ()
       remember(next);
       return next;
     },
+    async update(name, change) {
+      const next = change(this.get(name));
+      await opts.docs.put(key(name), next);
+      remember(next);
+      return next;
+    },
     byAgentCredential(token) {
       // Looked up by digest: the token itself is never compared byte by byte.
       const name = byDigest.get(sha256Hex(Buffer.from(token)));
-      return name ? fleets.get(name) : undefined;
+      if (name) return fleets.get(name);
+      const builder = /^kfb_([a-z0-9][a-z0-9-]{0,62})\.([A-Za-z0-9_-]{43})$/.exec(token);
+      if (!builder || !opts.agentSecret) return undefined;
+      const [, app, sig] = builder as unknown as [string, string, string];
+      const want = Buffer.from(mac(`builder:${app}`));
+      if (!timingSafeEqual(Buffer.from(sig), want)) return undefined;
+      const at = opts.now().toISOString();
+      return { name: builderFleet(app), app, channel: 'bake', provider: 'none', image: null, size: 0, desired: null, history: [], agentCredentialSha256: '0'.repeat(64), groups: [], groupSeq: 0, createdAt: at };
+    },
+    agentCredential(name) {
+      const f = this.get(name);
+      if (!opts.agentSecret || !f.credentialSalt) {
+        throw new KilnError('KILN_PROVIDER_FAILED', `fleet ${name} was created without a controller agent secret, so the controller cannot hand its credential to new instances; create the fleet again on a controller started by \`kiln up\``);
+      }
+      return derive(f.name, f.credentialSalt);
+    },
+    builderCredential(app) {
+      if (!opts.agentSecret) throw new KilnError('KILN_PROVIDER_FAILED', 'the controller has no agent secret to give a builder a credential; start it with `kiln up`');
+      return `kfb_${app}.${mac(`builder:${app}`)}`;
     },
   };
 }

@@ -17,6 +17,8 @@ export interface InstanceRow {
   tree: string;
   operation: string | null;
   lastError: string | null;
+  /** the fleet group it belongs to (provider fleets) */
+  group?: string | null;
   /** in-sync: runs the desired release, tree intact, as baked or installed at boot; off-image: the desired release but changed in place (a hotfix; heal replaces it); drifted: not the desired release, or a modified tree */
   drift: DriftState;
 }
@@ -57,8 +59,18 @@ export function instanceRow(fleet: Fleet, i: HubInstance): InstanceRow {
   };
 }
 
+/**
+ * The fleet's instances: on a provider, those of its live (or launching) group, and agents outside
+ * any group that are connected; a stopped group's instances and terminated ones are not shown.
+ */
 export function fleetRows(fleet: Fleet, hub: AgentHub): InstanceRow[] {
-  return hub.instances(fleet.name).map((i) => instanceRow(fleet, i)).sort((a, b) => a.instanceId.localeCompare(b.instanceId));
+  const inGroup = new Map(fleet.groups.flatMap((g) => g.instances.map((id) => [id, g] as const)));
+  const shown = (i: HubInstance) => (fleet.groups.length === 0 ? true : inGroup.has(i.instanceId) ? inGroup.get(i.instanceId)!.state !== 'standby' : i.connected);
+  return hub
+    .instances(fleet.name)
+    .filter(shown)
+    .map((i) => ({ ...instanceRow(fleet, i), group: inGroup.get(i.instanceId)?.name ?? null }))
+    .sort((a, b) => a.instanceId.localeCompare(b.instanceId));
 }
 
 export function summarize(rows: InstanceRow[]): FleetSummary {

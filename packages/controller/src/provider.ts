@@ -39,8 +39,12 @@ export interface ImageInfo {
 export interface BootData {
   /** the agent config (agent.json) minus `instanceId` and `imageId` */
   agent: Record<string, unknown>;
-  /** `s3://bucket/key` of the agent bundle (`kiln agent publish`), installed at boot when the image has no agent */
-  agentBundle?: { bucket: string; key: string; sha256: string };
+  /**
+   * `s3://bucket/key` of the agent bundle (`kiln agent publish`), installed at boot when the image has no agent.
+   * `url`: a presigned HTTPS GET URL of the same object, so that an instance fetches it with curl alone
+   * (no AWS CLI, no S3 rights on its instance profile); without it the instance needs the AWS CLI.
+   */
+  agentBundle?: { bucket: string; key: string; sha256: string; url?: string };
 }
 
 export interface LaunchSpec {
@@ -78,6 +82,8 @@ export interface Provider {
   describeImages(query: { tags?: Tags; ids?: string[] }): Promise<ImageInfo[]>;
   /** Deletes an image and its storage (EC2: deregister *and* delete its snapshots). Unknown ids are no error. */
   deleteImage(imageId: string): Promise<void>;
+  /** The image a fleet created without one launches from (the process provider's plain base), if the provider has one. */
+  defaultImage?(): Promise<ImageInfo>;
 }
 
 export const TAG = {
@@ -92,4 +98,5 @@ export const TAG = {
   artifactSha256: 'kiln:artifact-sha256',
   baseImage: 'kiln:base-image',
   bakeKey: 'kiln:bake-key',
+  deployment: 'kiln:deployment',
 } as const;

@@ -1,5 +1,5 @@
 import type { AgentReport, CommandAction } from '@kiln/shared';
-import type { AgentHub } from './agent-hub.js';
+import type { AgentHub, HubInstance } from './agent-hub.js';
 
 export interface WaitTarget {
   instanceId: string;
@@ -19,67 +19,78 @@ export interface RolloutWaiter {
    * the agent reports the release installed and healthy, reports a failure, or the timeout passes.
    */
   run(t: WaitTarget): Promise<WaitOutcome>;
+  /**
+   * Resolves with what `test` says once it says something (checked now and on every report,
+   * result and connection of the instance), or as KILN_AGENT_TIMEOUT with `late`'s words.
+   */
+  until(instanceId: string, test: (inst: HubInstance | undefined) => WaitOutcome | undefined, timeoutMs: number, late: (inst: HubInstance | undefined) => string): Promise<WaitOutcome>;
   /** the controller is stopping: every wait, running or later, resolves at once as not ok */
   close(): void;
 }
 
-const done = (r: AgentReport | null, sha: string) => !!r && r.installed?.manifestSha256 === sha && r.service.active && r.operation === null;
+/** Installed this manifest, the app running, nothing in progress. */
+export const healthyOn = (r: AgentReport | null, sha: string) => !!r && r.installed?.manifestSha256 === sha && r.service.active && r.operation === null;
 
 /** One set of hub listeners for every instance a rollout waits on (a thousand waits cost one lookup per event). */
 export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
   const waits = new Map<string, Set<() => void>>();
   const poke = (instanceId: string) => waits.get(instanceId)?.forEach((check) => check());
-  const onReport = (id: string) => poke(id);
-  const onResult = (id: string) => poke(id);
-  const onConnection = (id: string) => poke(id);
-  hub.on('report', onReport);
-  hub.on('result', onResult);
-  hub.on('connection', onConnection);
+  hub.on('report', poke);
+  hub.on('result', poke);
+  hub.on('connection', poke);
   const stopping: WaitOutcome = { ok: false, code: 'KILN_AGENT_UNREACHABLE', message: 'the controller is stopping' };
   const open = new Set<(o: WaitOutcome) => void>();
   let closed = false;
 
+  const until: RolloutWaiter['until'] = (instanceId, test, timeoutMs, late) => {
+    if (closed) return Promise.resolve(stopping);
+    return new Promise<WaitOutcome>((resolve) => {
+      const finish = (o: WaitOutcome) => {
+        clearTimeout(timer);
+        open.delete(finish);
+        const set = waits.get(instanceId);
+        set?.delete(check);
+        if (set?.size === 0) waits.delete(instanceId);
+        resolve(o);
+      };
+      open.add(finish);
+      const check = () => {
+        const outcome = test(hub.get(instanceId));
+        if (outcome) finish(outcome);
+      };
+      const timer = setTimeout(() => finish({ ok: false, code: 'KILN_AGENT_TIMEOUT', message: late(hub.get(instanceId)) }), timeoutMs);
+      if (!waits.has(instanceId)) waits.set(instanceId, new Set());
+      waits.get(instanceId)!.add(check);
+      check();
+    });
+  };
+
   return {
     run(t) {
-      if (closed) return Promise.resolve(stopping);
-      return new Promise<WaitOutcome>((resolve) => {
-        let sentTo: string | undefined; // the connection time the command went out on
-        const finish = (o: WaitOutcome) => {
-          clearTimeout(timer);
-          open.delete(finish);
-          const set = waits.get(t.instanceId);
-          set?.delete(check);
-          if (set?.size === 0) waits.delete(t.instanceId);
-          resolve(o);
-        };
-        open.add(finish);
-        const check = () => {
-          const inst = hub.get(t.instanceId);
+      let sentTo: string | undefined; // the connection time the command went out on
+      return until(
+        t.instanceId,
+        (inst) => {
           if (inst?.connected && sentTo !== inst.connectedAt) {
             if (hub.command(t.instanceId, t.commandId, t.app, t.action)) sentTo = inst.connectedAt;
           }
           const result = inst?.results.get(t.commandId);
           if (result?.outcome === 'failed' || result?.outcome === 'interrupted') {
-            return finish({ ok: false, code: result.error?.code ?? 'KILN_INSTALL_FAILED', message: result.error?.message ?? `the command was ${result.outcome}` });
+            return { ok: false, code: result.error?.code ?? 'KILN_INSTALL_FAILED', message: result.error?.message ?? `the command was ${result.outcome}` };
           }
-          if (result && done(inst!.report, t.manifestSha256)) finish({ ok: true });
-        };
-        const timer = setTimeout(() => {
-          const inst = hub.get(t.instanceId);
-          const why = !inst?.connected ? 'is not connected' : inst.results.has(t.commandId) ? 'did not report the release healthy' : 'did not answer the command';
-          finish({ ok: false, code: 'KILN_AGENT_TIMEOUT', message: `${t.instanceId} ${why} within ${t.timeoutMs} ms` });
-        }, t.timeoutMs);
-        if (!waits.has(t.instanceId)) waits.set(t.instanceId, new Set());
-        waits.get(t.instanceId)!.add(check);
-        check();
-      });
+          return result && healthyOn(inst!.report, t.manifestSha256) ? { ok: true } : undefined;
+        },
+        t.timeoutMs,
+        (inst) => `${t.instanceId} ${!inst?.connected ? 'is not connected' : inst.results.has(t.commandId) ? 'did not report the release healthy' : 'did not answer the command'} within ${t.timeoutMs} ms`,
+      );
     },
+    until,
     close() {
       closed = true;
       for (const finish of [...open]) finish(stopping);
-      hub.off('report', onReport);
-      hub.off('result', onResult);
-      hub.off('connection', onConnection);
+      hub.off('report', poke);
+      hub.off('result', poke);
+      hub.off('connection', poke);
     },
   };
 }

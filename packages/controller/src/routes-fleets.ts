@@ -5,6 +5,8 @@ import { FleetCreate, RollbackCreate, fleetName, parseInput, type Fleet } from '
 import type { FleetRegistry } from './fleet-registry.js';
 import { fleetRows, summarize } from './fleet-view.js';
 import type { AgentHub } from './agent-hub.js';
+import type { Provider } from './provider.js';
+import { KilnError } from '@kiln/shared';
 
 const Params = z.strictObject({ name: fleetName });
 
@@ -14,11 +16,19 @@ export function publicFleet(f: Fleet): Omit<Fleet, 'agentCredentialSha256'> {
   return rest;
 }
 
-export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: AgentHub; deployments: Deployments }> = async (app, { fleets, hub, deployments }) => {
+export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: AgentHub; deployments: Deployments; provider?: Provider }> = async (app, { fleets, hub, deployments, provider }) => {
   const fleetOf = (params: unknown) => fleets.get(parseInput(Params, params, 'the fleet name').name);
 
   app.post('/v1/fleets', async (req, reply) => {
     const input = parseInput(FleetCreate, req.body, 'the fleet');
+    if (input.provider !== 'none') {
+      if (provider?.name !== input.provider) throw new KilnError('KILN_REQUEST_INVALID', `provider: this controller runs ${provider ? `the ${provider.name} provider` : 'no provider'}, not ${input.provider}`);
+      // A process fleet without an image starts from the plain base image.
+      if (!input.image && provider.defaultImage) input.image = (await provider.defaultImage()).id;
+      if (!input.image) throw new KilnError('KILN_REQUEST_INVALID', `image: a fleet on the ${provider.name} provider needs the image its instances launch from`);
+      const [img] = await provider.describeImages({ ids: [input.image] });
+      if (!img) throw new KilnError('KILN_IMAGE_NOT_FOUND', `no image ${input.image} on the ${provider.name} provider; \`kiln images\` lists them`);
+    }
     // A new fleet wants what its channel points to now.
     const { fleet, agentCredential } = await fleets.create(input, await deployments.pointed(input.app, input.channel));
     return reply.status(201).send({ fleet: publicFleet(fleet), agentCredential });

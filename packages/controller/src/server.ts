@@ -1,9 +1,17 @@
 import type { S3Client } from '@aws-sdk/client-s3';
-import { createDocStore, createReleaseStore, type Logger, type PrivateKey, type PublicKey } from '@kiln/shared';
+import { KilnError, createDocStore, createReleaseStore, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
+import { AGENT_VERSION } from '@kiln/agent';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { createAgentHub, type AgentHub } from './agent-hub.js';
 import { createDeployments, type Deployments } from './deployments.js';
+import { bakeImage, type BakeTimeouts } from './bake.js';
+import { createBakes, type Bakes } from './bakes.js';
 import { createFleetRegistry, type FleetRegistry } from './fleet-registry.js';
+import type { Fleet } from './fleet-model.js';
+import { bakeBase } from './group-rollout.js';
+import type { BootData, Provider } from './provider.js';
+import { createRolloutWaiter } from './rollout-wait.js';
+import { providerRoutes } from './routes-provider.js';
 import { identify, requireOperator } from './http-auth.js';
 import { installErrorHandler } from './http-errors.js';
 import { deploymentRoutes } from './routes-deployments.js';
@@ -26,9 +34,27 @@ export interface ServerOptions {
   /** how long a pointer a deployment writes stays valid (default 30 days) */
   pointerTtlMs?: number;
   now?: () => Date;
+  /** bake, relaunch, heal: the provider fleets launch on and what their instances boot with */
+  launch?: LaunchOptions;
 }
 
-export type KilnServer = FastifyInstance & { kiln: { hub: AgentHub; fleets: FleetRegistry; deployments: Deployments } };
+export interface LaunchOptions {
+  provider: Provider;
+  /** derives each fleet's agent credential for the instances it launches; keep it across restarts */
+  agentSecret: Buffer;
+  /** where launched agents reach the bucket */
+  s3: S3Location;
+  /** what launched agents connect to (default: this server's own address once listening) */
+  agentsUrl?: string;
+  serviceManager?: 'process' | 'systemd';
+  /** more agent config for launched instances (heartbeatMs, treeCheckIntervalMs, …) */
+  agentSettings?: Record<string, unknown>;
+  bakeTimeouts?: Partial<BakeTimeouts>;
+  /** how long launched instances get to be running (default 2 min) */
+  launchTimeoutMs?: number;
+}
+
+export type KilnServer = FastifyInstance & { kiln: { hub: AgentHub; fleets: FleetRegistry; deployments: Deployments; bakes?: Bakes } };
 
 export const AGENTS_PATH = '/v1/agents';
 
@@ -42,7 +68,8 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   const log = opts.log.child({ module: 'controller' });
   const docs = createDocStore(opts.s3, opts.bucket, opts.prefix ?? '');
   const store = createReleaseStore(opts.s3, opts.bucket, opts.prefix ?? '');
-  const fleets = createFleetRegistry({ docs, log, now });
+  const launch = opts.launch;
+  const fleets = createFleetRegistry({ docs, log, now, ...(launch ? { agentSecret: launch.agentSecret } : {}) });
   await fleets.load();
   const hub = createAgentHub({
     log,
@@ -54,7 +81,66 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
       return { refuse: identify(token, opts.operatorTokens, fleets) === 'operator' ? 'KILN_FORBIDDEN' : 'KILN_UNAUTHORIZED' };
     },
   });
-  const deployments = createDeployments({ docs, hub, fleets, store, ...(opts.signingKey ? { signingKey: opts.signingKey } : {}), trustedKeys: opts.trustedKeys, log, now, pointerTtlMs: opts.pointerTtlMs ?? 30 * 86_400_000 });
+  let agentsUrl = launch?.agentsUrl;
+  /** What an instance boots with: its fleet's channel and credential, the bucket, the pinned keys. */
+  const bootData = (app: string, channel: string, credential: string, extra: Record<string, unknown> = {}): BootData => {
+    if (!agentsUrl) throw new KilnError('KILN_PROVIDER_FAILED', 'the controller is not listening yet: launched agents would have nowhere to connect');
+    return {
+      agent: {
+        app,
+        channel,
+        s3: launch!.s3,
+        controller: { url: agentsUrl, credential },
+        keys: opts.trustedKeys.map((k) => k.key.export({ type: 'spki', format: 'pem' }).toString()),
+        serviceManager: launch!.serviceManager ?? 'process',
+        ...launch!.agentSettings,
+        ...extra,
+      },
+    };
+  };
+  const bakeFor = (app: string, version: string, baseImage: string, regions: string[], tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => {
+    if (!opts.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to point a builder at the release with; start it with one (`kiln keys generate`)');
+    return bakeImage({
+      provider: launch!.provider,
+      store,
+      waiter,
+      signingKey: opts.signingKey,
+      trustedKeys: opts.trustedKeys,
+      app,
+      version,
+      baseImage,
+      regions,
+      tags,
+      agentVersion: AGENT_VERSION,
+      builderBoot: (channel) => bootData(app, channel, fleets.builderCredential(app), { seal: true }),
+      ...(launch!.bakeTimeouts ? { timeouts: launch!.bakeTimeouts } : {}),
+      log,
+      onPhase,
+    });
+  };
+  const waiter = createRolloutWaiter(hub);
+  const deployments = createDeployments({
+    docs,
+    hub,
+    fleets,
+    store,
+    ...(opts.signingKey ? { signingKey: opts.signingKey } : {}),
+    trustedKeys: opts.trustedKeys,
+    log,
+    now,
+    pointerTtlMs: opts.pointerTtlMs ?? 30 * 86_400_000,
+    ...(launch
+      ? {
+          groups: {
+            provider: launch.provider,
+            launchTimeoutMs: launch.launchTimeoutMs ?? 120_000,
+            boot: (f: Fleet) => bootData(f.app, f.channel, fleets.agentCredential(f.name)),
+            bake: async (f: Fleet, version: string, onPhase: (name: string, ms: number) => void) => bakeFor(f.app, version, await bakeBase(launch.provider, f), [], { 'kiln:fleet': f.name }, onPhase),
+          },
+        }
+      : {}),
+  });
+  const bakes = launch ? createBakes({ docs, provider: launch.provider, log, now, bake: (b, tags, onPhase) => bakeFor(b.app, b.version, b.baseImage, b.regions, tags, onPhase) }) : undefined;
 
   const app = Fastify({
     loggerInstance: log,
@@ -63,7 +149,7 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
     bodyLimit: 1024 * 1024,
     ...(opts.https ? { https: opts.https } : {}),
   }) as unknown as KilnServer;
-  app.decorate('kiln', { hub, fleets, deployments });
+  app.decorate('kiln', { hub, fleets, deployments, ...(bakes ? { bakes } : {}) });
   installErrorHandler(app);
   app.server.on('upgrade', (req, socket, head) => {
     if (new URL(req.url ?? '/', 'http://x').pathname !== AGENTS_PATH) return socket.destroy();
@@ -72,17 +158,23 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   app.get('/v1/health', async () => ({ ok: true }));
   await app.register(async (api) => {
     requireOperator(api, opts.operatorTokens, fleets);
-    await api.register(fleetRoutes, { fleets, hub, deployments });
+    await api.register(fleetRoutes, { fleets, hub, deployments, ...(launch ? { provider: launch.provider } : {}) });
     await api.register(deploymentRoutes, { deployments });
     await api.register(releaseRoutes, { store, keys: opts.trustedKeys });
+    if (launch && bakes) await api.register(providerRoutes, { provider: launch.provider, bakes, deployments });
   });
   app.addHook('onListen', async () => {
+    const address = app.server.address();
+    if (!agentsUrl && address && typeof address === 'object') agentsUrl = `${opts.https ? 'wss' : 'ws'}://127.0.0.1:${address.port}${AGENTS_PATH}`;
+    await bakes?.resume();
     await deployments.resume();
   });
   // Before the HTTP server closes: it waits for every socket, and the agents' sockets end only here.
   app.addHook('preClose', async () => {
     deployments.close();
+    waiter.close();
     await deployments.idle();
+    await bakes?.idle();
     await hub.close();
   });
   return app;

@@ -23,13 +23,15 @@ export interface ReleaseStore {
   listVersions(app: string): Promise<string[]>;
   getPointer(app: string, channel: string): Promise<SignedObject>;
   putPointer(app: string, channel: string, obj: SignedObject): Promise<void>;
+  /** Removes a channel pointer (a bake's private channel, once the bake is over). */
+  removePointer(app: string, channel: string): Promise<void>;
 }
 
 export function createReleaseStore(client: S3Client, bucket: string, prefix = ''): ReleaseStore {
   const releaseDir = (app: string, version: string) => `${prefix}releases/${checkName('app', app)}/${checkName('version', version)}/`;
   const pointerKey = (app: string, channel: string) => `${prefix}channels/${checkName('app', app)}/${checkName('channel', channel)}.json`;
 
-  const { getSmall, put, list, where } = s3Objects(client, bucket);
+  const { getSmall, put, list, remove, where } = s3Objects(client, bucket);
   const { GetObjectCommand, HeadObjectCommand } = s3Sdk();
 
   async function getSigned(key: string): Promise<SignedObject> {
@@ -91,6 +93,11 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
       const key = pointerKey(app, channel);
       await put(`${key}.sig`, obj.sig, 'application/json');
       await put(key, obj.bytes, 'application/json');
+    },
+    async removePointer(app, channel) {
+      const key = pointerKey(app, channel);
+      await remove(key);
+      await remove(`${key}.sig`);
     },
   };
 }
