@@ -12,3 +12,4 @@ export { planBatches } from './rollout.js';
 export { Deployment, Fleet } from './fleet-model.js';
 export { type InstanceRow, type FleetSummary } from './fleet-view.js';
 export { freePort } from './free-port.js';
+export { createEc2Provider, renderUserData, USER_DATA_MAX_BYTES, type Ec2ProviderOptions, type UserDataOptions } from './provider-ec2.js';
