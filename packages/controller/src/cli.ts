@@ -50,6 +50,17 @@ const SECTIONS: Array<[string, LazyCommand[]]> = [
       lazy('status', async () => (await import('./cmd-status.js')).statusCommand),
       lazy('drift', async () => (await import('./cmd-status.js')).driftCommand),
       lazy('rollback', async () => (await import('./cmd-deploy.js')).fleetRollback),
+      lazy('heal', async () => (await import('./cmd-provider.js')).healCommand),
+    ],
+  ],
+  [
+    'images and instances (the provider `kiln up` runs)',
+    [
+      lazy('bake', async () => (await import('./cmd-provider.js')).bakeCommand),
+      lazy('images', async () => (await import('./cmd-provider.js')).imagesCommand),
+      lazy('instances', async () => (await import('./cmd-provider.js')).instancesCommand),
+      lazy('agent bundle', async () => (await import('./cmd-agent-bundle.js')).agentBundleCommand),
+      lazy('agent publish', async () => (await import('./cmd-agent-bundle.js')).agentPublishCommand),
     ],
   ],
   [

@@ -1,25 +1,13 @@
 import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import {
-  KilnError,
-  appLayout,
-  createProcessSupervisor,
-  createReleaseStore,
-  createS3Client,
-  generateReleaseKeyPair,
-  install,
-  parsePrivateKey,
-  parsePublicKey,
-  promoteRelease,
-  publishRelease,
-  rollback,
-} from '@kiln/shared';
+import { KilnError, formatTable } from '@kiln/shared';
 import type { CommandDef } from './cli-command.js';
-import { out } from './cli-context.js';
-import { startEmbeddedS3 } from './embedded-s3.js';
-import { freePort } from './free-port.js';
+import { out, type CliContext } from './cli-context.js';
+import { startLocalStack } from './cmd-up.js';
+import { createProcessProvider } from './provider-process.js';
 
 const DEMO_APP = fileURLToPath(new URL('../demo-app/', import.meta.url));
 
@@ -30,72 +18,83 @@ async function get(url: string): Promise<string> {
 
 export const demoCommand: CommandDef = {
   name: 'demo',
-  summary: 'run the whole publish → install → upgrade in place → rollback story on local defaults',
+  summary: 'bake, launch, hotfix, heal and relaunch a fleet of 3 on local defaults, timing each strategy',
   usage: 'demo [--keep]',
-  details: 'Starts an embedded S3 on 127.0.0.1, publishes two versions of a sample HTTP app, installs, upgrades in place and rolls back, all in a temporary directory.',
-  options: { keep: { type: 'boolean', help: 'leave the temporary directory (and nothing running) for a look afterwards' } },
+  details:
+    'Starts an embedded S3 and the controller on 127.0.0.1 with the process provider, all in a temporary directory,\n' +
+    'and runs the real `kiln` commands against them: bake v1 and launch a fleet of 3 from the image, hotfix v2 in place,\n' +
+    'show the drift, heal (bake v2, replace), then relaunch v3 from the v2 image. Prints each strategy\'s wall time and\n' +
+    'removes everything it started.',
+  options: { keep: { type: 'boolean', help: 'leave the temporary directory (nothing keeps running) for a look afterwards' } },
   positionals: [0, 0],
   async run(ctx, flags) {
     const work = await mkdtemp(path.join(tmpdir(), 'kiln-demo-'));
-    const root = path.join(work, 'host');
-    const app = 'kiln-demo';
+    const home = path.join(work, '.kiln');
     const started = Date.now();
-    let t = Date.now();
-    const step = (text: string) => {
-      out(ctx, ` ✓ ${String(Date.now() - t).padStart(5)} ms  ${text}`);
-      t = Date.now();
-    };
-    const show = (text: string) => out(ctx, `     ${text}`);
-    out(ctx, `kiln demo: one install routine, from publish to rollback (work dir ${work})`);
-
-    const s3 = await startEmbeddedS3({ directory: path.join(work, 's3'), bucket: 'kiln' });
-    const port = await freePort();
-    const service = createProcessSupervisor({ appDir: appLayout(root, app).appDir, log: ctx.log, env: { PORT: String(port) } });
+    out(ctx, `kiln demo: one agent, one install routine, three ways to ship (work dir ${work})`);
+    // The key first: the controller signs channel pointers with it from its start.
+    out(ctx, '\n$ kiln keys generate');
+    if ((await runKiln(ctx, home, ['keys', 'generate'])) !== 0) throw new KilnError('KILN_KEY_INVALID', 'the demo could not make a release key');
+    const stack = await startLocalStack({ home, log: ctx.log, dataDir: path.join(home, 's3'), bucket: 'kiln', port: 0, s3Port: 0 });
+    const provider = createProcessProvider({ dir: path.join(home, 'process'), log: ctx.log });
+    const times: Array<[string, string, number]> = [];
     try {
-      step(`embedded S3 on ${s3.location.endpoint}`);
-      const store = createReleaseStore(createS3Client(s3.location), s3.location.bucket);
-      const pair = generateReleaseKeyPair();
-      const key = parsePrivateKey(pair.privatePem, 'demo key');
-      const keys = [parsePublicKey(pair.publicPem, 'demo key')];
-      step(`release signing key ${pair.keyId}`);
+      out(ctx, `controller ${stack.ctl.url}, S3 ${stack.s3.location.endpoint}, process provider in ${path.join(home, 'process')}`);
+      const kiln = async (...args: string[]) => {
+        out(ctx, `\n$ kiln ${args.join(' ')}`);
+        const t = Date.now();
+        const code = await runKiln(ctx, home, args);
+        if (code !== 0) throw new KilnError('KILN_DEPLOY_FAILED', `the demo stopped: \`kiln ${args.join(' ')}\` exited ${code}`);
+        return Date.now() - t;
+      };
+      const serving = async (want: string) => {
+        const insts = (await provider.describeInstances({ 'kiln:fleet': 'web' })).filter((i) => i.state === 'running');
+        for (const i of insts) {
+          const body = await get(i.address!);
+          if (!body.includes(` ${want} `)) throw new KilnError('KILN_HEALTH_FAILED', `${i.id} should serve ${want} but answered: ${body}`);
+        }
+        out(ctx, `  checked: all ${insts.length} running instances answer "${want}" over HTTP`);
+      };
 
-      const publish = async (version: string) => {
-        const dir = path.join(work, `app-${version}`);
+      for (const v of ['v1', 'v2', 'v3']) {
+        const dir = path.join(work, `app-${v}`);
         await cp(DEMO_APP, dir, { recursive: true });
-        await writeFile(path.join(dir, 'VERSION'), `${version}\n`);
-        const { manifest } = await publishRelease({ store, app, version, source: dir, key, log: ctx.log });
-        await promoteRelease({ store, app, version, channel: 'stable', key, keys, ttlMs: 3_600_000 });
-        step(`pushed ${app} ${version} (seq ${manifest.seq}) and promoted it to stable`);
-      };
-      const base = { root, app, store, keys, service, log: ctx.log, port };
-      const expectServing = async (version: string) => {
-        const body = await get(`http://127.0.0.1:${port}/`);
-        show(`GET http://127.0.0.1:${port}/ -> ${body}`);
-        if (!body.includes(` ${version} `)) throw new KilnError('KILN_HEALTH_FAILED', `the demo app should serve ${version} but answered: ${body}`);
-      };
+        await writeFile(path.join(dir, 'VERSION'), `${v}\n`);
+        await kiln('release', 'push', dir, '--app', 'demo', '--version', v);
+      }
+      await kiln('fleet', 'create', 'web', '--app', 'demo', '--provider', 'process', '--size', '3');
+      times.push(['bake + launch', 'v1: bake an image, launch 3 instances from it', await kiln('deploy', 'web', 'v1', '--strategy', 'bake')]);
+      await serving('v1');
+      times.push(['hotfix', 'v2 in place on the 3 live instances', await kiln('deploy', 'web', 'v2', '--strategy', 'hotfix', '--batch', '100%')]);
+      await serving('v2');
+      await kiln('drift', 'web');
+      times.push(['heal (bake + replace)', 'v2: bake an image, replace the hotfixed instances', await kiln('heal', 'web')]);
+      await kiln('status', 'web');
+      times.push(['relaunch', 'v3: new instances from the v2 image install v3 at boot', await kiln('deploy', 'web', 'v3', '--strategy', 'relaunch')]);
+      await serving('v3');
+      await kiln('status', 'web');
+      await kiln('images');
 
-      await publish('v1');
-      const r1 = await install({ ...base, target: { channel: 'stable' } });
-      step(`installed ${r1.version} into ${root}, started, healthy`);
-      await expectServing('v1');
-
-      await publish('v2');
-      const r2 = await install({ ...base, target: { channel: 'stable' } });
-      step(`installed ${r2.version} in place over ${r2.previous} (swap, restart, health gate)`);
-      await expectServing('v2');
-
-      const r3 = await install({ ...base, target: { channel: 'stable' } });
-      step(`installed stable again: ${r3.outcome} (idempotent, no download)`);
-
-      const r4 = await rollback(base);
-      step(`rolled back to ${r4.version} (from disk, re-verified, health-gated)`);
-      await expectServing('v1');
+      out(ctx, `\nwall time per strategy (fleet of 3, process provider):\n${formatTable(['STRATEGY', 'WHAT', 'SECONDS'], times.map(([s, w, ms]) => [s, w, (ms / 1000).toFixed(1)]))}`);
     } finally {
-      await service.stop().catch(() => undefined);
-      await s3.close().catch(() => undefined);
+      const left = await provider.describeInstances({}).catch(() => []);
+      await provider.terminate(left.map((i) => i.id)).catch(() => undefined);
+      await stack.close().catch(() => undefined);
       if (!flags.keep) await rm(work, { recursive: true, force: true });
     }
-    step(flags.keep ? `stopped the app and S3; kept ${work}` : 'stopped the app and S3, removed the work dir');
-    out(ctx, `done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    out(ctx, `\nstopped ${'every instance'}, the controller and S3${flags.keep ? `; kept ${work}` : ', removed the work dir'}; done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   },
 };
+
+/** Runs a `kiln` command in this process against the demo's home, its output indented under the command line. */
+async function runKiln(ctx: CliContext, home: string, args: string[]): Promise<number> {
+  const { runCli } = await import('./cli.js');
+  const indent = (stream: NodeJS.WritableStream) =>
+    new Writable({
+      write(chunk, _enc, done) {
+        stream.write(String(chunk).replace(/^(?=.)/gm, '  '));
+        done();
+      },
+    });
+  return runCli([...args, '--home', home], { io: { stdout: indent(ctx.io.stdout), stderr: indent(ctx.io.stderr), env: ctx.io.env, cwd: ctx.io.cwd }, log: ctx.log });
+}

@@ -40,14 +40,18 @@ const STRATEGIES = ['hotfix', 'bake', 'relaunch'];
 
 export const deployCommand: CommandDef = {
   name: 'deploy',
-  summary: 'deploy a release to a fleet and follow it live (hotfix: in place, in health-gated batches)',
-  usage: 'deploy FLEET VERSION [--strategy hotfix] [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
+  summary: 'deploy a release to a fleet and follow it live: hotfix (in place), relaunch or bake (new instances)',
+  usage: 'deploy FLEET VERSION [--strategy hotfix|relaunch|bake] [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
   details:
-    "The fleet's channel pointer moves first (instances launched later boot into the release); then each batch\n" +
-    'is told to install it, and counts once its agents report it installed and healthy. Past --max-failures the\n' +
-    'touched instances are rolled back and the pointer restored. Exit 0 only when the deployment succeeded.',
+    "hotfix: the fleet's channel pointer moves first (instances launched later boot into the release); then each\n" +
+    'batch is told to install it, and counts once its agents report it installed and healthy. Past --max-failures\n' +
+    'the touched instances are rolled back and the pointer restored.\n' +
+    "relaunch: a new group is launched from the fleet's image; each agent installs the release at boot.\n" +
+    'bake: an image holding the release is baked first (or found by its bake key), and the new group launches from it.\n' +
+    'Either way the new group must pass its health gate to go live; the old group is stopped (kept for `kiln rollback`),\n' +
+    'the one before it terminated; a group that fails is removed and the live one stays. Exit 0 only on success.',
   options: {
-    strategy: { type: 'string', value: 'NAME', help: 'hotfix (in place; bake and relaunch come with images)' },
+    strategy: { type: 'string', value: 'NAME', help: 'hotfix (default), relaunch or bake; relaunch and bake need a fleet on a provider' },
     ...ROLLOUT_OPTIONS,
     ...API_OPTIONS,
     ...JSON_OPTION,
@@ -56,7 +60,6 @@ export const deployCommand: CommandDef = {
   async run(ctx, flags, [fleet, version]) {
     const strategy = str(flags, 'strategy') ?? 'hotfix';
     if (!STRATEGIES.includes(strategy)) throw new KilnError('KILN_USAGE', `--strategy ${strategy}: one of ${STRATEGIES.join(', ')}`);
-    if (strategy !== 'hotfix') throw new KilnError('KILN_USAGE', `--strategy ${strategy} is not available yet: bake and relaunch come with images and fleets of launched instances; use --strategy hotfix`);
     const body = rolloutBody(flags);
     const api = await openApi(flags, ctx);
     const { deployment } = await api.post<{ deployment: Deployment }>('/v1/deployments', { fleet, version, strategy, ...body });
@@ -67,9 +70,12 @@ export const deployCommand: CommandDef = {
 
 export const fleetRollback: CommandDef = {
   name: 'rollback',
-  summary: "roll a fleet back to its previous release (a new pointer, then a hotfix to it) and follow it",
+  summary: 'roll a fleet back: its stopped group brought back, or else its previous release hotfixed in; follow it',
   usage: 'rollback FLEET [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
-  details: 'The previous release is the one the fleet ran before its last successful deployment.\nFor one host without a controller, see `kiln host rollback`.',
+  details:
+    'After a bake or relaunch, the group it replaced is still there, stopped: it is started again, gated on health and\n' +
+    'made live (seconds, nothing installed). Otherwise the previous release (the one the fleet ran before its last\n' +
+    'successful deployment) gets a new pointer and is hotfixed in. For one host without a controller, see `kiln host rollback`.',
   options: { ...ROLLOUT_OPTIONS, ...API_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [fleet]) {

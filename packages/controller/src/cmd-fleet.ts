@@ -24,11 +24,14 @@ export async function readFleetCredential(home: string, fleet: string): Promise<
 export const fleetCreate: CommandDef = {
   name: 'fleet create',
   summary: "create a fleet; prints its agent credential (once) and saves it for local agents",
-  usage: 'fleet create NAME --app APP [--channel stable] [--json]',
+  usage: 'fleet create NAME --app APP [--channel stable] [--provider process --size N [--image ID]] [--json]',
   details: 'A fleet is the instances of one app following one channel. Its agents connect with the credential printed here,\nwhich the controller keeps only as a digest; it is also saved to .kiln/fleets/NAME.credential (0600) for `kiln agents start`.',
   options: {
     app: { type: 'string', value: 'APP', help: 'the app its instances run' },
     channel: { type: 'string', value: 'CHANNEL', help: 'the channel they follow (default stable)' },
+    provider: { type: 'string', value: 'NAME', help: 'none (agents you start yourself; the default) or the provider the controller runs (`kiln up`: process), for bake, relaunch and heal' },
+    image: { type: 'string', value: 'ID', help: 'the image its instances launch from and bakes start from (process: default the plain base image)' },
+    size: { type: 'string', value: 'N', help: 'how many instances each group launches (default 0; bake and relaunch launch at least 1)' },
     ...API_OPTIONS,
     ...JSON_OPTION,
   },
@@ -37,7 +40,18 @@ export const fleetCreate: CommandDef = {
     const app = str(flags, 'app');
     if (!app) throw new KilnError('KILN_USAGE', 'fleet create needs --app APP');
     const api = await openApi(flags, ctx);
-    const res = await api.post<{ fleet: PublicFleet; agentCredential: string }>('/v1/fleets', { name, app, channel: str(flags, 'channel') ?? 'stable' });
+    const size = str(flags, 'size');
+    if (size !== undefined && !/^\d{1,5}$/.test(size)) throw new KilnError('KILN_USAGE', `--size ${size}: a whole number of instances`);
+    const provider = str(flags, 'provider');
+    const image = str(flags, 'image');
+    const res = await api.post<{ fleet: PublicFleet; agentCredential: string }>('/v1/fleets', {
+      name,
+      app,
+      channel: str(flags, 'channel') ?? 'stable',
+      ...(provider ? { provider } : {}),
+      ...(image ? { image } : {}),
+      ...(size !== undefined ? { size: Number(size) } : {}),
+    });
     const file = fleetCredentialFile(ctx.home, res.fleet.name);
     await mkdir(path.dirname(file), { recursive: true });
     await writeFileAtomic(file, `${res.agentCredential}\n`, 0o600);
@@ -46,11 +60,11 @@ export const fleetCreate: CommandDef = {
     out(
       ctx,
       [
-        `fleet ${f.name}: app ${f.app}, channel ${f.channel}, desired ${f.desired?.version ?? '- (the channel points nowhere yet)'}`,
+        `fleet ${f.name}: app ${f.app}, channel ${f.channel}, desired ${f.desired?.version ?? '- (the channel points nowhere yet)'}${f.provider !== 'none' ? `, ${f.provider} provider, image ${f.image}, size ${f.size}` : ''}`,
         `agent credential  ${res.agentCredential}`,
         `                  shown once; saved to ${file} (0600)`,
         `agents connect to ${api.agentsUrl}`,
-        `start local agents with: kiln agents start ${f.name} --count 3`,
+        f.provider === 'none' ? `start local agents with: kiln agents start ${f.name} --count 3` : `launch its first group with: kiln deploy ${f.name} VERSION --strategy bake`,
       ].join('\n'),
     );
   },
@@ -66,6 +80,13 @@ export const fleetList: CommandDef = {
     const { fleets } = await (await openApi(flags, ctx)).get<{ fleets: PublicFleet[] }>('/v1/fleets');
     if (ctx.json) return printJson(ctx, fleets);
     if (!fleets.length) return out(ctx, 'no fleets yet: `kiln fleet create NAME --app APP`');
-    out(ctx, formatTable(['NAME', 'APP', 'CHANNEL', 'PROVIDER', 'DESIRED', 'CREATED'], fleets.map((f) => [f.name, f.app, f.channel, f.provider, f.desired?.version ?? '-', f.createdAt])));
+    const live = (f: PublicFleet) => f.groups.find((g) => g.state === 'live');
+    out(
+      ctx,
+      formatTable(
+        ['NAME', 'APP', 'CHANNEL', 'PROVIDER', 'IMAGE', 'LIVE GROUP', 'SIZE', 'DESIRED', 'CREATED'],
+        fleets.map((f) => [f.name, f.app, f.channel, f.provider, f.image ?? '-', live(f)?.name ?? '-', String(f.size), f.desired?.version ?? '-', f.createdAt]),
+      ),
+    );
   },
 };

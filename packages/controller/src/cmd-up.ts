@@ -1,13 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, createS3Client, writeFileAtomic, type S3Location } from '@kiln/shared';
+import { KilnError, createS3Client, writeFileAtomic, type Logger, type S3Location } from '@kiln/shared';
 import { ListBucketsCommand } from '@aws-sdk/client-s3';
-import { localControllerFile, readLocalController, type LocalController } from './api-client.js';
+import { localControllerFile, readLocalController, type LocalController as LocalControllerFile } from './api-client.js';
 import type { CommandDef } from './cli-command.js';
 import { defaultKeyDir, localS3File, out, str, type CliContext, type Flags } from './cli-context.js';
-import { startEmbeddedS3 } from './embedded-s3.js';
-import { startLocalController, type KeyState } from './local-controller.js';
+import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.js';
+import { startLocalController, type KeyState, type LocalController } from './local-controller.js';
+import { createProcessProvider } from './provider-process.js';
 
 /** What of a previous `kiln up` in this home still answers, if anything. */
 async function alreadyRunning(home: string): Promise<string | undefined> {
@@ -67,35 +68,17 @@ export const upCommand: CommandDef = {
     const tls = tlsFlags(ctx, flags);
     const running = await alreadyRunning(ctx.home);
     if (running) throw new KilnError('KILN_USAGE', `${running} already runs for ${ctx.home}; stop it first`);
-    const previous = await readLocalController(ctx.home).catch(() => undefined);
-    const operatorToken = previous?.operatorToken ?? `kfo_${randomBytes(24).toString('base64url')}`;
-
-    const s3 = await startEmbeddedS3({
-      directory: path.resolve(ctx.io.cwd, str(flags, 'data') ?? path.join(ctx.home, 's3')),
+    const stack = await startLocalStack({
+      home: ctx.home,
+      log: ctx.log,
+      dataDir: path.resolve(ctx.io.cwd, str(flags, 'data') ?? path.join(ctx.home, 's3')),
       bucket: str(flags, 'bucket') ?? 'kiln',
-      port: s3Port,
+      port,
+      s3Port,
+      ...(tls ? { tls } : {}),
+      onKeys: (k) => out(ctx, `release keys changed: ${describeKeys(k)}`),
     });
-    const s3File = localS3File(ctx.home);
-    const ctlFile = localControllerFile(ctx.home);
-    let ctl;
-    try {
-      await writeFileAtomic(s3File, JSON.stringify(s3.location, null, 2) + '\n', 0o600);
-      ctl = await startLocalController({
-        log: ctx.log,
-        s3: s3.location,
-        operatorToken,
-        keyDir: defaultKeyDir(ctx.home),
-        port,
-        ...(tls ? { tls } : {}),
-        onKeys: (k) => out(ctx, `release keys changed: ${describeKeys(k)}`),
-      });
-    } catch (err) {
-      await rm(s3File, { force: true });
-      await s3.close();
-      throw err;
-    }
-    const local: LocalController = { url: ctl.url, agentsUrl: ctl.agentsUrl, operatorToken, ...(tls ? { ca: tls.certFile } : {}) };
-    await writeFileAtomic(ctlFile, JSON.stringify(local, null, 2) + '\n', 0o600);
+    const { s3, ctl, operatorToken, ctlFile, s3File } = stack;
     out(
       ctx,
       [
@@ -103,6 +86,7 @@ export const upCommand: CommandDef = {
         `agents connect to ${ctl.agentsUrl} (with their fleet's credential: \`kiln fleet create\` prints it)`,
         `operator token    ${operatorToken}`,
         `release keys      ${describeKeys(ctl.keys)}`,
+        `provider          process: images and instances under ${path.join(ctx.home, 'process')} (\`kiln images\`, \`kiln instances\`)`,
         `S3 endpoint       ${s3.location.endpoint}`,
         `bucket            ${s3.location.bucket}`,
         `S3 credentials    ${s3.location.accessKeyId} / ${s3.location.secretAccessKey} (local only)`,
@@ -115,10 +99,83 @@ export const upCommand: CommandDef = {
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);
     });
-    // The controller first: it stops its rollouts and says goodbye to the agents while S3 still answers.
-    await ctl.close();
-    await rm(s3File, { force: true });
-    await s3.close();
+    await stack.close();
     out(ctx, 'stopped');
   },
 };
+
+export interface LocalStack {
+  s3: EmbeddedS3;
+  ctl: LocalController;
+  operatorToken: string;
+  ctlFile: string;
+  s3File: string;
+  /** the controller first (it stops its rollouts and says goodbye to the agents while S3 still answers), then S3 */
+  close(): Promise<void>;
+}
+
+/**
+ * What `kiln up` runs, also for `kiln demo`: the embedded S3, the controller with the process
+ * provider, and the files in HOME that point the CLI at them.
+ */
+export async function startLocalStack(o: {
+  home: string;
+  log: Logger;
+  dataDir: string;
+  bucket: string;
+  port: number;
+  s3Port: number;
+  tls?: { certFile: string; keyFile: string };
+  onKeys?: (k: KeyState) => void;
+}): Promise<LocalStack> {
+  const previous = await readLocalController(o.home).catch(() => undefined);
+  const operatorToken = previous?.operatorToken ?? `kfo_${randomBytes(24).toString('base64url')}`;
+  const s3 = await startEmbeddedS3({ directory: o.dataDir, bucket: o.bucket, port: o.s3Port });
+  const s3File = localS3File(o.home);
+  const ctlFile = localControllerFile(o.home);
+  let ctl;
+  try {
+    await writeFileAtomic(s3File, JSON.stringify(s3.location, null, 2) + '\n', 0o600);
+    ctl = await startLocalController({
+      log: o.log,
+      s3: s3.location,
+      operatorToken,
+      keyDir: defaultKeyDir(o.home),
+      port: o.port,
+      ...(o.tls ? { tls: o.tls } : {}),
+      launch: { provider: createProcessProvider({ dir: path.join(o.home, 'process'), log: o.log }), agentSecret: await agentSecret(o.home) },
+      ...(o.onKeys ? { onKeys: o.onKeys } : {}),
+    });
+  } catch (err) {
+    await rm(s3File, { force: true });
+    await s3.close();
+    throw err;
+  }
+  const local: LocalControllerFile = { url: ctl.url, agentsUrl: ctl.agentsUrl, operatorToken, ...(o.tls ? { ca: o.tls.certFile } : {}) };
+  await writeFileAtomic(ctlFile, JSON.stringify(local, null, 2) + '\n', 0o600);
+  return {
+    s3,
+    ctl,
+    operatorToken,
+    ctlFile,
+    s3File,
+    async close() {
+      await ctl.close();
+      await rm(s3File, { force: true });
+      await s3.close();
+    },
+  };
+}
+
+/**
+ * The secret the controller derives fleets' agent credentials from, so the instances it launches get
+ * theirs without the controller storing them. Made on the first start, kept in .kiln/agent-secret (0600).
+ */
+async function agentSecret(home: string): Promise<Buffer> {
+  const file = path.join(home, 'agent-secret');
+  const have = await readFile(file, 'utf8').catch(() => undefined);
+  if (have && /^[0-9a-f]{64}$/.test(have.trim())) return Buffer.from(have.trim(), 'hex');
+  const secret = randomBytes(32);
+  await writeFileAtomic(file, secret.toString('hex') + '\n', 0o600);
+  return secret;
+}

@@ -27,13 +27,14 @@ function currentBatch(d: Deployment): number {
 export function tally(d: Deployment): { healthy: number; failed: number; inFlight: number; pending: number; rolledBack: number; targets: number } {
   const steps = Object.values(d.instances).map((i) => i.step);
   const count = (...s: Step[]) => steps.filter((x) => s.includes(x)).length;
-  return { healthy: count('healthy'), failed: count('failed', 'rollback-failed'), inFlight: count('sent'), pending: count('pending'), rolledBack: count('rolled-back'), targets: d.batches.flat().length };
+  const targets = d.batches.length ? d.batches.flat().length : steps.filter((s) => s !== 'unreachable').length;
+  return { healthy: count('healthy'), failed: count('failed', 'rollback-failed'), inFlight: count('sent'), pending: count('pending'), rolledBack: count('rolled-back'), targets };
 }
 
 function countsLine(d: Deployment, started: number): string {
   const t = tally(d);
   const n = currentBatch(d);
-  const batch = d.batches.length ? `batch ${Math.max(n, 0) + 1}/${d.batches.length}` : 'planning';
+  const batch = d.strategy !== 'hotfix' || d.kind === 'heal' ? `phase ${d.phases.at(-1)?.name ?? 'start'} done` : d.batches.length ? `batch ${Math.max(n, 0) + 1}/${d.batches.length}` : 'planning';
   const back = t.rolledBack ? `, ${t.rolledBack} rolled back` : '';
   return `${batch}  healthy ${t.healthy}/${t.targets}, failed ${t.failed}, in flight ${t.inFlight}, pending ${t.pending}${back}  ${((Date.now() - started) / 1000).toFixed(1)} s`;
 }
@@ -55,8 +56,10 @@ export async function followDeployment(ctx: CliContext, api: ApiClient, first: D
   const started = Date.now();
   const seen = new Map<string, Step>();
   let batchShown = -1;
+  let phasesShown = 0;
   let d = first;
-  progress.phase(`deployment ${d.id}: ${d.kind === 'rollback' ? 'rollback' : d.strategy} of fleet ${d.fleet} to ${d.app} ${d.release.version} (batch ${'percent' in d.batch ? `${d.batch.percent}%` : d.batch.count}, max failures ${d.maxFailures}, health timeout ${d.healthTimeoutMs / 1000} s)`);
+  const how = d.strategy === 'hotfix' && d.kind !== 'heal' ? `batch ${'percent' in d.batch ? `${d.batch.percent}%` : d.batch.count}, ` : '';
+  progress.phase(`deployment ${d.id}: ${d.kind === 'deploy' ? d.strategy : d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (${how}max failures ${d.maxFailures}, health timeout ${d.healthTimeoutMs / 1000} s)`);
   let lastReached = Date.now();
   for (;;) {
     const n = currentBatch(d);
@@ -74,6 +77,11 @@ export async function followDeployment(ctx: CliContext, api: ApiClient, first: D
       ids.forEach(line);
     });
     batchShown = Math.max(batchShown, n);
+    // bake, relaunch, heal: each phase as it ends, with its wall time
+    for (; phasesShown < d.phases.length; phasesShown++) {
+      const p = d.phases[phasesShown]!;
+      if (p.name !== 'start') progress.phase(`  ${p.name.padEnd(14)} ${(p.ms / 1000).toFixed(1).padStart(6)} s`);
+    }
     Object.keys(d.instances).sort().forEach(line);
     progress.status(countsLine(d, started));
     if (d.state !== 'running') break;

@@ -6,7 +6,10 @@ export { ensureBaseRootfs, kilnCacheDir, BASE_ROOTFS_RECIPE, type EnsureBaseRoot
 export { bootMachine, type BootMachineOptions, type Machine, type MachineBind, type MachineExit } from './nspawn-machine.js';
 export { type MachineExecOptions, type MachineExecResult } from './nspawn-exec.js';
 export { createMachineGroup, type MachineGroup } from './nspawn-group.js';
-export { buildServer, AGENTS_PATH, type KilnServer, type ServerOptions } from './server.js';
+export { buildServer, AGENTS_PATH, type KilnServer, type ServerOptions, type LaunchOptions } from './server.js';
+export { createProcessProvider, BASE_IMAGE_ID, type ProcessProviderOptions } from './provider-process.js';
+export { TAG, type Provider, type ImageInfo, type InstanceInfo, type BootData, type LaunchSpec } from './provider.js';
+export { bakeImage, type BakeOptions, type BakeResult } from './bake.js';
 export { createAgentHub, type AgentHub, type HubInstance } from './agent-hub.js';
 export { planBatches } from './rollout.js';
 export { Deployment, Fleet } from './fleet-model.js';

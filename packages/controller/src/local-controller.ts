@@ -1,6 +1,7 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { createS3Client, loadPrivateKey, loadPublicKeys, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
+import type { Provider } from './provider.js';
 import { AGENTS_PATH, buildServer, type KilnServer } from './server.js';
 
 export interface LocalControllerOptions {
@@ -14,6 +15,8 @@ export interface LocalControllerOptions {
   tls?: { certFile: string; keyFile: string };
   /** how often the key directory is looked at (default 1 s) */
   keyPollMs?: number;
+  /** bake, relaunch, heal: the provider and the secret fleets' agent credentials derive from */
+  launch?: { provider: Provider; agentSecret: Buffer };
   /** told when the keys changed and the controller restarted with them */
   onKeys?: (keys: KeyState) => void;
 }
@@ -68,6 +71,7 @@ export async function startLocalController(opts: LocalControllerOptions): Promis
       ...(keys.signingKey ? { signingKey: keys.signingKey } : {}),
       trustedKeys: keys.trustedKeys,
       ...(https ? { https } : {}),
+      ...(opts.launch ? { launch: { ...opts.launch, s3: opts.s3, serviceManager: 'process' as const } } : {}),
     });
     await server.listen({ host: '127.0.0.1', port });
     port = (server.server.address() as { port: number }).port;
