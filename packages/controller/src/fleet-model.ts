@@ -38,6 +38,8 @@ export const Fleet = z.strictObject({
   agentCredentialSha256: sha256,
   /** with the controller's agent secret, derives the agent credential its launches give instances */
   credentialSalt: z.string().max(64).optional(),
+  /** ec2: the ELBv2 target group a live group is registered in (with connection draining when it retires) */
+  targetGroup: z.string().max(2048).nullable().default(null),
   /** groups on a provider, oldest first */
   groups: z.array(Group).default([]),
   /** the number of the last group (`web-v003` is 3) */
@@ -53,6 +55,7 @@ export const FleetCreate = z.strictObject({
   provider: z.enum(['none', 'process', 'nspawn', 'ec2']).default('none'),
   image: z.string().max(256).nullable().default(null),
   size: z.number().int().min(0).max(100_000).default(0),
+  targetGroup: z.string().max(2048).nullable().default(null),
 });
 
 export const Strategy = z.enum(['hotfix', 'relaunch', 'bake']);

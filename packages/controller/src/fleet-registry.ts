@@ -105,7 +105,7 @@ export function createFleetRegistry(opts: { docs: DocStore; log: Logger; now: ()
       const want = Buffer.from(mac(`builder:${app}`));
       if (!timingSafeEqual(Buffer.from(sig), want)) return undefined;
       const at = opts.now().toISOString();
-      return { name: builderFleet(app), app, channel: 'bake', provider: 'none', image: null, size: 0, desired: null, history: [], agentCredentialSha256: '0'.repeat(64), groups: [], groupSeq: 0, createdAt: at };
+      return { name: builderFleet(app), app, channel: 'bake', provider: 'none', image: null, size: 0, targetGroup: null, desired: null, history: [], agentCredentialSha256: '0'.repeat(64), groups: [], groupSeq: 0, createdAt: at };
     },
     agentCredential(name) {
       const f = this.get(name);

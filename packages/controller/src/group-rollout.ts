@@ -101,9 +101,18 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
       groups: f.groups.filter((g) => !oldStandby.includes(g)).map((g) => (g.name === group ? { ...g, state: 'live' as const } : oldLive.some((o) => o.name === g.name) ? { ...g, state: 'standby' as const } : g)),
     }));
     await c.fleets.setDesired(r.fleet, r.release);
+    await balance(before, group, oldLive.flatMap((g) => g.instances));
     await step('retire');
     await c.provider.stop(oldLive.flatMap((g) => g.instances), { timeoutMs: c.launchTimeoutMs });
     await c.provider.terminate(oldStandby.flatMap((g) => g.instances));
+  }
+
+  /** With a target group (ec2), the live group serves behind it before the old one drains and stops. */
+  async function balance(fleet: Fleet, group: string, retired: string[]): Promise<void> {
+    if (!fleet.targetGroup) return;
+    if (!c.provider.setLive) throw new KilnError('KILN_PROVIDER_FAILED', `fleet ${fleet.name} names a target group, but the ${c.provider.name} provider has no load balancers`);
+    const live = c.fleets.get(fleet.name).groups.find((g) => g.name === group)?.instances ?? [];
+    await c.provider.setLive(fleet.targetGroup, live, retired, { timeoutMs: r.healthTimeoutMs + c.launchTimeoutMs });
   }
 
   const end: Partial<Pick<Deployment, 'state' | 'verdict' | 'error' | 'finishedAt'>> = {};
@@ -211,6 +220,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     const current = liveGroup(fleet);
     await c.fleets.update(fleet.name, (f) => ({ ...f, image: standby.image, groups: f.groups.map((g) => (g.name === standby.name ? { ...g, state: 'live' as const } : g.name === current?.name ? { ...g, state: 'standby' as const } : g)) }));
     await c.fleets.setDesired(fleet.name, r.release);
+    await balance(fleet, standby.name, current?.instances ?? []);
     await step('retire');
     if (current) await c.provider.stop(current.instances, { timeoutMs: c.launchTimeoutMs });
   }
