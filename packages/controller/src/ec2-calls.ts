@@ -16,16 +16,23 @@ export function errorName(err: unknown): string {
   return typeof err === 'object' && err !== null && typeof (err as { name?: unknown }).name === 'string' ? (err as { name: string }).name : 'Error';
 }
 
-/** Runs one SDK call; any error but a KilnError or the caller's abort becomes KILN_PROVIDER_FAILED naming the operation. */
-export async function ec2Call<T>(op: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+/**
+ * Runs one SDK call of an AWS service (`ec2`, `elbv2`); any error but a KilnError or the caller's
+ * abort becomes KILN_PROVIDER_FAILED naming the service and operation.
+ */
+export async function awsCall<T>(service: string, op: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
   try {
     return await fn();
   } catch (err) {
     if (err instanceof KilnError) throw err;
     if (signal?.aborted) throw signal.reason;
     const message = err instanceof Error ? err.message : String(err);
-    throw new KilnError('KILN_PROVIDER_FAILED', `ec2 ${op} failed: ${errorName(err)}: ${message}`, { cause: err });
+    throw new KilnError('KILN_PROVIDER_FAILED', `${service} ${op} failed: ${errorName(err)}: ${message}`, { cause: err });
   }
+}
+
+export function ec2Call<T>(op: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+  return awsCall('ec2', op, fn, signal);
 }
 
 /** Like ec2Call, but resolves `undefined` when the error is one of `tolerated` (a not-found that is no error here). */
@@ -55,7 +62,8 @@ export function tagFilters(tags: Tags): Filter[] {
 export type Poll<T> = { done: true; value: T } | { done: false; stuck: string };
 
 export interface WaitForOptions<T> {
-  ctx: Ec2Context;
+  /** only its clock and poll period: the ELBv2 waits use it too */
+  ctx: Pick<Ec2Context, 'now' | 'pollMs'>;
   /** absolute, in ctx.now() time */
   deadline: number;
   timeoutMs: number;
