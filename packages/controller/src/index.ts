@@ -8,6 +8,7 @@ export { type MachineExecOptions, type MachineExecResult } from './nspawn-exec.j
 export { createMachineGroup, type MachineGroup } from './nspawn-group.js';
 export { buildServer, AGENTS_PATH, type KilnServer, type ServerOptions, type LaunchOptions } from './server.js';
 export { createProcessProvider, BASE_IMAGE_ID, type ProcessProviderOptions } from './provider-process.js';
+export { createNspawnProvider, type NspawnProvider, type NspawnProviderOptions } from './provider-nspawn.js';
 export { TAG, type Provider, type ImageInfo, type InstanceInfo, type BootData, type LaunchSpec } from './provider.js';
 export { bakeImage, type BakeOptions, type BakeResult } from './bake.js';
 export { createAgentHub, type AgentHub, type HubInstance } from './agent-hub.js';

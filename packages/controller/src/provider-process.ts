@@ -1,29 +1,18 @@
 import { randomBytes } from 'node:crypto';
-import { cp, mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { cp, mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { KilnError, isSameProcess, writeFileAtomic, type Logger } from '@kiln/shared';
 import { z } from 'zod';
 import { freePort } from './free-port.js';
 import { spawnLocalAgent, stopLocalAgent } from './local-agents.js';
-import type { ImageInfo, InstanceInfo, Provider, Tags, WaitOptions } from './provider.js';
-
-const Tagged = { tags: z.record(z.string(), z.string()) };
-
-const ImageRecord = z.object({ id: z.string(), name: z.string(), state: z.enum(['pending', 'available', 'failed']), parent: z.string().nullable(), ...Tagged, createdAt: z.string() });
-type ImageRecord = z.infer<typeof ImageRecord>;
+import type { InstanceInfo, Provider } from './provider.js';
+import { ImageRecord, InstanceFields, imageInfo, localCatalog, localInstances, readRecord, recordDirs, writeRecord } from './provider-records.js';
 
 const InstanceRecord = z.object({
-  id: z.string(),
-  imageId: z.string(),
-  state: z.enum(['pending', 'running', 'stopping', 'stopped', 'terminated']),
-  ...Tagged,
-  /** the app's port (PORT), kept across stop and start */
-  port: z.number().int(),
+  ...InstanceFields,
   /** the agent process and its start time (a reused pid is never signalled) */
   pid: z.number().int().nullable(),
   start: z.string().nullable(),
-  launchedAt: z.string(),
 });
 type InstanceRecord = z.infer<typeof InstanceRecord>;
 
@@ -52,40 +41,14 @@ const INSTANCE_ONLY = ['etc/kiln/agent.json', 'var/log'];
 export function createProcessProvider(o: ProcessProviderOptions): Provider {
   const log = o.log.child({ module: 'provider-process' });
   const now = o.now ?? (() => new Date());
-  const imagesDir = path.join(o.dir, 'images');
-  const instancesDir = path.join(o.dir, 'instances');
-  // Ids come from API callers: only ids this provider could have made name a directory.
-  const safe = (id: string, kind: 'image' | 'instance') => {
-    if (!ID.test(id)) throw new KilnError(kind === 'image' ? 'KILN_IMAGE_NOT_FOUND' : 'KILN_INSTANCE_NOT_FOUND', `${JSON.stringify(id)} is not a process-provider ${kind} id`);
-    return id;
-  };
-  const imageDir = (id: string) => path.join(imagesDir, safe(id, 'image'));
-  const instanceDir = (id: string) => path.join(instancesDir, safe(id, 'instance'));
+  const dirs = recordDirs(o.dir, ID, 'process');
+  const { imageDir, instanceDir } = dirs;
   const rootOf = (dir: string) => path.join(dir, 'root');
   const newId = (prefix: string) => `${prefix}-${randomBytes(4).toString('hex')}`;
 
-  async function readRecord<T>(file: string, schema: z.ZodType<T>): Promise<T | undefined> {
-    let text: string;
-    try {
-      text = await readFile(file, 'utf8');
-    } catch {
-      return undefined;
-    }
-    const parsed = schema.safeParse(JSON.parse(text));
-    if (!parsed.success) throw new KilnError('KILN_STATE_INVALID', `${file} does not parse; remove it or restore it`);
-    return parsed.data;
-  }
-  const writeRecord = (dir: string, name: string, rec: unknown) => writeFileAtomic(path.join(dir, name), JSON.stringify(rec, null, 2) + '\n');
   const readImage = (id: string) => readRecord(path.join(imageDir(id), 'image.json'), ImageRecord);
   const readInstance = (id: string) => readRecord(path.join(instanceDir(id), 'instance.json'), InstanceRecord);
   const saveInstance = (r: InstanceRecord) => writeRecord(instanceDir(r.id), 'instance.json', r);
-
-  async function listDir<T>(dir: string, read: (id: string) => Promise<T | undefined>): Promise<T[]> {
-    const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => ID.test(n)).sort();
-    return (await Promise.all(names.map(read))).filter((r): r is Awaited<T> & T => r !== undefined);
-  }
-
-  const hasTags = (have: Tags, want: Tags) => Object.entries(want).every(([k, v]) => have[k] === v);
 
   /** An instance whose agent process died is reported as stopped: nothing runs there. */
   function infoOf(r: InstanceRecord): InstanceInfo {
@@ -93,13 +56,8 @@ export function createProcessProvider(o: ProcessProviderOptions): Provider {
     const state = r.state === 'running' || r.state === 'pending' ? (alive ? 'running' : 'stopped') : r.state;
     return { id: r.id, imageId: r.imageId, state, tags: r.tags, address: `http://127.0.0.1:${r.port}`, launchedAt: r.launchedAt };
   }
-  const imageInfo = (r: ImageRecord): ImageInfo => ({ id: r.id, name: r.name, state: r.state, tags: r.tags, createdAt: r.createdAt });
+  const { must: mustInstance, waitFor } = localInstances({ provider: 'process', readInstance, infoOf });
 
-  async function mustInstance(id: string): Promise<InstanceRecord> {
-    const r = await readInstance(id);
-    if (!r || r.state === 'terminated') throw new KilnError('KILN_INSTANCE_NOT_FOUND', `no process instance ${id}; \`kiln instances\` lists them`);
-    return r;
-  }
 
   async function startAgent(r: InstanceRecord): Promise<void> {
     const root = rootOf(instanceDir(r.id));
@@ -123,20 +81,6 @@ export function createProcessProvider(o: ProcessProviderOptions): Provider {
   async function appOf(r: InstanceRecord): Promise<string> {
     const config = JSON.parse(await readFile(path.join(rootOf(instanceDir(r.id)), 'etc/kiln/agent.json'), 'utf8')) as { app: string };
     return config.app;
-  }
-
-  async function waitFor(ids: string[], want: InstanceInfo['state'], opts: WaitOptions): Promise<InstanceInfo[]> {
-    const deadline = Date.now() + opts.timeoutMs;
-    for (;;) {
-      const infos = await Promise.all(ids.map(async (id) => infoOf(await mustInstance(id))));
-      if (infos.every((i) => i.state === want)) return infos;
-      if (Date.now() > deadline) {
-        const stuck = infos.filter((i) => i.state !== want).map((i) => `${i.id} (${i.state})`);
-        throw new KilnError('KILN_PROVIDER_TIMEOUT', `instances did not become ${want} within ${opts.timeoutMs} ms: ${stuck.join(', ')}`);
-      }
-      opts.signal?.throwIfAborted();
-      await sleep(50);
-    }
   }
 
   const provider = {
@@ -226,20 +170,7 @@ export function createProcessProvider(o: ProcessProviderOptions): Provider {
       return imageInfo(rec);
     },
 
-    async copyImage(imageId, regions) {
-      if (regions.length) throw new KilnError('KILN_PROVIDER_FAILED', `the process provider has no regions to copy ${imageId} to (asked: ${regions.join(', ')})`);
-      return [];
-    },
-
-    async describeInstances(tags) {
-      const all = await listDir(instancesDir, readInstance);
-      return all.filter((r) => r.state !== 'terminated' && hasTags(r.tags, tags)).map(infoOf);
-    },
-
-    async describeImages(query) {
-      const all = await listDir(imagesDir, readImage);
-      return all.filter((r) => (!query.ids || query.ids.includes(r.id)) && hasTags(r.tags, query.tags ?? {})).map(imageInfo);
-    },
+    ...localCatalog({ provider: 'process', dirs, idPattern: ID, readImage, readInstance, infoOf }),
 
     async deleteImage(imageId) {
       await rm(imageDir(imageId), { recursive: true, force: true });
