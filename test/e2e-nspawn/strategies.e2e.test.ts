@@ -2,10 +2,12 @@
 // systemd as PID 1, the agent starts from its unit and runs the app as a systemd unit. A real
 // controller and real S3 (s3rver) listen on the host's 127.0.0.1, which the machines share.
 import { randomBytes } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNspawnProvider, kilnCacheDir, nspawnHostProblem, type NspawnProvider } from '@kiln/controller';
+import { isKilnError } from '@kiln/shared';
 import { startController, type TestController } from '../helpers/controller.js';
 import { until } from '../helpers/agent.js';
 import { makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
@@ -21,6 +23,7 @@ let keys: Keys;
 let ctl: TestController;
 let provider: NspawnProvider;
 let dir: string;
+let baseImage: string;
 
 /** Starts a deployment (POST to `route`) and waits until it is over; the final record. */
 async function runDeployment(route: string, body: Record<string, unknown>): Promise<any> {
@@ -109,7 +112,7 @@ describe.skipIf(!!problem)(`fleet strategies on real machines (nspawn)${problem 
     });
     for (const v of ['1.0.0', '2.0.0', '3.0.0']) await pushApp({ store: s3.store, keys, version: v });
     // The base image (cached Debian tree + the agent bundle); a first run also debootstraps the tree.
-    await provider.defaultImage!();
+    baseImage = (await provider.defaultImage!()).id;
   }, 600_000);
 
   afterAll(async () => {
@@ -188,12 +191,34 @@ describe.skipIf(!!problem)(`fleet strategies on real machines (nspawn)${problem 
     expect(await answers(inst!.address!)).toContain('kiln-demo 2.0.0');
   }, 60_000);
 
-  it('terminating every instance leaves no machine, process or mount behind', async () => {
+  it('refuses unknown or malformed ids and regions, by code', async () => {
+    const code = (p: Promise<unknown>) => p.then(() => 'resolved', (err: unknown) => (isKilnError(err) ? err.code : String(err)));
+    const boot = { agent: { app: 'web' } };
+    expect(await code(provider.launch({ imageId: 'img-nothere', count: 1, tags: {}, boot }))).toBe('KILN_IMAGE_NOT_FOUND');
+    expect(await code(provider.launch({ imageId: '../../etc', count: 1, tags: {}, boot }))).toBe('KILN_IMAGE_NOT_FOUND');
+    expect(await code(provider.createImage('i-nothere', { name: 'x', tags: {} }, { timeoutMs: 1_000 }))).toBe('KILN_INSTANCE_NOT_FOUND');
+    expect(await code(provider.copyImage(baseImage, ['eu-west-1'], { timeoutMs: 1_000 }))).toBe('KILN_PROVIDER_FAILED');
+  });
+
+  it('a machine that does not boot by the deadline fails the launch with KILN_BOOT_TIMEOUT and is reaped', async () => {
+    const hasty = createNspawnProvider({ dir, log: quietLog(), cacheDir: kilnCacheDir(process.env.KILN_CACHE_DIR), bootTimeoutMs: 1 });
+    const err = await hasty.launch({ imageId: baseImage, count: 2, tags: { 'kiln:role': 'hasty' }, boot: { agent: { app: 'web' } } }).catch((e: unknown) => e);
+    expect(isKilnError(err) && err.code, String(err)).toBe('KILN_BOOT_TIMEOUT');
+    expect(await provider.describeInstances({ 'kiln:role': 'hasty' })).toEqual([]);
+    expect(hasty.machineOf('i-anything')).toBeUndefined();
+  }, 60_000);
+
+  it('terminating every instance leaves no machine, process or mount behind, and the base image untouched', async () => {
     const all = await provider.describeInstances({});
     expect(all.length).toBeGreaterThanOrEqual(6);
     await provider.terminate(all.map((i) => i.id));
     expect(await provider.describeInstances({})).toEqual([]);
     await until('no machine process left', () => leftBehind().processes.length === 0, 10_000);
     expect(leftBehind()).toEqual({ processes: [], mounts: [] });
+    // Every machine of this suite booted from it or from images baked from it: none wrote into it.
+    const root = path.join(dir, 'images', baseImage, 'root');
+    expect(existsSync(path.join(root, 'usr/local/bin/kiln-agent'))).toBe(true);
+    expect(['etc/kiln/agent.json', 'var/lib/kiln/apps'].filter((p) => existsSync(path.join(root, p)))).toEqual([]);
+    expect(readFileSync(path.join(root, 'etc/machine-id'), 'utf8')).toBe('');
   }, 60_000);
 });
