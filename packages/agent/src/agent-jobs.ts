@@ -12,6 +12,7 @@ import {
   type CommandResult,
   type InstallOptions,
   type InstallResult,
+  type InstallState,
   type Logger,
   type PublicKey,
   type ReleaseStore,
@@ -35,6 +36,8 @@ export interface AgentJobsOptions {
   cache: DigestCache;
   /** updated in place: the running operation, the last error, the tree check */
   live: LiveFacts;
+  /** state.json, read again only when it changed (stateReader) */
+  state: () => Promise<InstallState>;
   isStopped: () => boolean;
   isConnected: () => boolean;
   onResult: (result: CommandResult) => void;
@@ -116,7 +119,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
   }
 
   async function refreshSeq(): Promise<void> {
-    installedSeq = (await loadState(layout, config.app, log).catch(() => undefined))?.current?.seq ?? installedSeq;
+    installedSeq = (await o.state().catch(() => undefined))?.current?.seq ?? installedSeq;
   }
 
   /** Never throws: a file vanishing mid-check must not fail the install or the command that ran it. */

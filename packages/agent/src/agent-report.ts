@@ -1,10 +1,13 @@
+import { stat } from 'node:fs/promises';
 import {
   appLayout,
   currentVersion,
   loadState,
   readInstalledManifest,
   type AgentReport,
+  type AppLayout,
   type CommandResult,
+  type InstallState,
   type Logger,
   type Operation,
   type ServiceManager,
@@ -23,6 +26,8 @@ export interface ReportSources {
   marker: ImageMarker | undefined;
   service: ServiceManager;
   log: Logger;
+  /** reads state.json (the running agent keeps it cached: see stateReader); default: read it each time */
+  state?: () => Promise<InstallState>;
 }
 
 /** The agent's own knowledge that is not on disk: the running operation, the last error, the queue. */
@@ -33,10 +38,36 @@ export interface LiveFacts {
   queued: number;
 }
 
+/**
+ * state.json, read again only when the file changed. The agent reads it for every report (about ten
+ * per install) and after every job; reading and checking it each time cost a few percent of an
+ * install's CPU. A stat tells whether it changed: every write of it is a new file renamed into place
+ * (a new inode), and an edit in place changes its size, mtime or ctime. So a write by anyone (the
+ * install routine, `kiln host install` on the same host) is seen by the next read. The state returned
+ * is shared: callers only read it.
+ */
+export function stateReader(layout: AppLayout, app: string, log: Logger): () => Promise<InstallState> {
+  let cached: { stamp: string; state: InstallState } | undefined;
+  return async () => {
+    let stamp: string | undefined;
+    try {
+      const st = await stat(layout.state);
+      stamp = `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+    } catch {
+      // missing or unreadable: loadState says what that means
+    }
+    if (stamp && cached?.stamp === stamp) return cached.state;
+    const state = await loadState(layout, app, log);
+    // Stamped with the stat taken before the read: a write in between makes the next call read again.
+    cached = stamp ? { stamp, state } : undefined;
+    return state;
+  };
+}
+
 /** Builds a report from what is on disk (state, `current`, the image marker) plus the live facts. */
 export async function collectReport(src: ReportSources, live: LiveFacts, now: Date): Promise<AgentReport> {
   const layout = appLayout(src.root, src.app);
-  const [state, status] = await Promise.all([loadState(layout, src.app, src.log), src.service.status().catch(() => ({ active: false }))]);
+  const [state, status] = await Promise.all([src.state ? src.state() : loadState(layout, src.app, src.log), src.service.status().catch(() => ({ active: false }))]);
   const cur = state.current;
   const lastFailure = state.last?.error ? { ...state.last.error, at: state.last.finishedAt } : null;
   return {

@@ -8,7 +8,6 @@ import {
   createReleaseStore,
   createS3Client,
   frame,
-  loadState,
   type AgentReport,
   type CommandResult,
   type Logger,
@@ -22,7 +21,7 @@ import type { ClientOptions } from 'ws';
 import { loadControllerCa, loadPinnedKeys, type AgentConfig } from './agent-config.js';
 import { connectToController, type Connection } from './agent-connection.js';
 import { createAgentJobs, type AgentJobs } from './agent-jobs.js';
-import { collectReport, recentResults, type LiveFacts } from './agent-report.js';
+import { collectReport, recentResults, stateReader, type LiveFacts } from './agent-report.js';
 import { jittered } from './backoff.js';
 import { sealImage } from './agent-seal.js';
 import { readImageMarker, type ImageMarker } from './image-marker.js';
@@ -75,6 +74,7 @@ export function createAgent(opts: AgentOptions): Agent {
   const cache: DigestCache = new Map();
   const live: LiveFacts = { tree: UNCHECKED, operation: null, lastError: null, queued: 0 };
   const results = new Map<string, CommandResult>();
+  const readState = stateReader(layout, config.app, log);
   let marker: ImageMarker | undefined;
   // Stays reported while the agent runs: the marker is read once, so a successful install does not fix it.
   let markerError: AgentReport['lastError'] = null;
@@ -87,7 +87,7 @@ export function createAgent(opts: AgentOptions): Agent {
   let recovered!: () => void;
   const recovery = new Promise<void>((resolve) => (recovered = resolve));
   async function loadResults(): Promise<void> {
-    const state = await loadState(layout, config.app, log);
+    const state = await readState();
     for (const r of recentResults(state.commands, 100)) results.set(r.commandId, r);
   }
 
@@ -96,7 +96,7 @@ export function createAgent(opts: AgentOptions): Agent {
     if (conn?.send(frame(message))) emit({ type: 'sent', message });
   }
 
-  const report = async () => collectReport({ root, instanceId: config.instanceId, imageId: config.imageId, app: config.app, channel: config.channel, agentVersion: AGENT_VERSION, marker, service, log }, { ...live, lastError: live.lastError ?? markerError, queued: queue.waiting }, now());
+  const report = async () => collectReport({ root, instanceId: config.instanceId, imageId: config.imageId, app: config.app, channel: config.channel, agentVersion: AGENT_VERSION, marker, service, log, state: readState }, { ...live, lastError: live.lastError ?? markerError, queued: queue.waiting }, now());
   // Reports go out in order and never overlap; one asked for while another is built is merged into it.
   let reporting: Promise<void> | undefined;
   let again = false;
@@ -140,6 +140,7 @@ export function createAgent(opts: AgentOptions): Agent {
     random,
     cache,
     live,
+    state: readState,
     isStopped: () => stopped,
     isConnected: () => conn?.connected ?? false,
     onResult(result) {

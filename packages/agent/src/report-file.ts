@@ -6,10 +6,17 @@ import { AgentReport } from '@kiln/shared';
 export const reportFile = (agentDir: string) => path.join(agentDir, 'report.json');
 
 export async function writeReportFile(agentDir: string, report: AgentReport): Promise<void> {
-  await mkdir(agentDir, { recursive: true });
   // Renamed into place but not fsynced: it is rebuilt on every change, and a lost one costs nothing.
   const tmp = `${reportFile(agentDir)}.tmp`;
-  await writeFile(tmp, JSON.stringify(report) + '\n');
+  const text = JSON.stringify(report) + '\n';
+  try {
+    await writeFile(tmp, text);
+  } catch (err) {
+    // The directory is made once, when it is missing, not before each of the ~10 reports of an install.
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    await mkdir(agentDir, { recursive: true });
+    await writeFile(tmp, text);
+  }
   await rename(tmp, reportFile(agentDir));
 }
 
