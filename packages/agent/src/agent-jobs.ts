@@ -83,9 +83,14 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
       ...(config.port ? { port: config.port } : {}),
       onStep: (step, version) => {
         live.operation = { ...(commandId ? { commandId } : {}), op: extra.via === 'rollback' ? 'rollback' : 'install', version, step, startedAt: live.operation?.startedAt ?? o.now().toISOString() };
-        if (commandId) o.onProgress(commandId, step);
+        if (commandId) {
+          o.onProgress(commandId, step);
+          lastProgress = Date.now();
+        }
         o.changed();
       },
+      // Byte counts at most every PROGRESS_EVERY_MS, counted from the command's last progress frame:
+      // a download that ends within that time after its `fetch` frame sends none.
       onProgress: (bytes, total) => {
         if (!commandId || Date.now() - lastProgress < PROGRESS_EVERY_MS) return;
         lastProgress = Date.now();
