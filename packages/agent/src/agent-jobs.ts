@@ -22,7 +22,7 @@ import type { AgentConfig } from './agent-config.js';
 import { treeCheckOf, type LiveFacts } from './agent-report.js';
 import { backoffDelay } from './backoff.js';
 import type { CommandMessage, Job } from './job-queue.js';
-import { UNCHECKED, type DigestCache } from './tree-check.js';
+import { UNCHECKED, rememberDigests, type DigestCache } from './tree-check.js';
 
 export interface AgentJobsOptions {
   root: string;
@@ -96,6 +96,8 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
         lastProgress = Date.now();
         o.onProgress(commandId, 'fetch', bytes, total);
       },
+      // The tree check after the install then reads none of the files it just wrote and checked.
+      onExtracted: (files) => rememberDigests(o.cache, files),
       ...extra,
     };
   }

@@ -1,6 +1,6 @@
 import { lstat, readdir, readlink } from 'node:fs/promises';
 import path from 'node:path';
-import { sha256File, type FileEntry, type TreeCheck } from '@kiln/shared';
+import { fileStamp, sha256File, type ExtractedFile, type FileEntry, type TreeCheck } from '@kiln/shared';
 
 /**
  * Digests of files already hashed, keyed by what changes whenever content can have changed
@@ -10,6 +10,11 @@ import { sha256File, type FileEntry, type TreeCheck } from '@kiln/shared';
 export type DigestCache = Map<string, { stamp: string; sha256: string }>;
 
 const MAX_PATHS = 10;
+
+/** Files an install just wrote and checked: their digests hold while their stamps do, so the tree check after it reads none. */
+export function rememberDigests(cache: DigestCache, files: ExtractedFile[]): void {
+  for (const f of files) cache.set(f.path, { stamp: f.stamp, sha256: f.sha256 });
+}
 
 /** Compares the installed tree with the manifest's entries: type, mode, size, sha256, link target. */
 export async function checkTree(releaseDir: string, files: FileEntry[], cache: DigestCache, now: Date): Promise<TreeCheck> {
@@ -39,7 +44,7 @@ export async function checkTree(releaseDir: string, files: FileEntry[], cache: D
       } else if (!st.isFile() || (st.mode & 0o7777) !== want.mode || st.size !== want.size) {
         modified.push(p);
       } else {
-        const stamp = `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+        const stamp = fileStamp(st);
         let hit = cache.get(p);
         if (hit?.stamp !== stamp) {
           hit = { stamp, sha256: await sha256File(abs) };

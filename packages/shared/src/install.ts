@@ -15,7 +15,7 @@ import { checkName } from './names.js';
 import { s3Error } from './s3-errors.js';
 import { fetchPointer, readLocalManifest, targetName, verifyManifest, type InstallTarget, type VerifiedManifest } from './release-resolve.js';
 import type { ReleaseStore } from './release-store.js';
-import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits } from './safe-extract.js';
+import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits, type ExtractedFile } from './safe-extract.js';
 import type { ServiceManager } from './service-manager.js';
 import type { PublicKey } from './signing.js';
 
@@ -62,6 +62,11 @@ export interface InstallOptions {
   /** told of every step once the journal records it, before the step's work; may be async (tests pause here) */
   onStep?: (step: InstallStep, version: string) => void | Promise<void>;
   onProgress?: (bytes: number, total: number) => void;
+  /**
+   * Told, once a download is verified, of the files written: each with its digest (checked against
+   * the manifest) and its stamp (fileStamp), so a tree check need not read them again.
+   */
+  onExtracted?: (files: ExtractedFile[]) => void;
 }
 
 export interface InstallResult {
@@ -195,7 +200,8 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       staging = await mkdtemp(path.join(layout.staging, `${version}-`));
       await advance('fetch');
       await checkFreeSpace(layout, verified, opts.reserveBytes ?? 64 * 1024 * 1024);
-      await fetchAndExtract({ opts, verified, staging, limits, log });
+      const files = await fetchAndExtract({ opts, verified, staging, limits, log });
+      opts.onExtracted?.(files);
       downloaded = true;
       await advance('rename');
       await rm(layout.release(version), { recursive: true, force: true });
@@ -296,7 +302,7 @@ const mib = (n: number) => (n / 1024 / 1024).toFixed(1);
 const RETRYABLE = new Set(['KILN_S3_UNREACHABLE', 'KILN_S3_TIMEOUT', 'KILN_S3_ERROR']);
 
 /** Streams the artifact from S3 through the meter into the extractor; retries a failed transfer from scratch. */
-async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedManifest; staging: string; limits: ExtractLimits; log: Logger }): Promise<void> {
+async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedManifest; staging: string; limits: ExtractLimits; log: Logger }): Promise<ExtractedFile[]> {
   const { opts, verified, staging, limits, log } = args;
   const { manifest } = verified;
   const attempts = opts.downloadAttempts ?? 3;
@@ -316,8 +322,9 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
       body.once('close', () => {
         if (!body.readableEnded) m.stream.destroy(new KilnError('KILN_S3_UNREACHABLE', `the connection closed after ${m.result().bytes} of ${manifest.artifact.size} bytes of the artifact`));
       });
+      let extracted;
       try {
-        await extractTarGz(body.pipe(m.stream), {
+        extracted = await extractTarGz(body.pipe(m.stream), {
           dest: tree,
           limits,
           expected: { files: manifest.files, allowLinks: manifest.allowLinks },
@@ -331,7 +338,7 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
       const got = m.result();
       if (got.bytes !== manifest.artifact.size) throw new KilnError('KILN_ARTIFACT_SIZE', `the artifact is ${got.bytes} bytes but the manifest declares ${manifest.artifact.size} (truncated download?)`);
       if (got.sha256 !== manifest.artifact.sha256) throw new KilnError('KILN_ARTIFACT_DIGEST', `the artifact has sha256 ${got.sha256} but the manifest declares ${manifest.artifact.sha256}`);
-      return;
+      return extracted.files;
     } catch (err) {
       meter?.stream.destroy(); // disarms the stall timer
       let e = asKilnError(err, 'KILN_INSTALL_FAILED');

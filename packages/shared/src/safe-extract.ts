@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash, type Hash } from 'node:crypto';
-import { chmodSync, chownSync, close, closeSync, fchmodSync, fchownSync, fdatasync, lchownSync, mkdirSync, open, openSync, symlinkSync, writeSync } from 'node:fs';
+import { chmodSync, chownSync, close, closeSync, fchmodSync, fchownSync, fdatasync, fstatSync, lchownSync, mkdirSync, open, openSync, symlinkSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { Transform, Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -8,7 +8,7 @@ import { createGunzip } from 'node:zlib';
 import { Parser, type ReadEntry } from 'tar';
 import { KilnError, asKilnError } from './kiln-error.js';
 import type { FileEntry } from './release-schema.js';
-import { checkLinkInside } from './scan-tree.js';
+import { checkLinkInside, fileStamp } from './scan-tree.js';
 
 export interface ExtractLimits {
   maxEntries: number;
@@ -40,6 +40,15 @@ export interface ExtractOptions {
 export interface ExtractResult {
   entries: number;
   bytes: number;
+  /** with `expected`: every file written, its digest (checked against the manifest) and its stamp once complete */
+  files: ExtractedFile[];
+}
+
+export interface ExtractedFile {
+  path: string;
+  sha256: string;
+  /** fileStamp() of the file as written: while it keeps this stamp, it still has this digest */
+  stamp: string;
 }
 
 const FILE_TYPES = new Set(['File', 'OldFile', 'ContiguousFile']);
@@ -98,6 +107,7 @@ export async function extractTarGz(source: Readable, opts: ExtractOptions): Prom
   const dirs = new Map<string, number>();
   const madeDirs = new Set<string>();
   const files: string[] = [];
+  const written: ExtractedFile[] = [];
   let current: OpenFile | undefined;
   let entries = 0;
   let declaredBytes = 0;
@@ -230,6 +240,9 @@ export async function extractTarGz(source: Readable, opts: ExtractOptions): Prom
     if (f.sha256 && digest !== f.sha256) throw new KilnError('KILN_TAR_MISMATCH', `${f.rel} has sha256 ${digest} but the manifest says ${f.sha256}`);
     if (opts.owner) fchownSync(f.fd, opts.owner.uid, opts.owner.gid);
     fchmodSync(f.fd, f.mode);
+    // Stamped after the last change to the file's metadata, so a tree check can trust this digest
+    // instead of reading the file again.
+    if (f.sha256) written.push({ path: f.rel, sha256: f.sha256, stamp: fileStamp(fstatSync(f.fd)) });
     closeSync(f.fd);
   }
 
@@ -256,7 +269,7 @@ export async function extractTarGz(source: Readable, opts: ExtractOptions): Prom
     chmodSync(abs, dirs.get(d)!);
   }
   if (opts.fsync) await flushToDisk(dest, [...files, dest, ...[...madeDirs].map((d) => path.join(dest, d))]);
-  return { entries, bytes: declaredBytes };
+  return { entries, bytes: declaredBytes, files: written };
 }
 
 interface OpenFile {

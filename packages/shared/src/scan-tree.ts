@@ -14,6 +14,12 @@ export interface ScanOptions {
   concurrency?: number;
 }
 
+/**
+ * What changes whenever a file's content can have changed: inode, size, mtime and ctime (ctime can't
+ * be set back by a user). A digest taken under one stamp holds while the file keeps it.
+ */
+export const fileStamp = (st: { ino: number; size: number; mtimeMs: number; ctimeMs: number }): string => `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+
 export async function sha256File(file: string): Promise<string> {
   const hash = createHash('sha256');
   await pipeline(createReadStream(file, { highWaterMark: 256 * 1024 }), hash);
