@@ -3,7 +3,7 @@
 // controller and real S3 (s3rver) listen on the host's 127.0.0.1, which the machines share.
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { readdir, readlink, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNspawnProvider, kilnCacheDir, nspawnHostProblem, type NspawnProvider } from '@kiln/controller';
@@ -190,6 +190,43 @@ describe.skipIf(!!problem)(`fleet strategies on real machines (nspawn)${problem 
     }, 30_000);
     expect(await answers(inst!.address!)).toContain('kiln-demo 2.0.0');
   }, 60_000);
+
+  it('power cut mid-install (the machine killed): after the next boot, current is a complete old or new release and serves', async () => {
+    const big = await pushApp({ store: s3.store, keys, version: '5.0.0', extra: { 'data/blob.bin': randomBytes(40 * 1024 * 1024) } });
+    const [inst] = await groupOf('web-v002');
+    const id = inst!.id;
+    const machine = provider.machineOf(id)!;
+    const hub = ctl.server.kiln.hub;
+    // The plug is pulled at the first install step past the download, or at the end if it is too quick for that.
+    let cutAt = '';
+    const cut = new Promise<void>((resolve) => {
+      const done = (at: string) => {
+        cutAt ||= at;
+        hub.off('progress', onProgress);
+        hub.off('result', onResult);
+        resolve();
+      };
+      const onProgress = (from: string, commandId: string, stage: string) => {
+        if (from === id && commandId === 'power-cut' && ['rename', 'mark', 'swap', 'restart', 'health', 'commit'].includes(stage)) done(stage);
+      };
+      const onResult = (from: string, result: { commandId: string }) => {
+        if (from === id && result.commandId === 'power-cut') done('after the result');
+      };
+      hub.on('progress', onProgress);
+      hub.on('result', onResult);
+    });
+    expect(hub.command(id, 'power-cut', 'web', { kind: 'install', version: '5.0.0', seq: big.manifest.seq, manifestSha256: big.manifestSha256 })).toBe(true);
+    await cut;
+    await machine.kill();
+    await provider.start([id], { timeoutMs: 60_000 });
+    const app = `${provider.machineOf(id)!.root}/var/lib/kiln/apps/web`;
+    const current = path.basename(await readlink(`${app}/current`));
+    expect(['2.0.0', '5.0.0'], `cut at ${cutAt}`).toContain(current);
+    // Complete: its files and its completion marker are there.
+    expect(existsSync(`${app}/releases/${current}/server.js`) && existsSync(`${app}/meta/${current}.json`), `cut at ${cutAt}`).toBe(true);
+    await until(`the app serving ${current} after the boot (cut at ${cutAt})`, async () => (await answers(inst!.address!)).includes(`kiln-demo ${current}`), 30_000);
+    await until('no staging left once the agent has recovered', async () => (await readdir(`${app}/staging`).catch(() => [])).length === 0, 30_000);
+  }, 120_000);
 
   it('refuses unknown or malformed ids and regions, by code', async () => {
     const code = (p: Promise<unknown>) => p.then(() => 'resolved', (err: unknown) => (isKilnError(err) ? err.code : String(err)));
