@@ -50,6 +50,30 @@ export interface BakeResult {
 /** Failures of a builder that waiting longer does not fix. */
 const TRANSIENT = new Set(['KILN_S3_UNREACHABLE', 'KILN_S3_TIMEOUT', 'KILN_S3_ERROR']);
 
+/** The channel a bake points its builder at: private to the bake, removed when it ends. */
+const bakeChannel = (bakeId: string) => `bake-${bakeId.slice(2)}`;
+
+/** The base image a bake starts from; KILN_IMAGE_NOT_FOUND when it is missing or not available. */
+export async function baseImageOf(provider: Provider, id: string): Promise<ImageInfo> {
+  const [base] = await provider.describeImages({ ids: [id] });
+  if (!base || base.state !== 'available') throw new KilnError('KILN_IMAGE_NOT_FOUND', `the base image ${id} does not exist (or is not available); \`kiln images\` lists them`);
+  return base;
+}
+
+/**
+ * What bakes a stopped controller left behind, found by `tags` (the bake's or deployment's): builders
+ * terminated, their private channels removed, images not yet available deleted.
+ */
+export async function reapBakes(o: { provider: Provider; store: ReleaseStore; tags: Tags }): Promise<void> {
+  const builders = await o.provider.describeInstances(o.tags);
+  await o.provider.terminate(builders.map((i) => i.id));
+  for (const { tags } of builders) {
+    const [bakeId, app] = [tags[TAG.bakeId], tags[TAG.app]];
+    if (bakeId && app) await o.store.removePointer(app, bakeChannel(bakeId));
+  }
+  for (const img of await o.provider.describeImages({ tags: o.tags })) if (img.state !== 'available') await o.provider.deleteImage(img.id);
+}
+
 /**
  * Bakes an image holding `app@version`: builder from the base image → its agent installs the
  * release at boot through the shared routine and seals the root → stop → create image → copy →
@@ -62,8 +86,7 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
   const { manifest, manifestSha256 } = await showRelease(o.store, o.app, o.version, o.trustedKeys);
   const release = { version: manifest.version, seq: manifest.seq, manifestSha256 };
   const bakeKey = sha256Hex(Buffer.from(`${o.baseImage}\n${manifest.artifact.sha256}\n${o.agentVersion}`)).slice(0, 32);
-  const [base] = await o.provider.describeImages({ ids: [o.baseImage] });
-  if (!base || base.state !== 'available') throw new KilnError('KILN_IMAGE_NOT_FOUND', `the base image ${o.baseImage} does not exist (or is not available); \`kiln images\` lists them`);
+  const base = await baseImageOf(o.provider, o.baseImage);
   const earlier = (await o.provider.describeImages({ tags: { [TAG.bakeKey]: bakeKey } })).find((i) => i.state === 'available');
   if (earlier) {
     o.log.info({ image: earlier.id, bakeKey }, 'bake skipped: an image with this bake key exists');
@@ -72,7 +95,7 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
 
   const bakeId = `b-${randomBytes(4).toString('hex')}`;
   const log = o.log.child({ bakeId, app: o.app, version: o.version });
-  const channel = `bake-${bakeId.slice(2)}`;
+  const channel = bakeChannel(bakeId);
   const phases: Array<{ name: string; ms: number }> = [];
   let phase = 'prepare';
   let started = Date.now();

@@ -1,13 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { KilnError, asKilnError, type DocStore, type Logger } from '@kiln/shared';
+import { KilnError, asKilnError, type DocStore, type Logger, type ReleaseStore } from '@kiln/shared';
 import { z } from 'zod';
-import type { BakeResult } from './bake.js';
+import { baseImageOf, reapBakes, type BakeResult } from './bake.js';
+import { appName, versionName } from './fleet-model.js';
 import { TAG, type Provider } from './provider.js';
 
-const versionName = z.string().min(1).max(128);
-
 export const BakeCreate = z.strictObject({
-  app: z.string().min(1).max(63),
+  app: appName,
   version: versionName,
   baseImage: z.string().min(1).max(256),
   regions: z.array(z.string().regex(/^[a-z0-9-]{2,32}$/, 'a region name')).max(20).default([]),
@@ -31,25 +30,31 @@ export type BakeRecord = z.infer<typeof BakeRecord>;
 const keyOf = (id: string) => `controller/bakes/${id}.json`;
 
 export interface Bakes {
+  /** KILN_IMAGE_NOT_FOUND at once for a base image that does not exist; the bake itself runs on. */
   start(input: BakeCreate): Promise<BakeRecord>;
   get(id: string): Promise<BakeRecord>;
   /** At start: bakes a previous controller left running are marked failed and what they made is reaped. */
   resume(): Promise<void>;
   idle(): Promise<void>;
+  /** The controller is stopping: the outcome of a bake it abandons is not written; the next controller marks it interrupted. */
+  close(): void;
 }
 
 export function createBakes(o: {
   docs: DocStore;
   provider: Provider;
+  store: ReleaseStore;
   bake: (input: BakeCreate, tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => Promise<BakeResult>;
   log: Logger;
   now: () => Date;
 }): Bakes {
   const running = new Map<string, { record: BakeRecord; done: Promise<void> }>();
   const save = (r: BakeRecord) => o.docs.put(keyOf(r.id), r);
+  let closed = false;
 
   return {
     async start(input) {
+      await baseImageOf(o.provider, input.baseImage);
       const at = o.now().toISOString();
       const record: BakeRecord = { ...input, id: `k-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`, state: 'running', image: null, copies: [], skipped: false, phases: [], error: null, createdAt: at, finishedAt: null };
       await save(record);
@@ -61,6 +66,8 @@ export function createBakes(o: {
           Object.assign(record, { state: 'failed', error: { code: e.code, message: e.message } });
         })
         .then(async () => {
+          // A bake failed by the controller stopping was abandoned, not failed: the next controller says so.
+          if (closed && record.state === 'failed') return;
           record.finishedAt = o.now().toISOString();
           await save(record).catch((err) => o.log.error({ err, id: record.id }, 'cannot write the bake record'));
         })
@@ -79,9 +86,7 @@ export function createBakes(o: {
       for (const key of await o.docs.list('controller/bakes/')) {
         const rec = await o.docs.get(key, BakeRecord).catch(() => undefined);
         if (!rec || rec.state !== 'running' || running.has(rec.id)) continue;
-        const tags = { [TAG.deployment]: rec.id };
-        await o.provider.terminate((await o.provider.describeInstances(tags)).map((i) => i.id));
-        for (const img of await o.provider.describeImages({ tags })) if (img.state !== 'available') await o.provider.deleteImage(img.id);
+        await reapBakes({ provider: o.provider, store: o.store, tags: { [TAG.deployment]: rec.id } });
         Object.assign(rec, { state: 'failed', error: { code: 'KILN_INTERRUPTED', message: 'the controller restarted during this bake; its builder was reaped' }, finishedAt: o.now().toISOString() });
         await save(rec);
         o.log.warn({ id: rec.id }, 'a bake was interrupted by a controller restart: reaped');
@@ -89,6 +94,9 @@ export function createBakes(o: {
     },
     async idle() {
       await Promise.all([...running.values()].map((r) => r.done));
+    },
+    close() {
+      closed = true;
     },
   };
 }

@@ -3,6 +3,7 @@ import { KilnError, promoteRelease, readPointer, showRelease, type DocStore, typ
 import type { AgentHub } from './agent-hub.js';
 import { Deployment, type DeploymentCreate, type ReleaseRef } from './fleet-model.js';
 import type { FleetRegistry } from './fleet-registry.js';
+import { reapBakes } from './bake.js';
 import { runGroupRollout, type GroupRolloutContext } from './group-rollout.js';
 import { TAG } from './provider.js';
 import { runRollout } from './rollout.js';
@@ -58,7 +59,9 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     const run =
       record.strategy === 'hotfix' && record.kind !== 'heal'
         ? runRollout({ record, hub: o.hub, waiter, save, movePointer, succeeded, log, now: o.now, stopped: () => closed })
-        : runGroupRollout({ ...o.groups!, record, fleets: o.fleets, hub: o.hub, waiter, save, movePointer, log, now: o.now });
+        : // A group rollout stopped by the controller stopping still removes its group, so it puts the pointer back too:
+          // the live group's agents follow the pointer while no controller is there.
+          runGroupRollout({ ...o.groups!, record, fleets: o.fleets, hub: o.hub, waiter, save, movePointer: pointTo, log, now: o.now });
     const done = run
       .then(() => undefined)
       .catch((err) => log.error({ err, id: record.id }, 'rollout crashed'))
@@ -69,9 +72,11 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     running.set(record.fleet, { record, done });
   }
 
+  /** Points the fleet's channel at `release`, unless the controller is stopping. */
+  const movePointer = async (app: string, channel: string, release: ReleaseRef) => void (closed || (await pointTo(app, channel, release)));
+
   /** Points the fleet's channel at `release`, unless it already does (a resumed rollout). */
-  async function movePointer(app: string, channel: string, release: ReleaseRef): Promise<void> {
-    if (closed) return;
+  async function pointTo(app: string, channel: string, release: ReleaseRef): Promise<void> {
     const current = await readPointer(o.store, app, channel, o.trustedKeys).catch(() => undefined);
     if (current?.manifestSha256 === release.manifestSha256) return;
     await promoteRelease({ store: o.store, app, version: release.version, channel, key: o.signingKey!, keys: o.trustedKeys, ttlMs: o.pointerTtlMs, now: o.now });
@@ -144,12 +149,14 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     const fleet = o.fleets.get(rec.fleet);
     const live = fleet.groups.find((g) => g.name === rec.group)?.state === 'live';
     if (p) {
-      const builders = await p.describeInstances({ [TAG.deployment]: rec.id });
-      const group = rec.group && !live && rec.kind !== 'rollback' ? await p.describeInstances({ [TAG.fleet]: rec.fleet, [TAG.group]: rec.group }) : [];
-      await p.terminate([...builders, ...group].map((i) => i.id));
-      for (const img of await p.describeImages({ tags: { [TAG.deployment]: rec.id } })) if (img.state !== 'available') await p.deleteImage(img.id);
-      if (rec.group && !live && rec.kind !== 'rollback') await o.fleets.update(rec.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== rec.group) }));
+      await reapBakes({ provider: p, store: o.store, tags: { [TAG.deployment]: rec.id } });
+      if (rec.group && !live && rec.kind !== 'rollback') {
+        await p.terminate((await p.describeInstances({ [TAG.fleet]: rec.fleet, [TAG.group]: rec.group })).map((i) => i.id));
+        await o.fleets.update(rec.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== rec.group) }));
+      }
     }
+    // The pointer goes back only if it still points where this deployment moved it.
+    if (!live && rec.previous && rec.kind !== 'rollback' && (await pointed(rec.app, rec.channel))?.manifestSha256 === rec.release.manifestSha256) await pointTo(rec.app, rec.channel, rec.previous);
     const at = o.now().toISOString();
     Object.assign(rec, {
       state: live ? 'succeeded' : 'failed',

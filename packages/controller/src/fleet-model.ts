@@ -2,9 +2,9 @@ import { KilnError, formatZodError, isValidName } from '@kiln/shared';
 import { z } from 'zod';
 
 export const fleetName = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lower-case letters, digits and -, at most 63');
-const appName = z.string().refine((v) => isValidName('app', v), 'invalid app name');
+export const appName = z.string().refine((v) => isValidName('app', v), 'invalid app name');
 const channelName = z.string().refine((v) => isValidName('channel', v), 'invalid channel name');
-const versionName = z.string().refine((v) => isValidName('version', v), 'invalid version name');
+export const versionName = z.string().refine((v) => isValidName('version', v), 'invalid version name');
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
 
 export const ReleaseRef = z.strictObject({ version: versionName, seq: z.number().int().min(1), manifestSha256: sha256 });

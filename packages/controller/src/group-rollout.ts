@@ -15,8 +15,8 @@ export interface GroupRolloutContext {
   waiter: RolloutWaiter;
   save: (record: Deployment) => Promise<void>;
   movePointer: (app: string, channel: string, release: ReleaseRef) => Promise<void>;
-  /** bakes the release for the fleet (from the base of its image), reporting each phase */
-  bake: (fleet: Fleet, version: string, onPhase: (name: string, ms: number) => void) => Promise<BakeResult>;
+  /** bakes the release for the fleet (from the base of its image), its builder and image tagged with `tags`, reporting each phase */
+  bake: (fleet: Fleet, version: string, tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => Promise<BakeResult>;
   /** what the fleet's instances boot with */
   boot: (fleet: Fleet) => BootData;
   /** how long instances get to be running */
@@ -74,9 +74,13 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
         c.waiter.until(
           id,
           (i) => {
-            if (healthyOn(i?.report ?? null, r.release.manifestSha256)) return { ok: true };
-            const e = i?.report?.lastError;
-            return e && !TRANSIENT.has(e.code) && i?.report?.operation === null ? { ok: false, code: e.code, message: e.message } : undefined;
+            // The error first: a baked release failing its health check at boot has nothing to swap back
+            // to, so it stays installed with its app running. And the boot must be over: its last step is
+            // the first tree check, before which a baked release may still be in its health check.
+            const rep = i?.report;
+            const e = rep?.lastError;
+            if (e && !TRANSIENT.has(e.code) && rep?.operation === null) return { ok: false, code: e.code, message: e.message };
+            return rep && healthyOn(rep, r.release.manifestSha256) && rep.tree.status !== 'unchecked' ? { ok: true } : undefined;
           },
           r.healthTimeoutMs,
           (i) => `${id} ${i?.connected ? `reported ${i.report?.installed?.version ?? 'nothing installed'}${i.report?.service.active ? '' : ', app not running'}` : 'never connected'}, not ${r.release.version} healthy, within ${r.healthTimeoutMs} ms`,
@@ -128,7 +132,8 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
       let image = fleet.image;
       if (r.strategy === 'bake') {
         await step('bake');
-        const baked = await c.bake(fleet, r.release.version, (name, ms) => r.phases.push({ name: `bake:${name}`, ms }));
+        // Tagged with the deployment: a restarted controller finds the builder of an interrupted bake by it.
+        const baked = await c.bake(fleet, r.release.version, { [TAG.deployment]: r.id }, (name, ms) => r.phases.push({ name: `bake:${name}`, ms }));
         image = baked.image.id;
       }
       if (!image) throw new KilnError('KILN_IMAGE_NOT_FOUND', `fleet ${fleet.name} has no image to launch from`);
@@ -149,7 +154,10 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     }
     await step('');
     r.phases.pop(); // the empty closing phase
-    Object.assign(end, { state: 'succeeded', verdict: verdictOf() });
+    // A heal that could not reach every instance did not converge the fleet: a script must notice.
+    const unreachable = Object.entries(r.instances).filter(([, i]) => i.step === 'unreachable').map(([id]) => id);
+    const error = unreachable.length ? { code: 'KILN_AGENT_UNREACHABLE', message: `${unreachable.length} instance(s) were unreachable and not healed: ${unreachable.join(', ')}` } : null;
+    Object.assign(end, { state: error ? 'failed' : 'succeeded', verdict: verdictOf(unreachable), error });
   } catch (err) {
     const e = asKilnError(err);
     log.error({ err: e, phase }, 'group rollout failed: removing what it launched');
@@ -163,8 +171,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
   log.info({ state: r.state, verdict: r.verdict }, 'group rollout over');
   return r;
 
-  function verdictOf(): string {
-    const unreachable = Object.entries(r.instances).filter(([, i]) => i.step === 'unreachable').map(([id]) => id);
+  function verdictOf(unreachable: string[]): string {
     const total = r.phases.reduce((s, p) => s + p.ms, 0);
     const what = r.kind === 'rollback' ? `group ${r.group} is live again` : r.kind === 'heal' ? `healed: ${Object.values(r.instances).filter((i) => i.step === 'healthy').length} instances replaced` : `group ${r.group} is live`;
     return `${what} with ${r.release.version} in ${(total / 1000).toFixed(1)} s${unreachable.length ? `; unreachable, not healed: ${unreachable.join(', ')}` : ''}`;
@@ -173,16 +180,19 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
   /**
    * Heal when the live group's image already holds the desired release: each drifted instance is
    * replaced by a fresh one of the same image. Returns false when the image is older (then the whole
-   * group is replaced from a baked image). Unreachable instances are reported, not skipped silently.
+   * group is replaced from a baked image, unreachable instances with it). Unreachable instances
+   * healed in place are reported and fail the heal, not skipped silently.
    */
   async function healInPlace(fleet: Fleet): Promise<boolean> {
     const live = liveGroup(fleet);
     const rows = fleetRows(fleet, c.hub);
-    for (const row of rows.filter((x) => x.drift === 'unreachable')) mark(row.instanceId, 'unreachable');
     const drifted = rows.filter((x) => x.drift === 'drifted' || x.drift === 'off-image').map((x) => x.instanceId);
+    if (live && drifted.length) {
+      const [img] = await c.provider.describeImages({ ids: [live.image] });
+      if (img?.tags[TAG.version] !== r.release.version || img.tags[TAG.seq] !== String(r.release.seq)) return false;
+    }
+    for (const row of rows.filter((x) => x.drift === 'unreachable')) mark(row.instanceId, 'unreachable');
     if (!live || drifted.length === 0) return true;
-    const [img] = await c.provider.describeImages({ ids: [live.image] });
-    if (img?.tags[TAG.version] !== r.release.version || img.tags[TAG.seq] !== String(r.release.seq)) return false;
     r.group = live.name;
     r.image = live.image;
     await step('launch');

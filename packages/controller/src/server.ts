@@ -98,7 +98,7 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
       },
     };
   };
-  const bakeFor = (app: string, version: string, baseImage: string, regions: string[], tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => {
+  const bakeFor = async (app: string, version: string, baseImage: string, regions: string[], tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => {
     if (!opts.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to point a builder at the release with; start it with one (`kiln keys generate`)');
     return bakeImage({
       provider: launch!.provider,
@@ -135,12 +135,12 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
             provider: launch.provider,
             launchTimeoutMs: launch.launchTimeoutMs ?? 120_000,
             boot: (f: Fleet) => bootData(f.app, f.channel, fleets.agentCredential(f.name)),
-            bake: async (f: Fleet, version: string, onPhase: (name: string, ms: number) => void) => bakeFor(f.app, version, await bakeBase(launch.provider, f), [], { 'kiln:fleet': f.name }, onPhase),
+            bake: async (f: Fleet, version: string, tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => bakeFor(f.app, version, await bakeBase(launch.provider, f), [], { 'kiln:fleet': f.name, ...tags }, onPhase),
           },
         }
       : {}),
   });
-  const bakes = launch ? createBakes({ docs, provider: launch.provider, log, now, bake: (b, tags, onPhase) => bakeFor(b.app, b.version, b.baseImage, b.regions, tags, onPhase) }) : undefined;
+  const bakes = launch ? createBakes({ docs, provider: launch.provider, store, log, now, bake: (b, tags, onPhase) => bakeFor(b.app, b.version, b.baseImage, b.regions, tags, onPhase) }) : undefined;
 
   const app = Fastify({
     loggerInstance: log,
@@ -172,6 +172,7 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   // Before the HTTP server closes: it waits for every socket, and the agents' sockets end only here.
   app.addHook('preClose', async () => {
     deployments.close();
+    bakes?.close();
     waiter.close();
     await deployments.idle();
     await bakes?.idle();
