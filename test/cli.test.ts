@@ -12,7 +12,7 @@ import type { ChildProcess } from 'node:child_process';
 const COMMANDS = [
   'demo', 'up', 'keys generate', 'release push', 'release list', 'release show', 'release promote', 'release channel',
   'fleet create', 'fleet list', 'agents start', 'agents list', 'agents stop', 'deploy', 'deployments', 'deployments show', 'deployments cancel', 'status', 'drift', 'rollback', 'heal',
-  'bake', 'images', 'instances', 'agent bundle', 'agent publish',
+  'bake', 'images', 'instances', 'image base', 'agent bundle', 'agent publish',
   'host install', 'host rollback', 'host installed', 'host recover', 'host stop',
 ];
 

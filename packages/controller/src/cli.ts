@@ -59,6 +59,7 @@ const SECTIONS: Array<[string, LazyCommand[]]> = [
       lazy('bake', async () => (await import('./cmd-provider.js')).bakeCommand),
       lazy('images', async () => (await import('./cmd-provider.js')).imagesCommand),
       lazy('instances', async () => (await import('./cmd-provider.js')).instancesCommand),
+      lazy('image base', async () => (await import('./cmd-image-base.js')).imageBaseCommand),
       lazy('agent bundle', async () => (await import('./cmd-agent-bundle.js')).agentBundleCommand),
       lazy('agent publish', async () => (await import('./cmd-agent-bundle.js')).agentPublishCommand),
     ],

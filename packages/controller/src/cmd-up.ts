@@ -8,6 +8,8 @@ import type { CommandDef } from './cli-command.js';
 import { defaultKeyDir, localS3File, out, str, type CliContext, type Flags } from './cli-context.js';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.js';
 import { startLocalController, type KeyState, type LocalController } from './local-controller.js';
+import { kilnCacheDir } from './nspawn-rootfs.js';
+import { createNspawnProvider } from './provider-nspawn.js';
 import { createProcessProvider } from './provider-process.js';
 
 /** What of a previous `kiln up` in this home still answers, if anything. */
@@ -60,12 +62,15 @@ export const upCommand: CommandDef = {
     bucket: { type: 'string', value: 'NAME', help: 'the bucket to create (default "kiln")' },
     'tls-cert': { type: 'string', value: 'FILE', help: 'serve https and wss with this PEM certificate (with --tls-key)' },
     'tls-key': { type: 'string', value: 'FILE', help: "the certificate's PEM private key" },
+    provider: { type: 'string', value: 'NAME', help: 'where fleets launch instances: process (default; .kiln/process) or nspawn (root, Linux: real systemd machines; .kiln/nspawn)' },
   },
   positionals: [0, 0],
   async run(ctx, flags) {
     const port = portFlag(flags, 'port');
     const s3Port = portFlag(flags, 's3-port');
     const tls = tlsFlags(ctx, flags);
+    const provider = str(flags, 'provider') ?? 'process';
+    if (provider !== 'process' && provider !== 'nspawn') throw new KilnError('KILN_USAGE', `--provider ${provider}: process or nspawn (ec2 needs a controller agents can reach: see docs/providers.md)`);
     const running = await alreadyRunning(ctx.home);
     if (running) throw new KilnError('KILN_USAGE', `${running} already runs for ${ctx.home}; stop it first`);
     const stack = await startLocalStack({
@@ -75,6 +80,7 @@ export const upCommand: CommandDef = {
       bucket: str(flags, 'bucket') ?? 'kiln',
       port,
       s3Port,
+      provider,
       ...(tls ? { tls } : {}),
       onKeys: (k) => out(ctx, `release keys changed: ${describeKeys(k)}`),
     });
@@ -86,7 +92,7 @@ export const upCommand: CommandDef = {
         `agents connect to ${ctl.agentsUrl} (with their fleet's credential: \`kiln fleet create\` prints it)`,
         `operator token    ${operatorToken}`,
         `release keys      ${describeKeys(ctl.keys)}`,
-        `provider          process: images and instances under ${path.join(ctx.home, 'process')} (\`kiln images\`, \`kiln instances\`)`,
+        `provider          ${provider}: images and instances under ${path.join(ctx.home, provider)} (\`kiln images\`, \`kiln instances\`)`,
         `S3 endpoint       ${s3.location.endpoint}`,
         `bucket            ${s3.location.bucket}`,
         `S3 credentials    ${s3.location.accessKeyId} / ${s3.location.secretAccessKey} (local only)`,
@@ -125,6 +131,8 @@ export async function startLocalStack(o: {
   bucket: string;
   port: number;
   s3Port: number;
+  /** where fleets launch instances (default process) */
+  provider?: 'process' | 'nspawn';
   tls?: { certFile: string; keyFile: string };
   onKeys?: (k: KeyState) => void;
 }): Promise<LocalStack> {
@@ -143,7 +151,9 @@ export async function startLocalStack(o: {
       keyDir: defaultKeyDir(o.home),
       port: o.port,
       ...(o.tls ? { tls: o.tls } : {}),
-      launch: { provider: createProcessProvider({ dir: path.join(o.home, 'process'), log: o.log }), agentSecret: await agentSecret(o.home) },
+      launch: o.provider === 'nspawn'
+        ? { provider: createNspawnProvider({ dir: path.join(o.home, 'nspawn'), cacheDir: kilnCacheDir(process.env.KILN_CACHE_DIR), log: o.log }), agentSecret: await agentSecret(o.home), serviceManager: 'systemd' }
+        : { provider: createProcessProvider({ dir: path.join(o.home, 'process'), log: o.log }), agentSecret: await agentSecret(o.home), serviceManager: 'process' },
       ...(o.onKeys ? { onKeys: o.onKeys } : {}),
     });
   } catch (err) {

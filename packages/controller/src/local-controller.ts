@@ -16,7 +16,7 @@ export interface LocalControllerOptions {
   /** how often the key directory is looked at (default 1 s) */
   keyPollMs?: number;
   /** bake, relaunch, heal: the provider and the secret fleets' agent credentials derive from */
-  launch?: { provider: Provider; agentSecret: Buffer };
+  launch?: { provider: Provider; agentSecret: Buffer; serviceManager: 'process' | 'systemd' };
   /** told when the keys changed and the controller restarted with them */
   onKeys?: (keys: KeyState) => void;
 }
@@ -71,7 +71,7 @@ export async function startLocalController(opts: LocalControllerOptions): Promis
       ...(keys.signingKey ? { signingKey: keys.signingKey } : {}),
       trustedKeys: keys.trustedKeys,
       ...(https ? { https } : {}),
-      ...(opts.launch ? { launch: { ...opts.launch, s3: opts.s3, serviceManager: 'process' as const } } : {}),
+      ...(opts.launch ? { launch: { ...opts.launch, s3: opts.s3 } } : {}),
     });
     await server.listen({ host: '127.0.0.1', port });
     port = (server.server.address() as { port: number }).port;
