@@ -153,7 +153,7 @@ export async function startLocalStack(o: {
       ...(o.tls ? { tls: o.tls } : {}),
       launch: o.provider === 'nspawn'
         ? { provider: createNspawnProvider({ dir: path.join(o.home, 'nspawn'), cacheDir: kilnCacheDir(process.env.KILN_CACHE_DIR), log: o.log }), agentSecret: await agentSecret(o.home), serviceManager: 'systemd' }
-        : { provider: createProcessProvider({ dir: path.join(o.home, 'process'), log: o.log }), agentSecret: await agentSecret(o.home), serviceManager: 'process' },
+        : { provider: await processProvider(path.join(o.home, 'process'), o.log), agentSecret: await agentSecret(o.home), serviceManager: 'process' },
       ...(o.onKeys ? { onKeys: o.onKeys } : {}),
     });
   } catch (err) {
@@ -188,4 +188,11 @@ async function agentSecret(home: string): Promise<Buffer> {
   const secret = randomBytes(32);
   await writeFileAtomic(file, secret.toString('hex') + '\n', 0o600);
   return secret;
+}
+
+/** The process provider with its plain base image made (cheap), so `kiln bake … --from img-base` works from the start. */
+async function processProvider(dir: string, log: Logger) {
+  const provider = createProcessProvider({ dir, log });
+  await provider.defaultImage!();
+  return provider;
 }

@@ -87,7 +87,11 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     return p ? { version: p.version, seq: p.seq, manifestSha256: p.manifestSha256 } : null;
   }
 
+  let resuming: Promise<void> = Promise.resolve();
+
   async function create(input: DeploymentCreate, kind: Deployment['kind'] = 'deploy'): Promise<Deployment> {
+    // What a previous controller left running is resumed or cleaned up before anything new starts.
+    await resuming.catch(() => undefined);
     const fleet = o.fleets.get(input.fleet);
     const onGroups = input.strategy !== 'hotfix' || kind === 'heal' || (kind === 'rollback' && fleet.groups.some((g) => g.state === 'standby'));
     if (onGroups && (!o.groups || fleet.provider === 'none')) {
@@ -222,19 +226,22 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
       log.info({ id }, 'cancel requested: stopping after the running batch');
       return rec;
     },
-    async resume() {
-      for (const f of o.fleets.list()) {
-        for (const rec of await list(f.name)) {
-          if (rec.state !== 'running' || busy.has(f.name)) continue;
-          if (rec.strategy !== 'hotfix' || rec.kind === 'heal') {
-            await interrupted(rec);
-            continue;
+    resume() {
+      resuming = (async () => {
+        for (const f of o.fleets.list()) {
+          for (const rec of await list(f.name)) {
+            if (rec.state !== 'running' || busy.has(f.name)) continue;
+            if (rec.strategy !== 'hotfix' || rec.kind === 'heal') {
+              await interrupted(rec);
+              continue;
+            }
+            log.warn({ id: rec.id, fleet: f.name }, 'resuming a rollout a previous controller left running');
+            busy.add(f.name);
+            start(rec);
           }
-          log.warn({ id: rec.id, fleet: f.name }, 'resuming a rollout a previous controller left running');
-          busy.add(f.name);
-          start(rec);
         }
-      }
+      })();
+      return resuming;
     },
     pointed,
     async idle() {
