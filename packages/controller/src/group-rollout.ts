@@ -115,8 +115,9 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
   async function balance(fleet: Fleet, group: string, retired: string[]): Promise<void> {
     if (!fleet.targetGroup) return;
     if (!c.provider.setLive) throw new KilnError('KILN_PROVIDER_FAILED', `fleet ${fleet.name} names a target group, but the ${c.provider.name} provider has no load balancers`);
-    const live = c.fleets.get(fleet.name).groups.find((g) => g.name === group)?.instances ?? [];
-    await c.provider.setLive(fleet.targetGroup, live, retired, { timeoutMs: r.healthTimeoutMs + c.launchTimeoutMs });
+    const live = (c.fleets.get(fleet.name).groups.find((g) => g.name === group)?.instances ?? []).filter((id) => !retired.includes(id));
+    // Draining lasts the target group's deregistration delay (AWS: 300 s by default, at most 3600 s).
+    await c.provider.setLive(fleet.targetGroup, live, retired, { timeoutMs: r.healthTimeoutMs + c.launchTimeoutMs + 3_600_000 });
   }
 
   const end: Partial<Pick<Deployment, 'state' | 'verdict' | 'error' | 'finishedAt'>> = {};
@@ -197,6 +198,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     r.image = live.image;
     await step('launch');
     await launchHealthy(fleet, live.name, live.image, drifted.length);
+    await balance(fleet, live.name, drifted);
     await step('retire');
     await c.provider.terminate(drifted);
     await c.fleets.update(fleet.name, (f) => ({ ...f, groups: f.groups.map((g) => (g.name === live.name ? { ...g, instances: g.instances.filter((id) => !drifted.includes(id)) } : g)) }));
