@@ -13,7 +13,7 @@ const ROLLOUT_OPTIONS: Record<string, OptionDef> = {
 };
 
 /** --batch, --max-failures and --health-timeout as the API's fields (absent ones take the API's defaults). */
-function rolloutBody(flags: Flags): { batch?: BatchSpec; maxFailures?: number; healthTimeoutMs?: number } {
+export function rolloutBody(flags: Flags): { batch?: BatchSpec; maxFailures?: number; healthTimeoutMs?: number } {
   const body: { batch?: BatchSpec; maxFailures?: number; healthTimeoutMs?: number } = {};
   const batch = str(flags, 'batch');
   if (batch !== undefined) {

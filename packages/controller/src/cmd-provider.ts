@@ -1,9 +1,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { KilnError, formatTable, parseDuration } from '@kiln/shared';
+import { KilnError, formatTable } from '@kiln/shared';
 import { openApi } from './api-client.js';
 import type { BakeRecord } from './bakes.js';
 import { API_OPTIONS, JSON_OPTION, type CommandDef } from './cli-command.js';
 import { note, out, printJson, str } from './cli-context.js';
+import { rolloutBody } from './cmd-deploy.js';
 import { followDeployment } from './deploy-watch.js';
 import type { Deployment } from './fleet-model.js';
 import type { ImageInfo, InstanceInfo } from './provider.js';
@@ -70,18 +71,8 @@ export const healCommand: CommandDef = {
   },
   positionals: [1, 1],
   async run(ctx, flags, [fleet]) {
-    const body: { maxFailures?: number; healthTimeoutMs?: number } = {};
-    const max = str(flags, 'max-failures');
-    if (max !== undefined) {
-      if (!/^\d+$/.test(max)) throw new KilnError('KILN_USAGE', `--max-failures ${max}: a whole number from 0`);
-      body.maxFailures = Number(max);
-    }
-    const timeout = str(flags, 'health-timeout');
-    if (timeout !== undefined) {
-      const ms = parseDuration(timeout);
-      if (!ms || ms < 100) throw new KilnError('KILN_USAGE', `--health-timeout ${timeout}: a duration like 30s or 2m`);
-      body.healthTimeoutMs = ms;
-    }
+    // heal has no --batch: its instances are gated all at once
+    const body = rolloutBody(flags);
     const api = await openApi(flags, ctx);
     const { deployment } = await api.post<{ deployment: Deployment }>(`/v1/fleets/${encodeURIComponent(fleet!)}/heal`, body);
     if (flags['no-wait']) {
