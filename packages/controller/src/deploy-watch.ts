@@ -80,7 +80,7 @@ export async function followDeployment(ctx: CliContext, api: ApiClient, first: D
     // bake, relaunch, heal: each phase as it ends, with its wall time
     for (; phasesShown < d.phases.length; phasesShown++) {
       const p = d.phases[phasesShown]!;
-      if (p.name !== 'start') progress.phase(`  ${p.name.padEnd(14)} ${(p.ms / 1000).toFixed(1).padStart(6)} s`);
+      progress.phase(`  ${p.name.padEnd(14)} ${(p.ms / 1000).toFixed(1).padStart(6)} s`);
     }
     Object.keys(d.instances).sort().forEach(line);
     progress.status(countsLine(d, started));

@@ -49,8 +49,9 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
   const log = c.log.child({ deployment: r.id, fleet: r.fleet, strategy: r.strategy, kind: r.kind });
   let phase = 'start';
   let started = Date.now();
+  // Records the phase that ends (the opening moment before the first phase is none).
   const step = async (next: string) => {
-    r.phases.push({ name: phase, ms: Date.now() - started });
+    if (phase !== 'start') r.phases.push({ name: phase, ms: Date.now() - started });
     phase = next;
     started = Date.now();
     r.updatedAt = c.now().toISOString();
@@ -154,7 +155,6 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
       newGroup = null;
     }
     await step('');
-    r.phases.pop(); // the empty closing phase
     // A heal that could not reach every instance did not converge the fleet: a script must notice.
     const unreachable = Object.entries(r.instances).filter(([, i]) => i.step === 'unreachable').map(([id]) => id);
     const error = unreachable.length ? { code: 'KILN_AGENT_UNREACHABLE', message: `${unreachable.length} instance(s) were unreachable and not healed: ${unreachable.join(', ')}` } : null;
@@ -213,7 +213,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     r.image = standby.image;
     await step('pointer');
     await c.movePointer(r.app, r.channel, r.release);
-    await step('start');
+    await step('power-on');
     // What the hub remembers from before the stop does not count: only a report of the restarted agent.
     const since = Date.now();
     await c.provider.start(standby.instances, { timeoutMs: c.launchTimeoutMs });
