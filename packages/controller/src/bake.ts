@@ -26,7 +26,7 @@ export interface BakeOptions {
   baseImage: string;
   regions: string[];
   /** the agent config a builder boots with (its channel, credential and `seal` are filled in here) */
-  builderBoot: (channel: string) => BootData;
+  builderBoot: (channel: string) => Promise<BootData>;
   /** extra tags on the builder and the image (the deployment a bake belongs to, so a restarted controller can reap it) */
   tags?: Tags;
   /** part of the bake key: a new agent is a new image */
@@ -121,7 +121,7 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
   try {
     await promoteRelease({ store: o.store, app: o.app, version: o.version, channel, key: o.signingKey, keys: o.trustedKeys, ttlMs: t.launchMs + t.installMs });
     done('launch');
-    const [inst] = await o.provider.launch({ imageId: base.id, count: 1, tags: { ...o.tags, [TAG.bakeId]: bakeId, [TAG.role]: 'builder', [TAG.app]: o.app, [TAG.release]: o.version }, boot: o.builderBoot(channel) });
+    const [inst] = await o.provider.launch({ imageId: base.id, count: 1, tags: { ...o.tags, [TAG.bakeId]: bakeId, [TAG.role]: 'builder', [TAG.app]: o.app, [TAG.release]: o.version }, boot: await o.builderBoot(channel) });
     builder = inst!.id;
     await o.provider.waitRunning([builder], { timeoutMs: t.launchMs });
     done('install');

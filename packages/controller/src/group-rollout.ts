@@ -18,7 +18,7 @@ export interface GroupRolloutContext {
   /** bakes the release for the fleet (from the base of its image), its builder and image tagged with `tags`, reporting each phase */
   bake: (fleet: Fleet, version: string, tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => Promise<BakeResult>;
   /** what the fleet's instances boot with */
-  boot: (fleet: Fleet) => BootData;
+  boot: (fleet: Fleet) => Promise<BootData>;
   /** how long instances get to be running */
   launchTimeoutMs: number;
   log: Logger;
@@ -63,7 +63,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
 
   /** Launches `count` instances into `group` and waits for every agent to report the release healthy. */
   async function launchHealthy(fleet: Fleet, group: string, image: string, count: number): Promise<string[]> {
-    const insts = await c.provider.launch({ imageId: image, count, tags: { [TAG.fleet]: fleet.name, [TAG.group]: group, [TAG.app]: fleet.app, [TAG.release]: r.release.version }, boot: c.boot(fleet) });
+    const insts = await c.provider.launch({ imageId: image, count, tags: { [TAG.fleet]: fleet.name, [TAG.group]: group, [TAG.app]: fleet.app, [TAG.release]: r.release.version }, boot: await c.boot(fleet) });
     const ids = insts.map((i) => i.id);
     launched.push(...ids);
     ids.forEach((id) => mark(id, 'sent'));

@@ -4,6 +4,7 @@ import { AGENT_VERSION } from '@kiln/agent';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { createAgentHub, type AgentHub } from './agent-hub.js';
 import { createDeployments, type Deployments } from './deployments.js';
+import { readPublishedAgent } from './agent-bundle.js';
 import { bakeImage, type BakeTimeouts } from './bake.js';
 import { createBakes, type Bakes } from './bakes.js';
 import { createFleetRegistry, type FleetRegistry } from './fleet-registry.js';
@@ -83,9 +84,12 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   });
   let agentsUrl = launch?.agentsUrl;
   /** What an instance boots with: its fleet's channel and credential, the bucket, the pinned keys. */
-  const bootData = (app: string, channel: string, credential: string, extra: Record<string, unknown> = {}): BootData => {
+  // A base image without the agent installs the one `kiln agent publish` put in the bucket (the local providers' images have it).
+  const bootData = async (app: string, channel: string, credential: string, extra: Record<string, unknown> = {}): Promise<BootData> => {
     if (!agentsUrl) throw new KilnError('KILN_PROVIDER_FAILED', 'the controller is not listening yet: launched agents would have nowhere to connect');
+    const published = launch!.provider.name === 'ec2' ? await readPublishedAgent({ s3: opts.s3, bucket: opts.bucket, ...(opts.prefix ? { prefix: opts.prefix } : {}) }) : null;
     return {
+      ...(published ? { agentBundle: { bucket: opts.bucket, key: published.key, sha256: published.sha256 } } : {}),
       agent: {
         app,
         channel,
