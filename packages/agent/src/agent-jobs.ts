@@ -17,6 +17,7 @@ import {
   type PublicKey,
   type ReleaseStore,
   type ServiceManager,
+  TRANSIENT_S3_CODES,
 } from '@kiln/shared';
 import type { AgentConfig } from './agent-config.js';
 import { treeCheckOf, type LiveFacts } from './agent-report.js';
@@ -58,8 +59,6 @@ export interface AgentJobs {
   abort(): void;
 }
 
-/** Failures worth retrying at boot: the bucket is away, not wrong. */
-const TRANSIENT = new Set(['KILN_S3_UNREACHABLE', 'KILN_S3_TIMEOUT', 'KILN_S3_ERROR']);
 const PROGRESS_EVERY_MS = 500;
 
 /** What the agent does: boot, poll the channel, run a command, check the tree. All through the one install routine. */
@@ -175,7 +174,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
         break;
       } catch (err) {
         const e = asKilnError(err);
-        if (!TRANSIENT.has(e.code)) {
+        if (!TRANSIENT_S3_CODES.has(e.code)) {
           log.error({ err: e }, 'boot: the channel cannot be installed; the installed release keeps serving');
           break;
         }

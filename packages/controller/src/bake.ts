@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { KilnError, asKilnError, promoteRelease, sha256Hex, showRelease, type Logger, type PrivateKey, type PublicKey, type ReleaseStore } from '@kiln/shared';
+import { KilnError, asKilnError, promoteRelease, sha256Hex, showRelease, type Logger, type PrivateKey, type PublicKey, type ReleaseStore, TRANSIENT_S3_CODES } from '@kiln/shared';
 import type { ReleaseRef } from './fleet-model.js';
 import { TAG, type BootData, type ImageInfo, type Provider, type Tags } from './provider.js';
 import type { RolloutWaiter } from './rollout-wait.js';
@@ -46,9 +46,6 @@ export interface BakeResult {
   bakeId: string | null;
   phases: Array<{ name: string; ms: number }>;
 }
-
-/** Failures of a builder that waiting longer does not fix. */
-const TRANSIENT = new Set(['KILN_S3_UNREACHABLE', 'KILN_S3_TIMEOUT', 'KILN_S3_ERROR']);
 
 /** The channel a bake points its builder at: private to the bake, removed when it ends. */
 const bakeChannel = (bakeId: string) => `bake-${bakeId.slice(2)}`;
@@ -130,7 +127,7 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
       (i) => {
         const r = i?.report;
         if (r?.installed?.manifestSha256 === manifestSha256 && r.installed.via === 'baked' && r.image?.manifestSha256 === manifestSha256) return { ok: true };
-        if (r?.lastError && !TRANSIENT.has(r.lastError.code)) return { ok: false, code: r.lastError.code, message: r.lastError.message };
+        if (r?.lastError && !TRANSIENT_S3_CODES.has(r.lastError.code)) return { ok: false, code: r.lastError.code, message: r.lastError.message };
         return undefined;
       },
       t.installMs,

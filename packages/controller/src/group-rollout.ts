@@ -1,4 +1,4 @@
-import { KilnError, asKilnError, type Logger } from '@kiln/shared';
+import { KilnError, TRANSIENT_S3_CODES, asKilnError, type Logger } from '@kiln/shared';
 import type { AgentHub, HubInstance } from './agent-hub.js';
 import type { BakeResult } from './bake.js';
 import type { Deployment, Fleet, Group, ReleaseRef } from './fleet-model.js';
@@ -24,8 +24,6 @@ export interface GroupRolloutContext {
   log: Logger;
   now: () => Date;
 }
-
-const TRANSIENT = new Set(['KILN_S3_UNREACHABLE', 'KILN_S3_TIMEOUT', 'KILN_S3_ERROR']);
 
 export const groupName = (fleet: string, seq: number) => `${fleet}-v${String(seq).padStart(3, '0')}`;
 export const liveGroup = (f: Fleet): Group | undefined => f.groups.find((g) => g.state === 'live');
@@ -80,7 +78,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
             // the first tree check, before which a baked release may still be in its health check.
             const rep = i?.report;
             const e = rep?.lastError;
-            if (e && !TRANSIENT.has(e.code) && rep?.operation === null) return { ok: false, code: e.code, message: e.message };
+            if (e && !TRANSIENT_S3_CODES.has(e.code) && rep?.operation === null) return { ok: false, code: e.code, message: e.message };
             return rep && healthyOn(rep, r.release.manifestSha256) && rep.tree.status !== 'unchecked' ? { ok: true } : undefined;
           },
           r.healthTimeoutMs,

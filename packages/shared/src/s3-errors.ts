@@ -20,3 +20,6 @@ export function s3Error(err: unknown, what: string): KilnError {
   }
   return new KilnError('KILN_S3_ERROR', `S3 failed for ${what}: ${e.message ?? code}${status ? ` (HTTP ${status})` : ''}`, { cause: err });
 }
+
+/** Failures where the bucket is away, not wrong: worth waiting or retrying for. */
+export const TRANSIENT_S3_CODES: ReadonlySet<string> = new Set(['KILN_S3_UNREACHABLE', 'KILN_S3_TIMEOUT', 'KILN_S3_ERROR']);
