@@ -415,7 +415,9 @@ describe('durability: a controller killed mid-rollout', () => {
     const fleet = await startFleet({ s3: s3d, keys, ctl: proc, name: 'dur', count: 3 });
     cleanup.push(() => Promise.all(fleet.agents.map((a) => a.stop())));
     await until('3 agents on 1.0.0', async () => (await rows('dur', proc)).filter((r) => r.connected && r.installed === '1.0.0').length === 3);
-    const created = (await proc.api('POST', '/v1/deployments', { fleet: 'dur', version: '2.0.0', batch: { count: 1 }, maxFailures: 1, healthTimeoutMs: 5_000 })).body.deployment;
+    const created = (await proc.api('POST', '/v1/deployments', { fleet: 'dur', version: '2.0.0', batch: { count: 1 }, maxFailures: 1, healthTimeoutMs: 20_000 })).body.deployment;
+    // the resumed rollout's clock for dur-1 starts when the new controller does, before the agents' reconnect
+    // backoff has run out and the gate opens: 20 s keeps a loaded machine from failing dur-1 too
     await until('dur-1 at its health gate', async () => (await rows('dur', proc)).find((r) => r.instanceId === 'dur-1')?.operation === 'install 2.0.0 at health');
 
     await proc.kill('SIGKILL');
