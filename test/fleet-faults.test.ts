@@ -183,6 +183,24 @@ describe('fleet faults on the process provider', () => {
     await expectReaped(lastBakeId());
   }, 60_000);
 
+  it('a builder that crashes mid-install (its processes killed): KILN_BAKE_FAILED naming phase install as soon as the provider sees it stopped; reaped', async () => {
+    // Slow to be healthy: the builder sits in its health check until it is killed.
+    await pushApp({ store: s3.store, keys, version: '6.0.0', kilnJson: gated(path.join(dir, 'gate-crash'), 60_000) });
+    const { id } = await started('/v1/bakes', { app: 'web', version: '6.0.0', baseImage: 'img-base' });
+    let builder = '';
+    await until('the builder at its health check', async () => {
+      builder = (await real.describeInstances({ 'kiln:role': 'builder' }))[0]?.id ?? '';
+      return !!builder && ctl.server.kiln.hub.get(builder)?.report?.operation?.step === 'health';
+    }, 20_000);
+    const { pid } = JSON.parse(await readFile(path.join(dir, 'instances', builder, 'instance.json'), 'utf8'));
+    process.kill(-pid, 'SIGKILL'); // the agent and the app it started: the machine's power cut
+    const rec = await finished('bakes', id);
+    expect([rec.state, rec.error?.code], JSON.stringify(rec)).toEqual(['failed', 'KILN_BAKE_FAILED']);
+    // Not the install deadline (15 s, "within … ms"): the provider said the builder stopped.
+    expect(rec.error.message).toMatch(new RegExp(`failed in phase install: KILN_PROVIDER_FAILED: the builder ${builder} is stopped: it stopped running during the install`));
+    await expectReaped(lastBakeId());
+  }, 60_000);
+
   it('a provider call that fails mid-bake (createImage, copyImage): KILN_BAKE_FAILED naming the phase; the builder and the image it made reaped', async () => {
     faults.createImage = true;
     try {

@@ -5,7 +5,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   KilnError,
   appLayout,
+  TreeCheck,
   checkName,
+  createDocStore,
+  createS3Client,
   install,
   listReleases,
   promoteRelease,
@@ -16,6 +19,7 @@ import {
   signBytes,
   verifyBytes,
 } from '@kiln/shared';
+import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeHost } from './helpers/host.js';
 import { makeApp, makeKeys, pushApp, quietLog } from './helpers/release.js';
 import { startS3, type S3Fixture } from './helpers/s3.js';
@@ -165,5 +169,27 @@ describe('promote', () => {
     expect(await codeOf(promoteRelease({ store: s3.store, app: 'promo', version: '9', channel: 'stable', key: keys.key, keys: keys.keys, ttlMs: 1 }))).toBe('KILN_RELEASE_NOT_FOUND');
     const stranger = makeKeys();
     expect(await codeOf(promoteRelease({ store: s3.store, app: 'promo', version: '2', channel: 'beta', key: stranger.key, keys: stranger.keys, ttlMs: 1 }))).toBe('KILN_SIGNATURE_UNKNOWN_KEY');
+  });
+});
+
+describe('records (the controller state in the bucket)', () => {
+  it('a read cut short (the connection dropped mid-body) is read again; one that keeps failing gives KILN_S3_UNREACHABLE after 3 tries', async () => {
+    const proxy = await startFaultProxy(s3.s3.location.endpoint!, 'truncate', { damages: (req) => req.method === 'GET' && req.url!.includes('/records/') });
+    try {
+      const direct = createDocStore(createS3Client(s3.s3.location), s3.s3.location.bucket, 'records/');
+      const via = createDocStore(createS3Client({ ...s3.s3.location, endpoint: proxy.endpoint }), s3.s3.location.bucket, 'records/');
+      const doc: TreeCheck = { status: 'modified', modified: 1, missing: 0, extra: 0, paths: ['M server.js'], checkedAt: new Date().toISOString() };
+      await direct.put('web.json', doc);
+      const schema = TreeCheck;
+      proxy.faultsLeft = 1;
+      expect(await via.get('web.json', schema)).toEqual(doc);
+      const gets = () => proxy.requests.filter((r) => r.startsWith('GET ')).length;
+      expect(gets()).toBe(2);
+      proxy.faultsLeft = Infinity;
+      expect(await codeOf(via.get('web.json', schema))).toBe('KILN_S3_UNREACHABLE');
+      expect(gets()).toBe(5);
+    } finally {
+      await proxy.close();
+    }
   });
 });

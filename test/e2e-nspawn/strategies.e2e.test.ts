@@ -10,12 +10,12 @@ import { createNspawnProvider, kilnCacheDir, nspawnHostProblem, type NspawnProvi
 import { isKilnError } from '@kiln/shared';
 import { startController, type TestController } from '../helpers/controller.js';
 import { until } from '../helpers/agent.js';
-import { makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
+import { answers, nspawnLaunch, stopMachines } from '../helpers/nspawn.js';
+import { gatedSpec, makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 const problem = nspawnHostProblem();
 const FLEET = 'web';
-const AGENT_SETTINGS = { heartbeatMs: 500, backoffCapMs: 1_000, pollIntervalMs: 2_000 };
 const HEALTH_MS = 30_000;
 
 let s3: S3Fixture;
@@ -42,11 +42,6 @@ async function runDeployment(route: string, body: Record<string, unknown>): Prom
 const strategy = (version: string, name: string) => runDeployment('/v1/deployments', { fleet: FLEET, version, strategy: name, batch: { percent: 100 } });
 const rows = async () => (await ctl.api('GET', `/v1/fleets/${FLEET}/instances`)).body;
 const groupOf = (group: string) => provider.describeInstances({ 'kiln:group': group });
-
-async function answers(address: string): Promise<string> {
-  const res = await fetch(address, { signal: AbortSignal.timeout(2_000) }).catch(() => null);
-  return res ? res.text() : '';
-}
 
 /** Every instance of the group answers HTTP with the version, each on its own port. */
 async function expectServing(group: string, version: string): Promise<void> {
@@ -97,31 +92,14 @@ describe.skipIf(!!problem)(`fleet strategies on real machines (nspawn)${problem 
     keys = makeKeys();
     dir = await tempDir('kiln-nspawn-');
     provider = createNspawnProvider({ dir, log: quietLog(), cacheDir: kilnCacheDir(process.env.KILN_CACHE_DIR), bootTimeoutMs: 60_000 });
-    ctl = await startController({
-      s3,
-      keys,
-      launch: {
-        provider,
-        agentSecret: randomBytes(32),
-        s3: s3.s3.location,
-        serviceManager: 'systemd',
-        agentSettings: AGENT_SETTINGS,
-        bakeTimeouts: { launchMs: 60_000, installMs: 60_000, imageMs: 60_000 },
-        launchTimeoutMs: 60_000,
-      },
-    });
+    ctl = await startController({ s3, keys, launch: nspawnLaunch(provider, s3) });
     for (const v of ['1.0.0', '2.0.0', '3.0.0']) await pushApp({ store: s3.store, keys, version: v });
     // The base image (cached Debian tree + the agent bundle); a first run also debootstraps the tree.
     baseImage = (await provider.defaultImage!()).id;
   }, 600_000);
 
   afterAll(async () => {
-    await ctl?.close();
-    if (provider) {
-      await provider.terminate((await provider.describeInstances({})).map((i) => i.id));
-      await provider.shutdown();
-    }
-    await s3?.close();
+    await stopMachines(ctl, provider, s3);
     if (dir) await rm(dir, { recursive: true, force: true });
   }, 120_000);
 
@@ -190,6 +168,35 @@ describe.skipIf(!!problem)(`fleet strategies on real machines (nspawn)${problem 
     }, 30_000);
     expect(await answers(inst!.address!)).toContain('kiln-demo 2.0.0');
   }, 60_000);
+
+  it('kill -9 of the agent mid-install: systemd restarts it, it recovers from its journal (the old release current and serving) and reports the command interrupted', async () => {
+    // Healthy only once a gate file exists in the machine, which never happens: the install waits at its health check.
+    const gated = await pushApp({ store: s3.store, keys, version: '6.0.0', kilnJson: gatedSpec('/run/kiln-gate-never') });
+    const [, inst] = await groupOf('web-v002');
+    const id = inst!.id;
+    const hub = ctl.server.kiln.hub;
+    const atHealth = new Promise<void>((resolve) => {
+      const onProgress = (from: string, commandId: string, stage: string) => {
+        if (from === id && commandId === 'agent-kill' && stage === 'health') {
+          hub.off('progress', onProgress);
+          resolve();
+        }
+      };
+      hub.on('progress', onProgress);
+    });
+    expect(hub.command(id, 'agent-kill', 'web', { kind: 'install', version: '6.0.0', seq: gated.manifest.seq, manifestSha256: gated.manifestSha256 })).toBe(true);
+    await atHealth;
+    const app = `${provider.machineOf(id)!.root}/var/lib/kiln/apps/web`;
+    expect(existsSync(`${app}/journal.json`)).toBe(true);
+    await killAndWaitRestart(id, 'kiln-agent.service');
+    await until('the restarted agent reports the command interrupted', () => hub.get(id)?.results.get('agent-kill')?.outcome === 'interrupted', 30_000);
+    expect(existsSync(`${app}/journal.json`)).toBe(false);
+    expect(path.basename(await readlink(`${app}/current`))).toBe('2.0.0');
+    expect(await readdir(`${app}/staging`).catch(() => [])).toEqual([]);
+    await until('2.0.0 serving', async () => (await answers(inst!.address!)).includes('kiln-demo 2.0.0'), 30_000);
+    const row = (await rows()).instances.find((i: any) => i.instanceId === id);
+    expect([row.connected, row.installed, row.operation]).toEqual([true, '2.0.0', null]);
+  }, 90_000);
 
   it('power cut mid-install (the machine killed): after the next boot, current is a complete old or new release and serves', async () => {
     const big = await pushApp({ store: s3.store, keys, version: '5.0.0', extra: { 'data/blob.bin': randomBytes(40 * 1024 * 1024) } });

@@ -16,6 +16,8 @@ export interface FaultProxy {
   fault: ArtifactFault;
   /** bytes sent before a stall */
   stallAfter: number;
+  /** how many more damaged GETs get the fault before the proxy passes them (Infinity: all) */
+  faultsLeft: number;
   /** artifact GETs seen, whatever the fault */
   artifactGets: number;
   /** every request seen, as `METHOD /path?query` */
@@ -36,15 +38,17 @@ function readAll(stream: IncomingMessage): Promise<Buffer> {
 
 /**
  * An HTTP proxy on 127.0.0.1 in front of `target` (an http://host:port endpoint) that damages artifact
- * downloads; on `port` when given (an endpoint that was down comes back).
+ * downloads (or the requests `damages` picks); on `port` when given (an endpoint that was down comes back).
  */
-export async function startFaultProxy(target: string, fault: ArtifactFault = 'pass', opts: { port?: number } = {}): Promise<FaultProxy> {
+export async function startFaultProxy(target: string, fault: ArtifactFault = 'pass', opts: { port?: number; damages?: (req: IncomingMessage) => boolean } = {}): Promise<FaultProxy> {
+  const damages = opts.damages ?? isArtifactGet;
   const up = new URL(target);
   const sockets = new Set<Socket>();
   const proxy: FaultProxy = {
     endpoint: '',
     fault,
     stallAfter: 1024,
+    faultsLeft: Infinity,
     artifactGets: 0,
     requests: [],
     close: async () => {
@@ -54,7 +58,8 @@ export async function startFaultProxy(target: string, fault: ArtifactFault = 'pa
   };
   const server: Server = createServer((req, res) => {
     proxy.requests.push(`${req.method} ${req.url}`);
-    const damage = isArtifactGet(req) ? proxy.fault : 'pass';
+    const damage = damages(req) && proxy.faultsLeft > 0 ? proxy.fault : 'pass';
+    if (damage !== 'pass') proxy.faultsLeft--;
     if (isArtifactGet(req)) proxy.artifactGets++;
     // The Host header is part of the SigV4 signature: it is forwarded as the client sent it.
     const out = httpRequest({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers }, (upRes) => {

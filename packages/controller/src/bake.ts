@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { KilnError, asKilnError, promoteRelease, sha256Hex, showRelease, type Logger, type PrivateKey, type PublicKey, type ReleaseStore, TRANSIENT_S3_CODES } from '@kiln/shared';
 import type { ReleaseRef } from './fleet-model.js';
 import { TAG, type BootData, type ImageInfo, type Provider, type Tags } from './provider.js';
-import type { RolloutWaiter } from './rollout-wait.js';
+import type { RolloutWaiter, WaitOutcome } from './rollout-wait.js';
 
 export interface BakeTimeouts {
   /** the builder instance running */
@@ -32,6 +33,8 @@ export interface BakeOptions {
   /** part of the bake key: a new agent is a new image */
   agentVersion: string;
   timeouts?: Partial<BakeTimeouts>;
+  /** how often the provider is asked whether the builder still runs while its agent installs (2 s) */
+  builderCheckMs?: number;
   log: Logger;
   /** told as each phase ends, with its wall time */
   onPhase?: (name: string, ms: number) => void;
@@ -49,6 +52,27 @@ export interface BakeResult {
 
 /** The channel a bake points its builder at: private to the bake, removed when it ends. */
 const bakeChannel = (bakeId: string) => `bake-${bakeId.slice(2)}`;
+
+/**
+ * Resolves as not ok once the provider says the builder is no longer running (it crashed, was
+ * powered off or terminated), asked every `everyMs` until `stop`; otherwise it never resolves.
+ */
+function builderStops(provider: Provider, builder: string, tags: Tags, everyMs: number): { outcome: Promise<WaitOutcome>; stop: () => void } {
+  const ac = new AbortController();
+  const outcome = (async (): Promise<WaitOutcome> => {
+    for (;;) {
+      await sleep(everyMs, undefined, { signal: ac.signal, ref: false });
+      const seen = await provider.describeInstances(tags).then((list) => ({ inst: list.find((i) => i.id === builder) }), () => undefined);
+      if (ac.signal.aborted) break;
+      if (!seen) continue; // a failed describe says nothing
+      const { inst } = seen;
+      if (inst?.state === 'running' || inst?.state === 'pending') continue;
+      return { ok: false, code: 'KILN_PROVIDER_FAILED', message: `the builder ${builder} ${inst ? `is ${inst.state}` : 'is gone'}: it stopped running during the install (crashed, powered off or terminated)` };
+    }
+    return new Promise<WaitOutcome>(() => undefined);
+  })().catch(() => new Promise<WaitOutcome>(() => undefined)); // the abort: the race is over
+  return { outcome, stop: () => ac.abort() };
+}
 
 /** The base image a bake starts from; KILN_IMAGE_NOT_FOUND when it is missing or not available. */
 export async function baseImageOf(provider: Provider, id: string): Promise<ImageInfo> {
@@ -122,7 +146,8 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
     builder = inst!.id;
     await o.provider.waitRunning([builder], { timeoutMs: t.launchMs });
     done('install');
-    const sealed = await o.waiter.until(
+    const crashed = builderStops(o.provider, builder, { [TAG.bakeId]: bakeId }, o.builderCheckMs ?? 2_000);
+    const sealed = await Promise.race([crashed.outcome, o.waiter.until(
       builder,
       (i) => {
         const r = i?.report;
@@ -132,7 +157,7 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
       },
       t.installMs,
       (i) => `the builder ${builder} ${i?.connected ? `reported ${i.report?.installed?.version ?? 'nothing installed'}, not ${o.version} sealed,` : 'never connected'} within ${t.installMs} ms`,
-    );
+    )]).finally(crashed.stop);
     if (!sealed.ok) throw new KilnError(sealed.code as 'KILN_AGENT_TIMEOUT', sealed.message);
     done('image');
     await o.provider.stop([builder], { timeoutMs: t.imageMs });

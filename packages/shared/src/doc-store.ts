@@ -2,7 +2,11 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import type { z } from 'zod';
 import { KilnError } from './kiln-error.js';
 import { formatZodError } from './release-schema.js';
+import { TRANSIENT_S3_CODES } from './s3-errors.js';
 import { s3Objects } from './s3-objects.js';
+
+/** Attempts of a record read that fails on the way (a dropped connection, a body cut short). */
+const GET_ATTEMPTS = 3;
 
 /** JSON records in the bucket (the controller's fleets and deployments): the state it can rebuild from. */
 export interface DocStore {
@@ -17,12 +21,15 @@ export function createDocStore(client: S3Client, bucket: string, prefix = ''): D
   const objects = s3Objects(client, bucket);
   return {
     async get(key, schema) {
-      let bytes: Buffer;
-      try {
-        bytes = await objects.getSmall(prefix + key);
-      } catch (err) {
-        if (err instanceof KilnError && err.code === 'KILN_RELEASE_NOT_FOUND') return undefined;
-        throw err;
+      let bytes: Buffer | undefined;
+      for (let attempt = 1; !bytes; attempt++) {
+        try {
+          bytes = await objects.getSmall(prefix + key);
+        } catch (err) {
+          if (err instanceof KilnError && err.code === 'KILN_RELEASE_NOT_FOUND') return undefined;
+          if (!(err instanceof KilnError && TRANSIENT_S3_CODES.has(err.code)) || attempt === GET_ATTEMPTS) throw err;
+          await new Promise((r) => setTimeout(r, 100 * attempt));
+        }
       }
       let raw: unknown;
       try {

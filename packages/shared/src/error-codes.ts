@@ -63,7 +63,7 @@ export const ERROR_CODES = {
   KILN_DEPLOY_FAILED: 'a deployment stopped at its failure limit and rolled the touched instances back',
   KILN_DEPLOY_CANCELLED: 'a deployment was cancelled before its last batch (the batches done stay done)',
   KILN_CONTROLLER_UNREACHABLE: 'the CLI cannot reach the controller API',
-  KILN_PROVIDER_FAILED: 'a provider call (launch, stop, create image, …) failed; what it created so far was reaped',
+  KILN_PROVIDER_FAILED: 'a provider call (launch, stop, create image, …) failed, or a builder stopped running mid-bake; what it created so far was reaped',
   KILN_PROVIDER_TIMEOUT: 'a provider resource did not reach the awaited state before its deadline',
   KILN_IMAGE_NOT_FOUND: 'no such image (a base image to bake from, or a fleet image to launch)',
   KILN_INSTANCE_NOT_FOUND: 'no such instance',
