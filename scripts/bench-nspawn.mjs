@@ -5,9 +5,11 @@
 // from the provider's base image), hotfix v2 (--batch 100%), relaunch v3 (from the v1 image: install at
 // boot), bake v4 + replace; each timed from the POST to the record's finishedAt, with the bake's phases.
 // nspawn only: boot of one instance from the baked v4 image to its app answering HTTP (goal <= 3 s),
-// --boots times. Goals: bake of the ~50 MiB release from the cached base <= 15 s.
-// Usage: node --openssl-legacy-provider scripts/bench-nspawn.mjs [--data-mib N (50)] [--boots N (5)]
-//        [--providers nspawn,process]
+// --boots times per run. Goals: bake of the ~50 MiB release from the cached base <= 15 s. The providers
+// take turns, --runs times each; the report gives medians (and ranges) and nspawn's time as a ratio to
+// the process provider's in the same runs.
+// Usage: node --openssl-legacy-provider scripts/bench-nspawn.mjs [--runs N (3)] [--data-mib N (50)]
+//        [--boots N (5)] [--providers nspawn,process]
 // Writes a markdown report to stdout and the figures as JSON (one line). Temp dirs are removed and every
 // instance terminated at the end, also on failure.
 import { randomBytes } from 'node:crypto';
@@ -20,7 +22,7 @@ import { parseArgs } from 'node:util';
 
 import { createLogger, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, publishRelease } from '../packages/shared/dist/index.js';
 import { buildServer, createNspawnProvider, createProcessProvider, kilnCacheDir, nspawnHostProblem, startEmbeddedS3 } from '../packages/controller/dist/index.js';
-import { median, r1, say } from './bench-measure.mjs';
+import { median, say } from './bench-measure.mjs';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
@@ -35,9 +37,10 @@ const STEPS = [
   { key: 'bake', strategy: 'bake', version: 'v4', what: 'bake v4 + launch 3 + replace' },
 ];
 
-const { values: opt } = parseArgs({ options: { 'data-mib': { type: 'string', default: '50' }, boots: { type: 'string', default: '5' }, providers: { type: 'string', default: 'nspawn,process' } } });
+const { values: opt } = parseArgs({ options: { runs: { type: 'string', default: '3' }, 'data-mib': { type: 'string', default: '50' }, boots: { type: 'string', default: '5' }, providers: { type: 'string', default: 'nspawn,process' } } });
 const DATA_MIB = Number(opt['data-mib']);
 const BOOTS = Number(opt.boots);
+const RUNS = Number(opt.runs);
 const log = createLogger({ level: process.env.KILN_BENCH_LOG ?? 'silent', name: 'bench-nspawn' });
 
 const problem = nspawnHostProblem();
@@ -133,17 +136,40 @@ async function runProvider(kind) {
   }
 }
 
-const results = {};
-for (const kind of providers) results[kind] = await runProvider(kind);
-
-const cell = (kind, key) => (results[kind] ? `${r1(results[kind].steps[key].ms / 1000)} s` : '–');
-const lines = [`## bench:nspawn (${DATA_MIB} MiB release, fleet of 3, ${os.cpus().length} cores)`, '', `| step | ${providers.join(' | ')} |`, `|---|${providers.map(() => '---').join('|')}|`];
-for (const s of STEPS) lines.push(`| ${s.what} | ${providers.map((p) => cell(p, s.key)).join(' | ')} |`);
-for (const p of providers) {
-  const bake = results[p].steps.create.phases;
-  lines.push('', `${p}: base image ${results[p].baseImageMs} ms; bake of v1 ${bake.bake ?? '?'} ms (${Object.entries(bake).filter(([k]) => k.startsWith('bake:')).map(([k, v]) => `${k.slice(5)} ${v}`).join(', ')})`);
+const results = Object.fromEntries(providers.map((p) => [p, []]));
+for (let n = 1; n <= RUNS; n++) {
+  for (const kind of providers) {
+    say(`run ${n} of ${RUNS}: ${kind}`);
+    results[kind].push(await runProvider(kind));
+  }
 }
-const boots = results.nspawn?.boots ?? [];
-if (boots.length) lines.push('', `nspawn boot from the baked image to app answering HTTP: median ${median(boots.map((b) => b.healthyMs))} ms (machine running: ${median(boots.map((b) => b.bootedMs))} ms), ${boots.length} boots`);
+
+const secs = (ms) => `${(ms / 1000).toFixed(1)} s`;
+/** median and range of `f` over a provider's runs, in seconds */
+const spread = (kind, f) => {
+  const xs = results[kind].map(f);
+  return `${secs(median(xs))} (${secs(Math.min(...xs))}–${secs(Math.max(...xs))})`;
+};
+const stepMs = (kind, key) => median(results[kind].map((r) => r.steps[key].ms));
+const both = providers.includes('nspawn') && providers.includes('process');
+const lines = [
+  `## bench:nspawn (${DATA_MIB} MiB release, fleet of 3, ${os.cpus().length} cores, ${RUNS} runs: median (min–max))`,
+  '',
+  `| step | ${providers.join(' | ')}${both ? ' | nspawn / process |' : ' |'}`,
+  `|---|${providers.map(() => '---').join('|')}${both ? '|---|' : '|'}`,
+];
+for (const s of STEPS) {
+  const ratio = both ? ` | ${(stepMs('nspawn', s.key) / stepMs('process', s.key)).toFixed(2)}× |` : ' |';
+  lines.push(`| ${s.what} | ${providers.map((p) => spread(p, (r) => r.steps[s.key].ms)).join(' | ')}${ratio}`);
+}
+for (const p of providers) {
+  const phases = (key) => Object.entries(results[p][0].steps[key].phases).filter(([k]) => k.startsWith('bake:')).map(([k]) => `${k.slice(5)} ${secs(median(results[p].map((r) => r.steps[key].phases[k] ?? 0)))}`).join(', ');
+  lines.push(
+    '',
+    `${p}: base image ${spread(p, (r) => r.baseImageMs)}; bake of v1 ${spread(p, (r) => r.steps.create.phases.bake ?? NaN)} (${phases('create')}); bake of v4 ${spread(p, (r) => r.steps.bake.phases.bake ?? NaN)} (${phases('bake')})`,
+  );
+}
+const boots = (results.nspawn ?? []).flatMap((r) => r.boots);
+if (boots.length) lines.push('', `nspawn boot from the baked image to app answering HTTP: median ${median(boots.map((b) => b.healthyMs))} ms (${Math.min(...boots.map((b) => b.healthyMs))}–${Math.max(...boots.map((b) => b.healthyMs))}; machine running: ${median(boots.map((b) => b.bootedMs))} ms), ${boots.length} boots`);
 console.log(lines.join('\n'));
-console.log(JSON.stringify({ dataMib: DATA_MIB, results }));
+console.log(JSON.stringify({ dataMib: DATA_MIB, runs: RUNS, results }));
