@@ -118,6 +118,7 @@ describe('agent live path: malformed frames from the controller', () => {
     ['an unknown type', () => ({ type: 'reboot', id: 'x' }), 'KILN_FRAME_INVALID', /"reboot"/],
     ['protocol version 2', () => ({ v: 2, type: 'command', id: 'v2', instanceId: a.instanceId, app: 'web', action: install('2.0.0') }), 'KILN_PROTOCOL_VERSION', /version 2/],
     ['a command of the wrong shape', () => ({ type: 'command', id: 'bad/id', instanceId: a.instanceId, app: 'web', action: { kind: 'install', version: '../2' } }), 'KILN_FRAME_INVALID', /command/],
+    ['an install whose manifest is not base64', () => ({ type: 'command', id: 'inline-junk', instanceId: a.instanceId, app: 'web', action: { ...install('2.0.0'), manifest: { bytes: '{"app": "web"}', sig: '' } } }), 'KILN_FRAME_INVALID', /manifest/],
     ['a hello (the wrong direction)', () => ({ type: 'hello', report: hello.report, results: [] }), 'KILN_FRAME_INVALID', /does not send "hello"/],
     ['a frame over 1 MiB (under 4 MiB)', () => JSON.stringify({ v: 1, type: 'command', pad: 'x'.repeat(MAX_FRAME_BYTES + 1) }), 'KILN_FRAME_TOO_LARGE', /over the limit/],
   ];
@@ -289,6 +290,41 @@ describe('agent live path: the controller or the agent goes away', () => {
       run.child.kill('SIGTERM');
       await run.exited;
       await createProcessSupervisor({ appDir: appLayout(root, 'web').appDir, log: quietLog() }).stop();
+      await proxy.close();
+    }
+  });
+});
+
+describe('agent live path: the signed manifest sent with an install command', () => {
+  it('is used instead of a GET once it verifies; a tampered one or another release\'s is refused and nothing changes; without it the agent fetches', async () => {
+    const proxy = await startFaultProxy(s3.s3.location.endpoint!);
+    try {
+      const a = await booted({ config: { s3: { ...s3.s3.location, endpoint: proxy.endpoint } } });
+      const signed = async (version: string) => {
+        const m = await s3.store.getManifest('web', version);
+        return { bytes: m.bytes.toString('base64'), sig: m.sig.toString('base64') };
+      };
+      const manifestGets = () => proxy.requests.filter((r) => r.startsWith('GET ') && /\/manifest\.json(\?|$)/.test(r)).length;
+      const two = await signed('2.0.0');
+      const tampered = Buffer.from(two.bytes, 'base64');
+      tampered[tampered.indexOf('2.0.0')] = '3'.charCodeAt(0);
+      ctl.command(a.instanceId, 'inline-tampered', { ...install('2.0.0'), manifest: { ...two, bytes: tampered.toString('base64') } });
+      expect(await resultOf(a.instanceId, 'inline-tampered')).toMatchObject({ outcome: 'failed', error: { code: 'KILN_SIGNATURE_INVALID' } });
+      // Signed, but not the release the command names by digest.
+      ctl.command(a.instanceId, 'inline-other', { ...install('2.0.0'), manifest: await signed('4.0.0') });
+      expect(await resultOf(a.instanceId, 'inline-other')).toMatchObject({ outcome: 'failed', error: { code: 'KILN_MANIFEST_MISMATCH' } });
+      await intact(a.root, a.port, '1.0.0');
+
+      const before = manifestGets();
+      ctl.command(a.instanceId, 'inline-good', { ...install('2.0.0'), manifest: two });
+      expect(await resultOf(a.instanceId, 'inline-good')).toMatchObject({ outcome: 'installed', version: '2.0.0' });
+      expect(manifestGets()).toBe(before);
+      await intact(a.root, a.port, '2.0.0');
+      ctl.command(a.instanceId, 'fetched', install('4.0.0'));
+      expect(await resultOf(a.instanceId, 'fetched')).toMatchObject({ outcome: 'installed', version: '4.0.0' });
+      expect(manifestGets()).toBe(before + 1);
+      await intact(a.root, a.port, '4.0.0');
+    } finally {
       await proxy.close();
     }
   });

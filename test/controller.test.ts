@@ -39,11 +39,19 @@ describe('controller: hotfix rollouts over the agents', () => {
     const fleet = await startFleet({ s3, keys, ctl, count: 3 });
     agents.push(...fleet.agents);
     await until('3 agents on 1.0.0', async () => (await ctl.api('GET', '/v1/fleets/web/instances')).body.instances.filter((r: any) => r.installed === '1.0.0' && r.connected).length === 3);
+    const hub = ctl.server.kiln.hub;
+    const command = hub.command;
+    const sent: any[] = [];
+    hub.command = (id, commandId, app, action) => (sent.push(action), command(id, commandId, app, action));
     const created = await ctl.api('POST', '/v1/deployments', { fleet: 'web', version: '2.0.0', batch: { count: 2 }, healthTimeoutMs: 15_000 });
     expect(created.status).toBe(201);
     const d = await finished(created.body.deployment.id);
     expect(d.state, d.verdict).toBe('succeeded');
     expect(d.batches.map((b: string[]) => b.length)).toEqual([2, 1]);
+    // Each install carries the signed manifest, so the agents do not fetch it.
+    const signed = await s3.store.getManifest('web', '2.0.0');
+    expect(sent.length).toBeGreaterThanOrEqual(3);
+    for (const a of sent) expect(a).toMatchObject({ kind: 'install', version: '2.0.0', manifest: { bytes: signed.bytes.toString('base64'), sig: signed.sig.toString('base64') } });
     for (const a of fleet.agents) expect(await a.serving()).toContain('kiln-demo 2.0.0');
     const status = (await ctl.api('GET', '/v1/fleets/web/instances')).body;
     expect(status.fleet.desired.version).toBe('2.0.0');

@@ -217,7 +217,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
       const base = { commandId: cmd.id };
       let r: InstallResult;
       if (a.kind === 'install') {
-        r = await attempt('install', () => install({ ...routine({ ...base, via: 'hotfix' }, cmd.id), target: { version: a.version, manifestSha256: a.manifestSha256 } }), a.version, cmd.id);
+        r = await attempt('install', () => install({ ...routine({ ...base, via: 'hotfix' }, cmd.id), target: { version: a.version, manifestSha256: a.manifestSha256, ...(a.manifest ? { manifest: { bytes: Buffer.from(a.manifest.bytes, 'base64'), sig: Buffer.from(a.manifest.sig, 'base64') } } : {}) } }), a.version, cmd.id);
       } else if (a.version) {
         const target = { version: a.version, ...(a.manifestSha256 ? { manifestSha256: a.manifestSha256 } : {}) };
         r = await attempt('rollback', () => install({ ...routine({ ...base, via: 'rollback', allowDowngrade: true }, cmd.id), target }), a.version, cmd.id);

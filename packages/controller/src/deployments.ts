@@ -58,7 +58,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     const save = async (r: Deployment) => void (closed || (await o.docs.put(keyOf(r.fleet, r.id), r)));
     const run =
       record.strategy === 'hotfix' && record.kind !== 'heal'
-        ? runRollout({ record, hub: o.hub, waiter, save, movePointer, succeeded, log, now: o.now, stopped: () => closed })
+        ? runRollout({ record, hub: o.hub, waiter, save, movePointer, signedManifest: (app, version) => o.store.getManifest(app, version), succeeded, log, now: o.now, stopped: () => closed })
         : // A group rollout stopped by the controller stopping still removes its group, so it puts the pointer back too:
           // the live group's agents follow the pointer while no controller is there.
           runGroupRollout({ ...o.groups!, record, fleets: o.fleets, hub: o.hub, waiter, save, movePointer: pointTo, log, now: o.now });

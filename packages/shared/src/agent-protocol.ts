@@ -11,6 +11,9 @@ export const MAX_FRAME_BYTES = 1024 * 1024;
 
 const name = (kind: 'app' | 'version' | 'channel') => z.string().refine((v) => isValidName(kind, v), `invalid ${kind} name`);
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
+/** Manifests up to this size (bytes) travel in install commands; larger ones are fetched from the bucket. */
+export const MAX_INLINE_MANIFEST = 256 * 1024;
+const base64 = (maxBytes: number) => z.string().max(Math.ceil(maxBytes / 3) * 4).regex(/^[A-Za-z0-9+/]*={0,2}$/, 'base64');
 const id = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, 'letters, digits and . _ : - (at most 128)');
 const time = z.string().max(40);
 // Long messages are cut rather than refused: an error must never make every later report invalid.
@@ -66,7 +69,14 @@ export const AgentReport = z.strictObject({
 export type AgentReport = z.infer<typeof AgentReport>;
 
 export const CommandAction = z.discriminatedUnion('kind', [
-  z.strictObject({ kind: z.literal('install'), version: name('version'), seq: z.number().int().min(1), manifestSha256: sha256 }),
+  z.strictObject({
+    kind: z.literal('install'),
+    version: name('version'),
+    seq: z.number().int().min(1),
+    manifestSha256: sha256,
+    /** the signed manifest (base64 of manifest.json and of its .sig), verified like a downloaded one: the agent skips two GETs */
+    manifest: z.strictObject({ bytes: base64(MAX_INLINE_MANIFEST), sig: base64(4096) }).optional(),
+  }),
   /** back to the previous release on disk, or to an explicit older one */
   z.strictObject({ kind: z.literal('rollback'), version: name('version').optional(), manifestSha256: sha256.optional() }),
   z.strictObject({ kind: z.literal('report') }),

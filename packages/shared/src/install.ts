@@ -14,7 +14,7 @@ import { KilnError, asKilnError } from './kiln-error.js';
 import { checkName } from './names.js';
 import { s3Error } from './s3-errors.js';
 import { fetchPointer, readLocalManifest, targetName, verifyManifest, type InstallTarget, type VerifiedManifest } from './release-resolve.js';
-import type { ReleaseStore } from './release-store.js';
+import type { ReleaseStore, SignedObject } from './release-store.js';
 import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits, type ExtractedFile } from './safe-extract.js';
 import type { ServiceManager } from './service-manager.js';
 import type { PublicKey } from './signing.js';
@@ -129,6 +129,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   let version: string;
   let pointerSeq: { channel: string; seq: number } | undefined;
   let expectSha: string | undefined;
+  let given: SignedObject | undefined;
   if ('channel' in opts.target) {
     const channel = checkName('channel', opts.target.channel);
     if (!opts.store) throw new Error('installing from a channel needs a release store');
@@ -141,11 +142,13 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   } else {
     version = checkName('version', opts.target.version);
     expectSha = opts.target.manifestSha256;
+    // Only with a digest to hold it to: the signature alone would accept any signed release of this version.
+    if (expectSha) given = opts.target.manifest;
   }
   const local = await readLocalManifest(layout.metaFile(version));
   const onDisk = local !== undefined && (await isComplete(layout, version));
   if (!onDisk && !opts.store) throw new KilnError('KILN_NOT_INSTALLED', `${app} ${version} is not on ${layout.root} and no bucket was given to fetch it from`);
-  const verified = verifyManifest(onDisk ? local! : await opts.store!.getManifest(app, version), { app, version, ...(expectSha ? { sha256: expectSha } : {}) }, opts.keys, limits);
+  const verified = verifyManifest(onDisk ? local! : (given ?? (await opts.store!.getManifest(app, version))), { app, version, ...(expectSha ? { sha256: expectSha } : {}) }, opts.keys, limits);
   const { manifest } = verified;
 
   const lock = await acquireLock(layout.lock, `${op} ${app} ${version}`);

@@ -8,7 +8,11 @@ import { checkEntryPath, type ExtractLimits } from './safe-extract.js';
 import { sha256Hex, verifyBytes, type PublicKey } from './signing.js';
 
 /** A version (optionally pinned to its manifest's sha256, as a controller's command does) or a channel. */
-export type InstallTarget = { version: string; manifestSha256?: string } | { channel: string };
+/**
+ * A version (with the manifest digest it must have, and the signed manifest itself when the caller
+ * already holds it: it is verified like a downloaded one, and saves two GETs), or a channel.
+ */
+export type InstallTarget = { version: string; manifestSha256?: string; manifest?: SignedObject } | { channel: string };
 
 export interface VerifiedPointer {
   pointer: ChannelPointer;
@@ -60,7 +64,7 @@ export function verifyManifest(obj: SignedObject, expect: { app: string; version
   verifyBytes(obj.bytes, obj.sig, keys, what);
   const sha256 = sha256Hex(obj.bytes);
   if (expect.sha256 && sha256 !== expect.sha256) {
-    throw new KilnError('KILN_MANIFEST_MISMATCH', `${what} has sha256 ${sha256} but the channel pointer names ${expect.sha256}`);
+    throw new KilnError('KILN_MANIFEST_MISMATCH', `${what} has sha256 ${sha256}, not the ${expect.sha256} the channel pointer or command names`);
   }
   const manifest = parseJson(obj.bytes, Manifest, 'KILN_MANIFEST_INVALID', what);
   if (manifest.app !== expect.app || manifest.version !== expect.version) {
