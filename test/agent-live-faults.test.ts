@@ -3,7 +3,7 @@
 // that the agent goes on (it still answers a command afterwards).
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readlink, rm, writeFile } from 'node:fs/promises';
+import { readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -324,6 +324,16 @@ describe('agent live path: the signed manifest sent with an install command', ()
       expect(await resultOf(a.instanceId, 'fetched')).toMatchObject({ outcome: 'installed', version: '4.0.0' });
       expect(manifestGets()).toBe(before + 1);
       await intact(a.root, a.port, '4.0.0');
+      // The inbox keeps the command, not the manifest it carried (a restart fetches it).
+      // (a gated release above 4.0.0: held at its health check until the gate opens)
+      const held = await pushApp({ store: s3.store, keys, version: '5.0.0', kilnJson: gatedSpec(gate) });
+      const action5 = { kind: 'install', version: '5.0.0', seq: held.manifest.seq, manifestSha256: held.manifestSha256 };
+      ctl.command(a.instanceId, 'inline-held', { ...action5, manifest: await signed('5.0.0') });
+      await ctl.waitFor(a.instanceId, 'progress', (m) => m.commandId === 'inline-held' && m.stage === 'health');
+      const inbox = await readFile(path.join(a.root, 'var/lib/kiln/agent/inbox.json'), 'utf8');
+      expect(JSON.parse(inbox)).toEqual([expect.objectContaining({ id: 'inline-held', action: action5 })]);
+      await openGate();
+      expect(await resultOf(a.instanceId, 'inline-held')).toMatchObject({ outcome: 'installed', version: '5.0.0' });
     } finally {
       await proxy.close();
     }

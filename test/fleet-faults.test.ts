@@ -47,7 +47,7 @@ const launchOptions = (): LaunchOptions => ({
   agentSecret,
   s3: s3.s3.location,
   agentSettings: FAST_AGENT,
-  bakeTimeouts: { launchMs: 15_000, installMs: 15_000, imageMs: 15_000 },
+  bakeTimeouts: { launchMs: 15_000, installMs: 30_000, imageMs: 15_000 },
   launchTimeoutMs: 15_000,
 });
 /** A health check that passes while `gate` exists. */
@@ -196,7 +196,7 @@ describe('fleet faults on the process provider', () => {
     process.kill(-pid, 'SIGKILL'); // the agent and the app it started: the machine's power cut
     const rec = await finished('bakes', id);
     expect([rec.state, rec.error?.code], JSON.stringify(rec)).toEqual(['failed', 'KILN_BAKE_FAILED']);
-    // Not the install deadline (15 s, "within … ms"): the provider said the builder stopped.
+    // Not the install deadline (30 s, "within … ms"): the provider said the builder stopped.
     expect(rec.error.message).toMatch(new RegExp(`failed in phase install: KILN_PROVIDER_FAILED: the builder ${builder} is stopped: it stopped running during the install`));
     await expectReaped(lastBakeId());
   }, 60_000);

@@ -39,11 +39,13 @@ export function createJobQueue(opts: { inboxFile: string; maxQueued: number; log
   let persisted = Promise.resolve();
 
   const commandsInFlight = () => [running, ...waiting].filter((j): j is Extract<Job, { kind: 'command' }> => j?.kind === 'command').map((j) => j.command);
+  // Without the manifest an install carried (up to 64 KiB each): after a restart the agent fetches it.
+  const forInbox = (c: CommandMessage) => (c.action.kind === 'install' && c.action.manifest ? { ...c, action: { ...c.action, manifest: undefined } } : c);
   // Writes are chained so the file always ends with the latest list.
   const persist = () => {
     persisted = persisted.then(async () => {
       await mkdir(path.dirname(opts.inboxFile), { recursive: true });
-      await writeFileAtomic(opts.inboxFile, JSON.stringify(commandsInFlight()) + '\n');
+      await writeFileAtomic(opts.inboxFile, JSON.stringify(commandsInFlight().map(forInbox)) + '\n');
     }).catch((err) => opts.log.error({ err }, 'cannot write the command inbox'));
     return persisted;
   };

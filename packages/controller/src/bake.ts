@@ -33,8 +33,6 @@ export interface BakeOptions {
   /** part of the bake key: a new agent is a new image */
   agentVersion: string;
   timeouts?: Partial<BakeTimeouts>;
-  /** how often the provider is asked whether the builder still runs while its agent installs (2 s) */
-  builderCheckMs?: number;
   log: Logger;
   /** told as each phase ends, with its wall time */
   onPhase?: (name: string, ms: number) => void;
@@ -53,25 +51,27 @@ export interface BakeResult {
 /** The channel a bake points its builder at: private to the bake, removed when it ends. */
 const bakeChannel = (bakeId: string) => `bake-${bakeId.slice(2)}`;
 
+/** How often the provider is asked whether a builder still runs while its agent installs. */
+const BUILDER_CHECK_MS = 2_000;
+
 /**
- * Resolves as not ok once the provider says the builder is no longer running (it crashed, was
- * powered off or terminated), asked every `everyMs` until `stop`; otherwise it never resolves.
+ * Resolves as not ok once the provider has said twice in a row that the builder is not running (it
+ * crashed, was powered off or terminated; twice, as EC2's answers can lag). Asked every
+ * BUILDER_CHECK_MS until `signal` aborts; never resolves after that.
  */
-function builderStops(provider: Provider, builder: string, tags: Tags, everyMs: number): { outcome: Promise<WaitOutcome>; stop: () => void } {
-  const ac = new AbortController();
-  const outcome = (async (): Promise<WaitOutcome> => {
-    for (;;) {
-      await sleep(everyMs, undefined, { signal: ac.signal, ref: false });
-      const seen = await provider.describeInstances(tags).then((list) => ({ inst: list.find((i) => i.id === builder) }), () => undefined);
-      if (ac.signal.aborted) break;
-      if (!seen) continue; // a failed describe says nothing
-      const { inst } = seen;
-      if (inst?.state === 'running' || inst?.state === 'pending') continue;
+async function builderStops(provider: Provider, builder: string, tags: Tags, signal: AbortSignal): Promise<WaitOutcome> {
+  let strikes = 0;
+  while (!signal.aborted) {
+    await sleep(BUILDER_CHECK_MS, undefined, { signal, ref: false }).catch(() => undefined);
+    const seen = await provider.describeInstances(tags).then((list) => ({ inst: list.find((i) => i.id === builder) }), () => undefined);
+    if (signal.aborted || !seen) continue; // a failed describe says nothing
+    const { inst } = seen;
+    strikes = inst?.state === 'running' || inst?.state === 'pending' ? 0 : strikes + 1;
+    if (strikes === 2) {
       return { ok: false, code: 'KILN_PROVIDER_FAILED', message: `the builder ${builder} ${inst ? `is ${inst.state}` : 'is gone'}: it stopped running during the install (crashed, powered off or terminated)` };
     }
-    return new Promise<WaitOutcome>(() => undefined);
-  })().catch(() => new Promise<WaitOutcome>(() => undefined)); // the abort: the race is over
-  return { outcome, stop: () => ac.abort() };
+  }
+  return new Promise<WaitOutcome>(() => undefined);
 }
 
 /** The base image a bake starts from; KILN_IMAGE_NOT_FOUND when it is missing or not available. */
@@ -146,18 +146,23 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
     builder = inst!.id;
     await o.provider.waitRunning([builder], { timeoutMs: t.launchMs });
     done('install');
-    const crashed = builderStops(o.provider, builder, { [TAG.bakeId]: bakeId }, o.builderCheckMs ?? 2_000);
-    const sealed = await Promise.race([crashed.outcome, o.waiter.until(
-      builder,
-      (i) => {
-        const r = i?.report;
-        if (r?.installed?.manifestSha256 === manifestSha256 && r.installed.via === 'baked' && r.image?.manifestSha256 === manifestSha256) return { ok: true };
-        if (r?.lastError && !TRANSIENT_S3_CODES.has(r.lastError.code)) return { ok: false, code: r.lastError.code, message: r.lastError.message };
-        return undefined;
-      },
-      t.installMs,
-      (i) => `the builder ${builder} ${i?.connected ? `reported ${i.report?.installed?.version ?? 'nothing installed'}, not ${o.version} sealed,` : 'never connected'} within ${t.installMs} ms`,
-    )]).finally(crashed.stop);
+    // The first of: the builder sealed, its agent's error, the install deadline, the builder stopped.
+    const over = new AbortController();
+    const sealed = await Promise.race([
+      builderStops(o.provider, builder, { [TAG.bakeId]: bakeId }, over.signal),
+      o.waiter.until(
+        builder,
+        (i) => {
+          const r = i?.report;
+          if (r?.installed?.manifestSha256 === manifestSha256 && r.installed.via === 'baked' && r.image?.manifestSha256 === manifestSha256) return { ok: true };
+          if (r?.lastError && !TRANSIENT_S3_CODES.has(r.lastError.code)) return { ok: false, code: r.lastError.code, message: r.lastError.message };
+          return undefined;
+        },
+        t.installMs,
+        (i) => `the builder ${builder} ${i?.connected ? `reported ${i.report?.installed?.version ?? 'nothing installed'}, not ${o.version} sealed,` : 'never connected'} within ${t.installMs} ms`,
+        over.signal,
+      ),
+    ]).finally(() => over.abort());
     if (!sealed.ok) throw new KilnError(sealed.code as 'KILN_AGENT_TIMEOUT', sealed.message);
     done('image');
     await o.provider.stop([builder], { timeoutMs: t.imageMs });

@@ -21,9 +21,10 @@ export interface RolloutWaiter {
   run(t: WaitTarget): Promise<WaitOutcome>;
   /**
    * Resolves with what `test` says once it says something (checked now and on every report,
-   * result and connection of the instance), or as KILN_AGENT_TIMEOUT with `late`'s words.
+   * result and connection of the instance), or as KILN_AGENT_TIMEOUT with `late`'s words; once
+   * `signal` aborts, at once as not ok (KILN_INTERRUPTED), its timer and listener gone.
    */
-  until(instanceId: string, test: (inst: HubInstance | undefined) => WaitOutcome | undefined, timeoutMs: number, late: (inst: HubInstance | undefined) => string): Promise<WaitOutcome>;
+  until(instanceId: string, test: (inst: HubInstance | undefined) => WaitOutcome | undefined, timeoutMs: number, late: (inst: HubInstance | undefined) => string, signal?: AbortSignal): Promise<WaitOutcome>;
   /** the controller is stopping: every wait, running or later, resolves at once as not ok */
   close(): void;
 }
@@ -39,14 +40,18 @@ export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
   hub.on('result', poke);
   hub.on('connection', poke);
   const stopping: WaitOutcome = { ok: false, code: 'KILN_AGENT_UNREACHABLE', message: 'the controller is stopping' };
+  const calledOff: WaitOutcome = { ok: false, code: 'KILN_INTERRUPTED', message: 'the wait was called off' };
   const open = new Set<(o: WaitOutcome) => void>();
   let closed = false;
 
-  const until: RolloutWaiter['until'] = (instanceId, test, timeoutMs, late) => {
+  const until: RolloutWaiter['until'] = (instanceId, test, timeoutMs, late, signal) => {
     if (closed) return Promise.resolve(stopping);
+    if (signal?.aborted) return Promise.resolve(calledOff);
     return new Promise<WaitOutcome>((resolve) => {
+      const onAbort = () => finish(calledOff);
       const finish = (o: WaitOutcome) => {
         clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
         open.delete(finish);
         const set = waits.get(instanceId);
         set?.delete(check);
@@ -59,6 +64,7 @@ export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
         if (outcome) finish(outcome);
       };
       const timer = setTimeout(() => finish({ ok: false, code: 'KILN_AGENT_TIMEOUT', message: late(hub.get(instanceId)) }), timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
       if (!waits.has(instanceId)) waits.set(instanceId, new Set());
       waits.get(instanceId)!.add(check);
       check();

@@ -1,4 +1,4 @@
-import { MAX_INLINE_MANIFEST, asKilnError, type CommandAction, type Logger, type SignedObject } from '@kiln/shared';
+import { CommandAction, MAX_INLINE_MANIFEST, asKilnError, type Logger, type SignedObject } from '@kiln/shared';
 import type { AgentHub } from './agent-hub.js';
 import type { BatchSpec, Deployment, ReleaseRef } from './fleet-model.js';
 import type { RolloutWaiter } from './rollout-wait.js';
@@ -53,11 +53,14 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     })().finally(() => (saving = undefined));
     return saving;
   };
-  /** The manifest to send along, when it is small enough and can be read; the agents fetch it otherwise. */
-  const inlineManifest = async (): Promise<{ manifest?: { bytes: string; sig: string } }> => {
-    const signed = await c.signedManifest?.(r.app, r.release.version).catch((err) => void log.warn({ err }, 'cannot read the manifest to send along: the agents fetch it'));
-    if (!signed || signed.bytes.length > MAX_INLINE_MANIFEST) return {};
-    return { manifest: { bytes: signed.bytes.toString('base64'), sig: signed.sig.toString('base64') } };
+  /** The install command, with the signed manifest when it can be read within 5 s and fits; the agents fetch it otherwise. */
+  const installAction = async (): Promise<CommandAction> => {
+    const plain: CommandAction = { kind: 'install', ...r.release };
+    const timeout = new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 5_000).unref());
+    const signed = await Promise.race([c.signedManifest?.(r.app, r.release.version), timeout]).catch((err) => void log.warn({ err }, 'cannot read the manifest to send along: the agents fetch it'));
+    if (!signed || signed.bytes.length > MAX_INLINE_MANIFEST) return plain;
+    const withManifest = CommandAction.safeParse({ ...plain, manifest: { bytes: signed.bytes.toString('base64'), sig: signed.sig.toString('base64') } });
+    return withManifest.success ? withManifest.data : plain;
   };
   const mark = (id: string, step: Deployment['instances'][string]['step'], error?: { code: string; message: string }) => {
     r.instances[id] = { step, batch: r.instances[id]?.batch ?? -1, ...(error ? { error } : {}), at: c.now().toISOString() };
@@ -80,7 +83,7 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     }
     // Going back (a fleet rollback, or an explicit older version) is a rollback on the agents: they refuse a lower seq otherwise.
     const back = r.kind === 'rollback' || (r.previous !== null && r.release.seq < r.previous.seq);
-    const install: CommandAction = back ? { kind: 'rollback', version: r.release.version, manifestSha256: r.release.manifestSha256 } : { kind: 'install', ...r.release, ...(await inlineManifest()) };
+    const install: CommandAction = back ? { kind: 'rollback', version: r.release.version, manifestSha256: r.release.manifestSha256 } : await installAction();
     for (const [n, batch] of r.batches.entries()) {
       if (r.cancelRequested) {
         // Instances launched from now on boot into what the fleet ran before; those already done stay.

@@ -12,7 +12,7 @@ export const MAX_FRAME_BYTES = 1024 * 1024;
 const name = (kind: 'app' | 'version' | 'channel') => z.string().refine((v) => isValidName(kind, v), `invalid ${kind} name`);
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
 /** Manifests up to this size (bytes) travel in install commands; larger ones are fetched from the bucket. */
-export const MAX_INLINE_MANIFEST = 256 * 1024;
+export const MAX_INLINE_MANIFEST = 64 * 1024;
 const base64 = (maxBytes: number) => z.string().max(Math.ceil(maxBytes / 3) * 4).regex(/^[A-Za-z0-9+/]*={0,2}$/, 'base64');
 const id = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, 'letters, digits and . _ : - (at most 128)');
 const time = z.string().max(40);

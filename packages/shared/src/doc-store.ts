@@ -2,10 +2,12 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import type { z } from 'zod';
 import { KilnError } from './kiln-error.js';
 import { formatZodError } from './release-schema.js';
-import { TRANSIENT_S3_CODES } from './s3-errors.js';
 import { s3Objects } from './s3-objects.js';
 
-/** Attempts of a record read that fails on the way (a dropped connection, a body cut short). */
+/**
+ * Attempts of a record read whose connection drops (a body cut short: the SDK's own retries end
+ * with the response headers). Timeouts and error answers are the SDK's to retry, not again here.
+ */
 const GET_ATTEMPTS = 3;
 
 /** JSON records in the bucket (the controller's fleets and deployments): the state it can rebuild from. */
@@ -27,7 +29,7 @@ export function createDocStore(client: S3Client, bucket: string, prefix = ''): D
           bytes = await objects.getSmall(prefix + key);
         } catch (err) {
           if (err instanceof KilnError && err.code === 'KILN_RELEASE_NOT_FOUND') return undefined;
-          if (!(err instanceof KilnError && TRANSIENT_S3_CODES.has(err.code)) || attempt === GET_ATTEMPTS) throw err;
+          if (!(err instanceof KilnError && err.code === 'KILN_S3_UNREACHABLE') || attempt === GET_ATTEMPTS) throw err;
           await new Promise((r) => setTimeout(r, 100 * attempt));
         }
       }
