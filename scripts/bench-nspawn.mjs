@@ -21,7 +21,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import { createLogger, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, publishRelease } from '../packages/shared/dist/index.js';
-import { buildServer, createNspawnProvider, createProcessProvider, kilnCacheDir, nspawnHostProblem, startEmbeddedS3 } from '../packages/controller/dist/index.js';
+import { createNspawnProvider, createProcessProvider, kilnCacheDir, nspawnHostProblem, startEmbeddedS3 } from '../packages/controller/dist/index.js';
+import { startBenchController } from './bench-controller.mjs';
 import { median, say } from './bench-measure.mjs';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -83,17 +84,7 @@ async function runProvider(kind) {
       await provider.terminate((await provider.describeInstances({})).map((i) => i.id));
       await provider.shutdown?.();
     });
-    const server = await buildServer({
-      log,
-      s3: createS3Client(s3.location),
-      bucket: s3.location.bucket,
-      prefix: s3.location.prefix,
-      operatorTokens: [OPERATOR],
-      signingKey: key,
-      trustedKeys: [parsePublicKey(pair.publicPem, 'bench key')],
-      launch: { provider, agentSecret: randomBytes(32), s3: s3.location, serviceManager: kind === 'nspawn' ? 'systemd' : 'process' },
-    });
-    await server.listen({ host: '127.0.0.1', port: 0 });
+    const server = await startBenchController({ log, s3, signingKey: key, trustedKeys: [parsePublicKey(pair.publicPem, 'bench key')], operator: OPERATOR, provider, serviceManager: kind === 'nspawn' ? 'systemd' : 'process' });
     undo.push(() => server.close());
     const url = `http://127.0.0.1:${server.server.address().port}`;
     const api = async (method, p, body) => {

@@ -26,7 +26,8 @@ import { parseArgs } from 'node:util';
 import { execFileSync } from 'node:child_process';
 
 import { createLogger, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, publishRelease } from '../packages/shared/dist/index.js';
-import { buildServer, createProcessProvider, startEmbeddedS3 } from '../packages/controller/dist/index.js';
+import { createProcessProvider, startEmbeddedS3 } from '../packages/controller/dist/index.js';
+import { startBenchController } from './bench-controller.mjs';
 import { CLK_TCK, cleanupOnce, intOption, machineTicks, median, printUsage, r1, r2, say } from './bench-measure.mjs';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -200,17 +201,7 @@ async function oneRun(k, cleanups) {
     await provider.terminate(left.map((i) => i.id)).catch((err) => say(`cannot terminate ${left.map((i) => i.id).join(', ')}: ${err.message}`));
   });
   // The controller as `kiln up` builds it (startLocalController): the process provider, agents on the same S3.
-  const server = await buildServer({
-    log,
-    s3: createS3Client(s3.location),
-    bucket: s3.location.bucket,
-    prefix: s3.location.prefix,
-    operatorTokens: [OPERATOR],
-    signingKey: key,
-    trustedKeys: [pub],
-    launch: { provider, agentSecret: randomBytes(32), s3: s3.location, serviceManager: 'process' },
-  });
-  await server.listen({ host: '127.0.0.1', port: 0 });
+  const server = await startBenchController({ log, s3, signingKey: key, trustedKeys: [pub], operator: OPERATOR, provider, serviceManager: 'process' });
   // The controller first: it stops its rollouts and says goodbye to the agents (pushed last, run first).
   cleanups.push(() => server.close());
   const url = `http://127.0.0.1:${server.server.address().port}`;
