@@ -95,6 +95,26 @@ async function timed<T>(p: Promise<T>): Promise<{ value: T; ms: number }> {
   return { value, ms: performance.now() - t0 };
 }
 
+describe('ec2 provider: the AWS SDKs are loaded lazily', () => {
+  it('importing @kiln/controller loads neither the EC2 nor the ELBv2 SDK; making an ec2 provider does', () => {
+    // A fresh Node, as an embedder or `kiln up` would import the package: which SDK packages its CommonJS cache holds.
+    const loaded = (code: string): boolean[] => {
+      const script = [
+        "import { createRequire } from 'node:module';",
+        "const { createEc2Provider, createLogger } = await import('@kiln/controller').then(async (c) => ({ ...c, ...(await import('@kiln/shared')) }));",
+        code,
+        "const cache = Object.keys(createRequire(process.cwd() + '/')('node:module')._cache);",
+        "console.log(JSON.stringify(['client-ec2', 'client-elastic-load-balancing-v2'].map((p) => cache.some((k) => k.includes(`@aws-sdk/${p}/`)))));",
+      ].join('\n');
+      const out = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: path.dirname(new URL(import.meta.url).pathname), encoding: 'utf8' });
+      expect(out.status, out.stderr).toBe(0);
+      return JSON.parse(out.stdout) as boolean[];
+    };
+    expect(loaded('')).toEqual([false, false]);
+    expect(loaded("createEc2Provider({ region: 'eu-west-1', log: createLogger({ level: 'silent' }) });")).toEqual([true, true]);
+  });
+});
+
 describe('ec2 provider: launch', () => {
   it('runs count instances with tags on instance and volume, IMDSv2 and user data that configures the agent', async () => {
     ec2.on(RunInstancesCommand).resolves({ Instances: [instance('i-0a1', 'pending', { Tags: [{ Key: 'kiln:fleet', Value: 'web' }] }), instance('i-0a2', 'pending')] });

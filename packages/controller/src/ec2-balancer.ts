@@ -1,11 +1,7 @@
-import {
-  DeregisterTargetsCommand,
-  DescribeTargetHealthCommand,
-  RegisterTargetsCommand,
-  type ElasticLoadBalancingV2Client,
-} from '@aws-sdk/client-elastic-load-balancing-v2';
+import type { ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
 import { KilnError, type Logger } from '@kiln/shared';
 import { awsCall, errorName, waitFor } from './ec2-calls.js';
+import { elbSdk } from './ec2-sdk.js';
 import type { WaitOptions } from './provider.js';
 
 /** What the target group calls need: the home region's ELBv2 client and the provider's clock and poll period. */
@@ -43,7 +39,7 @@ export async function setLiveIn(ctx: BalancerContext, targetGroup: string, live:
   if (live.length > 0) {
     try {
       // No abort signal on a call that changes something: cut off mid-flight, it may still happen unseen.
-      await elbCall('RegisterTargets', () => ctx.client.send(new RegisterTargetsCommand({ TargetGroupArn: targetGroup, Targets: live.map((Id) => ({ Id })) })));
+      await elbCall('RegisterTargets', () => ctx.client.send(new (elbSdk().RegisterTargetsCommand)({ TargetGroupArn: targetGroup, Targets: live.map((Id) => ({ Id })) })));
       log.info({ targets: live }, 'registered targets, waiting until healthy');
       await waitTargets(ctx, targetGroup, live, 'healthy', deadline, opts);
     } catch (err) {
@@ -75,7 +71,7 @@ function checkArn(ctx: BalancerContext, arn: string): void {
 /** ELBv2 refuses a whole batch for one instance that no longer exists; such an instance serves nothing, so then each goes alone and it is skipped. */
 async function deregister(ctx: BalancerContext, targetGroup: string, ids: string[]): Promise<void> {
   const send = (batch: string[]) =>
-    elbCall('DeregisterTargets', () => ctx.client.send(new DeregisterTargetsCommand({ TargetGroupArn: targetGroup, Targets: batch.map((Id) => ({ Id })) }))).then(
+    elbCall('DeregisterTargets', () => ctx.client.send(new (elbSdk().DeregisterTargetsCommand)({ TargetGroupArn: targetGroup, Targets: batch.map((Id) => ({ Id })) }))).then(
       () => true,
       (err: unknown) => {
         if (err instanceof KilnError && errorName(err.cause) === 'InvalidTargetException') return false;
@@ -87,7 +83,7 @@ async function deregister(ctx: BalancerContext, targetGroup: string, ids: string
 
 /** Every registration in the group by target id. Not filtered by id: a target absent from the answer is simply not registered. */
 async function describeTargets(ctx: BalancerContext, targetGroup: string, signal: AbortSignal): Promise<Map<string, Registration[]>> {
-  const out = await elbCall('DescribeTargetHealth', () => ctx.client.send(new DescribeTargetHealthCommand({ TargetGroupArn: targetGroup }), { abortSignal: signal }), signal);
+  const out = await elbCall('DescribeTargetHealth', () => ctx.client.send(new (elbSdk().DescribeTargetHealthCommand)({ TargetGroupArn: targetGroup }), { abortSignal: signal }), signal);
   const seen = new Map<string, Registration[]>();
   for (const d of out.TargetHealthDescriptions ?? []) {
     const id = d.Target?.Id;

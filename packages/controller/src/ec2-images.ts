@@ -1,17 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import {
-  CopyImageCommand,
-  CreateImageCommand,
-  DeleteSnapshotCommand,
-  DeregisterImageCommand,
-  DescribeImagesCommand,
-  DescribeSnapshotsCommand,
-  type Filter,
-  type Image,
-  type TagSpecification,
-} from '@aws-sdk/client-ec2';
+import type { Filter, Image, TagSpecification } from '@aws-sdk/client-ec2';
 import { KilnError } from '@kiln/shared';
 import { ec2Call, ec2CallTolerating, fromEc2Tags, tagFilters, toEc2Tags, waitFor, type Ec2Context } from './ec2-calls.js';
+import { ec2Sdk } from './ec2-sdk.js';
 import { ensureStopped } from './ec2-instances.js';
 import { TAG, type ImageInfo, type Tags, type WaitOptions } from './provider.js';
 
@@ -38,7 +29,7 @@ async function describeRaw(ctx: Ec2Context, query: { tags?: Tags; ids?: string[]
   do {
     const page = await ec2Call(
       'DescribeImages',
-      () => ctx.client.send(new DescribeImagesCommand({ Owners: ['self'], Filters: filters, NextToken: token }), signal ? { abortSignal: signal } : {}),
+      () => ctx.client.send(new (ec2Sdk().DescribeImagesCommand)({ Owners: ['self'], Filters: filters, NextToken: token }), signal ? { abortSignal: signal } : {}),
       signal,
     );
     out.push(...(page.Images ?? []));
@@ -57,14 +48,14 @@ export async function deleteImageIn(ctx: Ec2Context, imageId: string): Promise<v
   const [image] = await describeRaw(ctx, { ids: [imageId] });
   if (!image) return;
   const snapshots = (image.BlockDeviceMappings ?? []).flatMap((m) => (m.Ebs?.SnapshotId ? [m.Ebs.SnapshotId] : []));
-  await ec2CallTolerating('DeregisterImage', IMAGE_NOT_FOUND, () => ctx.client.send(new DeregisterImageCommand({ ImageId: imageId })));
+  await ec2CallTolerating('DeregisterImage', IMAGE_NOT_FOUND, () => ctx.client.send(new (ec2Sdk().DeregisterImageCommand)({ ImageId: imageId })));
   await deleteSnapshots(ctx, snapshots);
   ctx.log.info({ imageId, snapshots }, 'deleted image and its snapshots');
 }
 
 async function deleteSnapshots(ctx: Ec2Context, ids: string[]): Promise<void> {
   for (const id of ids) {
-    await ec2CallTolerating('DeleteSnapshot', SNAPSHOT_NOT_FOUND, () => ctx.client.send(new DeleteSnapshotCommand({ SnapshotId: id })));
+    await ec2CallTolerating('DeleteSnapshot', SNAPSHOT_NOT_FOUND, () => ctx.client.send(new (ec2Sdk().DeleteSnapshotCommand)({ SnapshotId: id })));
   }
 }
 
@@ -81,7 +72,7 @@ async function reapImage(ctx: Ec2Context, imageId: string, tags: Tags): Promise<
     if (bakeId === undefined) return;
     const page = await ec2Call('DescribeSnapshots', () =>
       ctx.client.send(
-        new DescribeSnapshotsCommand({
+        new (ec2Sdk().DescribeSnapshotsCommand)({
           OwnerIds: ['self'],
           Filters: [
             { Name: `tag:${TAG.bakeId}`, Values: [bakeId] },
@@ -121,7 +112,7 @@ export async function createImageFrom(ctx: Ec2Context, instanceId: string, spec:
   const deadline = ctx.now() + opts.timeoutMs;
   await ensureStopped(ctx, instanceId, deadline, opts);
   const created = await ec2Call('CreateImage', () =>
-    ctx.client.send(new CreateImageCommand({ InstanceId: instanceId, Name: spec.name, TagSpecifications: imageTagSpecs(spec.tags) })),
+    ctx.client.send(new (ec2Sdk().CreateImageCommand)({ InstanceId: instanceId, Name: spec.name, TagSpecifications: imageTagSpecs(spec.tags) })),
   );
   if (!created.ImageId) throw new KilnError('KILN_PROVIDER_FAILED', `ec2 CreateImage failed: it returned no image id for ${instanceId}`);
   ctx.log.info({ imageId: created.ImageId, instanceId }, 'image creation started');
@@ -152,7 +143,7 @@ export async function copyImageTo(home: Ec2Context, ctxFor: (region: string) => 
       try {
         const out = await ec2Call(`CopyImage (to ${region})`, () =>
           ctx.client.send(
-            new CopyImageCommand({ SourceImageId: imageId, SourceRegion: home.region, Name: source.Name, ClientToken: randomUUID(), TagSpecifications: imageTagSpecs(tags) }),
+            new (ec2Sdk().CopyImageCommand)({ SourceImageId: imageId, SourceRegion: home.region, Name: source.Name, ClientToken: randomUUID(), TagSpecifications: imageTagSpecs(tags) }),
           ),
         );
         if (!out.ImageId) throw new KilnError('KILN_PROVIDER_FAILED', `ec2 CopyImage (to ${region}) failed: it returned no image id`);

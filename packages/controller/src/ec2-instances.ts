@@ -1,13 +1,7 @@
-import {
-  DescribeInstancesCommand,
-  StartInstancesCommand,
-  StopInstancesCommand,
-  TerminateInstancesCommand,
-  type Filter,
-  type Instance,
-} from '@aws-sdk/client-ec2';
+import type { Filter, Instance } from '@aws-sdk/client-ec2';
 import { KilnError } from '@kiln/shared';
 import { ec2Call, ec2CallTolerating, fromEc2Tags, tagFilters, waitFor, type Ec2Context } from './ec2-calls.js';
+import { ec2Sdk } from './ec2-sdk.js';
 import type { InstanceInfo, InstanceState, Tags, WaitOptions } from './provider.js';
 
 /** Every state but terminated: what "instances carrying these tags" means to a fleet. */
@@ -54,7 +48,7 @@ export async function describeInstancesIn(ctx: Ec2Context, query: { ids?: string
   do {
     const page = await ec2Call(
       'DescribeInstances',
-      () => ctx.client.send(new DescribeInstancesCommand({ Filters: filters, NextToken: token }), signal ? { abortSignal: signal } : {}),
+      () => ctx.client.send(new (ec2Sdk().DescribeInstancesCommand)({ Filters: filters, NextToken: token }), signal ? { abortSignal: signal } : {}),
       signal,
     );
     for (const r of page.Reservations ?? []) for (const i of r.Instances ?? []) out.push(toInstanceInfo(i));
@@ -85,13 +79,13 @@ export function waitInstances(ctx: Ec2Context, ids: string[], target: 'running' 
 export async function stopInstances(ctx: Ec2Context, ids: string[], deadline: number, opts: WaitOptions): Promise<void> {
   if (ids.length === 0) return;
   // No abort signal on a call that changes something: cut off mid-flight, it may still happen unseen.
-  await ec2Call('StopInstances', () => ctx.client.send(new StopInstancesCommand({ InstanceIds: ids })));
+  await ec2Call('StopInstances', () => ctx.client.send(new (ec2Sdk().StopInstancesCommand)({ InstanceIds: ids })));
   await waitInstances(ctx, ids, 'stopped', deadline, opts);
 }
 
 export async function startInstances(ctx: Ec2Context, ids: string[], deadline: number, opts: WaitOptions): Promise<void> {
   if (ids.length === 0) return;
-  await ec2Call('StartInstances', () => ctx.client.send(new StartInstancesCommand({ InstanceIds: ids })));
+  await ec2Call('StartInstances', () => ctx.client.send(new (ec2Sdk().StartInstancesCommand)({ InstanceIds: ids })));
   await waitInstances(ctx, ids, 'running', deadline, opts);
 }
 
@@ -110,7 +104,7 @@ export async function ensureStopped(ctx: Ec2Context, id: string, deadline: numbe
 export async function terminateInstances(ctx: Ec2Context, ids: string[]): Promise<void> {
   if (ids.length === 0) return;
   const terminate = (batch: string[]) =>
-    ec2CallTolerating('TerminateInstances', NOT_FOUND, () => ctx.client.send(new TerminateInstancesCommand({ InstanceIds: batch })));
+    ec2CallTolerating('TerminateInstances', NOT_FOUND, () => ctx.client.send(new (ec2Sdk().TerminateInstancesCommand)({ InstanceIds: batch })));
   const done = await terminate(ids);
   if (done === undefined && ids.length > 1) await Promise.all(ids.map((id) => terminate([id])));
   ctx.log.info({ instanceIds: ids }, 'terminated instances');

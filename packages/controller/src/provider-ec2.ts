@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import { EC2Client, RunInstancesCommand, type _InstanceType } from '@aws-sdk/client-ec2';
-import { ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
+import type { EC2Client, _InstanceType } from '@aws-sdk/client-ec2';
+import type { ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
 import { KilnError, type Logger } from '@kiln/shared';
 import { setLiveIn } from './ec2-balancer.js';
 import { ec2Call, errorName, toEc2Tags, type Ec2Context } from './ec2-calls.js';
+import { ec2Sdk, elbSdk } from './ec2-sdk.js';
 import { copyImageTo, createImageFrom, deleteImageIn, describeImagesIn } from './ec2-images.js';
 import { describeInstancesIn, startInstances, stopInstances, terminateInstances, toInstanceInfo, waitInstances } from './ec2-instances.js';
 import { renderUserData } from './ec2-user-data.js';
@@ -41,13 +42,13 @@ export function createEc2Provider(opts: Ec2ProviderOptions): Provider {
   const now = opts.now ?? Date.now;
   const pollMs = opts.pollMs ?? 5_000;
   const contextFor = (region: string, client: EC2Client): Ec2Context => ({ client, region, log: log.child({ region }), now, pollMs });
-  const home = contextFor(opts.region, opts.client ?? new EC2Client({ region: opts.region }));
+  const home = contextFor(opts.region, opts.client ?? new (ec2Sdk().EC2Client)({ region: opts.region }));
   const regions = new Map<string, Ec2Context>([[opts.region, home]]);
-  const balancer = { client: opts.elbClient ?? new ElasticLoadBalancingV2Client({ region: opts.region }), region: opts.region, log: home.log, now, pollMs };
+  const balancer = { client: opts.elbClient ?? new (elbSdk().ElasticLoadBalancingV2Client)({ region: opts.region }), region: opts.region, log: home.log, now, pollMs };
   const ctxFor = (region: string): Ec2Context => {
     let ctx = regions.get(region);
     if (!ctx) {
-      ctx = contextFor(region, opts.regionsClient ? opts.regionsClient(region) : new EC2Client({ region }));
+      ctx = contextFor(region, opts.regionsClient ? opts.regionsClient(region) : new (ec2Sdk().EC2Client)({ region }));
       regions.set(region, ctx);
     }
     return ctx;
@@ -76,7 +77,7 @@ export function createEc2Provider(opts: Ec2ProviderOptions): Provider {
       ...(opts.keyName ? { KeyName: opts.keyName } : {}),
       ...(profile ? { IamInstanceProfile: profile.startsWith('arn:') ? { Arn: profile } : { Name: profile } } : {}),
     };
-    const out = await ec2Call('RunInstances', () => home.client.send(new RunInstancesCommand(input))).catch((err: unknown) => {
+    const out = await ec2Call('RunInstances', () => home.client.send(new (ec2Sdk().RunInstancesCommand)(input))).catch((err: unknown) => {
       if (err instanceof KilnError && IMAGE_MISSING.includes(errorName(err.cause))) {
         throw new KilnError('KILN_IMAGE_NOT_FOUND', `ec2 image ${spec.imageId} does not exist in ${opts.region}: ${err.message}`, { cause: err.cause });
       }
