@@ -16,8 +16,8 @@ import { finished } from './helpers/cli.js';
 import { makeKeys, pushApp, quietLog, tempDir } from './helpers/release.js';
 import { startS3, type S3Fixture } from './helpers/s3.js';
 // Not exported by @kiln/controller (yet): the commands are wired into the CLI separately.
-import { buildAgentBundle, publishAgentBundle, readPublishedAgent, type AgentBundle } from '../packages/controller/dist/agent-bundle.js';
-import { agentBundleCommand, agentPublishCommand } from '../packages/controller/dist/cmd-agent-bundle.js';
+import { buildAgentBundle, publishAgentBundle, readPublishedAgent, type AgentBundle } from '../packages/controller/dist/providers/agent-bundle.js';
+import { agentBundleCommand, agentPublishCommand } from '../packages/controller/dist/cli/commands/agent.js';
 
 const AGENT_UNIT = fileURLToPath(new URL('../packages/agent/units/kiln-agent.service', import.meta.url));
 
@@ -193,6 +193,7 @@ describe('kiln agent bundle / kiln agent publish', () => {
       home,
       json,
       pauseAt: undefined,
+      runKiln: async () => 2,
     };
     return { ctx, stdout: () => stdout };
   }

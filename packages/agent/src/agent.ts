@@ -1,5 +1,6 @@
 import path from 'node:path';
 import {
+  AGENT_VERSION,
   KilnError,
   appLayout,
   asKilnError,
@@ -28,8 +29,6 @@ import { readImageMarker, type ImageMarker } from './image-marker.js';
 import { createJobQueue, type CommandMessage, type Job } from './job-queue.js';
 import { UNCHECKED, type DigestCache } from './tree-check.js';
 import { writeReportFile } from './report-file.js';
-
-export const AGENT_VERSION = '0.1.0';
 
 export interface AgentOptions {
   /** everything the agent reads and writes lives under this root ("/" on a real host) */

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The `kiln` CLI entry: reads the environment, wires the IO, runs the command.
-import { runCli } from './cli.js';
+import { runCli } from './cli/cli.js';
 
 // kiln supports Node >= 20; the AWS SDK's notice about its own future minimum is not the user's concern here.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';

@@ -1,0 +1,91 @@
+import { readFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import path from 'node:path';
+import { ERROR_CODES, KilnError, type ErrorCode } from '@kiln/shared';
+import { z } from 'zod';
+import { str, type CliContext, type Flags } from './cli-context.js';
+import { readLocalController } from '../local/local-files.js';
+
+export interface ApiClient {
+  /** the controller's base URL */
+  url: string;
+  /** where agents connect (ws:// or wss://) */
+  agentsUrl: string;
+  /** the certificate to trust for https/wss, when the local controller serves TLS */
+  ca: string | undefined;
+  get<T>(route: string): Promise<T>;
+  post<T>(route: string, body?: unknown): Promise<T>;
+}
+
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'EPIPE']);
+
+/**
+ * The operator API for CLI commands: the controller URL and operator token from flags, then
+ * KILN_CONTROLLER / KILN_TOKEN, then the `.kiln/controller.json` that `kiln up` writes.
+ * Errors come back as KilnErrors with the API's own code.
+ */
+export async function openApi(flags: Flags, ctx: CliContext, timeoutMs = 15_000): Promise<ApiClient> {
+  const env = ctx.io.env;
+  const local = await readLocalController(ctx.home);
+  const url = (str(flags, 'controller') ?? env.KILN_CONTROLLER ?? local?.url)?.replace(/\/+$/, '');
+  const token = str(flags, 'token') ?? env.KILN_TOKEN ?? local?.operatorToken;
+  if (!url) throw new KilnError('KILN_CONTROLLER_UNREACHABLE', 'no controller to talk to: start one with `kiln up` (in this directory), or pass --controller URL --token TOKEN (env KILN_CONTROLLER, KILN_TOKEN)');
+  if (!/^https?:\/\/[^/]+$/.test(url)) throw new KilnError('KILN_USAGE', `--controller ${url}: use http://HOST:PORT or https://HOST:PORT`);
+  if (!token) throw new KilnError('KILN_UNAUTHORIZED', `no operator token for ${url}: pass --token TOKEN (env KILN_TOKEN); \`kiln up\` prints it`);
+  // The local certificate is trusted only when talking to the local controller.
+  const caFile = local && local.url === url ? local.ca : undefined;
+  const ca = caFile ? await readFile(caFile, 'utf8') : undefined;
+  const agentsUrl = local && local.url === url ? local.agentsUrl : `${url.replace(/^http/, 'ws')}/v1/agents`;
+
+  function call<T>(method: 'GET' | 'POST', route: string, body?: unknown): Promise<T> {
+    const target = new URL(route, `${url}/`);
+    const payload = method === 'POST' ? JSON.stringify(body ?? {}) : undefined;
+    const send = target.protocol === 'https:' ? httpsRequest : httpRequest;
+    return new Promise<T>((resolve, reject) => {
+      const req = send(
+        target,
+        {
+          method,
+          ...(ca ? { ca } : {}),
+          headers: { authorization: `Bearer ${token}`, accept: 'application/json', ...(payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}) },
+          timeout: timeoutMs,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', (err) => reject(unreachable(url!, err)));
+          res.on('end', () => {
+            const status = res.statusCode ?? 0;
+            let parsed: unknown;
+            try {
+              parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+            } catch {
+              return reject(new KilnError('KILN_CONTROLLER_UNREACHABLE', `${url} answered ${method} ${route} with HTTP ${status} and no JSON: is it a kiln controller?`));
+            }
+            if (status >= 200 && status < 300) return resolve(parsed as T);
+            reject(apiError(parsed, status, `${method} ${route}`));
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })));
+      req.on('error', (err) => reject(unreachable(url!, err)));
+      req.end(payload);
+    });
+  }
+
+  return { url, agentsUrl, ca: caFile, get: (route) => call('GET', route), post: (route, body) => call('POST', route, body) };
+}
+
+function unreachable(url: string, err: Error): KilnError {
+  const code = (err as NodeJS.ErrnoException).code ?? '';
+  if (UNREACHABLE.has(code)) return new KilnError('KILN_CONTROLLER_UNREACHABLE', `cannot reach the controller at ${url} (${code}): is \`kiln up\` running? (or pass --controller URL)`, { cause: err });
+  return new KilnError('KILN_CONTROLLER_UNREACHABLE', `cannot talk to the controller at ${url}: ${err.message}`, { cause: err });
+}
+
+/** The API's `{error: {code, message}}` as a KilnError with the same code. */
+function apiError(body: unknown, status: number, what: string): KilnError {
+  const e = (body as { error?: { code?: unknown; message?: unknown } } | null)?.error;
+  if (typeof e?.code === 'string' && e.code in ERROR_CODES && typeof e.message === 'string') return new KilnError(e.code as ErrorCode, e.message, { details: { status } });
+  return new KilnError('KILN_CONTROLLER_UNREACHABLE', `the controller answered ${what} with HTTP ${status} and no kiln error`);
+}

@@ -1,0 +1,99 @@
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { KilnError, formatTable } from '@kiln/shared';
+import type { CommandDef } from '../cli-command.js';
+import { out, type CliContext } from '../cli-context.js';
+import { startLocalStack } from '../../local/local-stack.js';
+import { createProcessProvider } from '../../providers/process/process-provider.js';
+
+const DEMO_APP = fileURLToPath(new URL('../../../demo-app/', import.meta.url));
+
+async function get(url: string): Promise<string> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(5_000) });
+  return (await res.text()).trim();
+}
+
+export const demoCommand: CommandDef = {
+  name: 'demo',
+  summary: 'bake, launch, hotfix, heal and relaunch a fleet of 3 on local defaults, timing each strategy',
+  usage: 'demo [--keep]',
+  details:
+    'Starts an embedded S3 and the controller on 127.0.0.1 with the process provider, all in a temporary directory,\n' +
+    'and runs the real `kiln` commands against them: bake v1 and launch a fleet of 3 from the image, hotfix v2 in place,\n' +
+    'show the drift, heal (bake v2, replace), then relaunch v3 from the v2 image. Prints each strategy\'s wall time and\n' +
+    'removes everything it started.',
+  options: { keep: { type: 'boolean', help: 'leave the temporary directory (nothing keeps running) for a look afterwards' } },
+  positionals: [0, 0],
+  async run(ctx, flags) {
+    const work = await mkdtemp(path.join(tmpdir(), 'kiln-demo-'));
+    const home = path.join(work, '.kiln');
+    const started = Date.now();
+    out(ctx, `kiln demo: one agent, one install routine, three ways to ship (work dir ${work})`);
+    // The key first: the controller signs channel pointers with it from its start.
+    out(ctx, '\n$ kiln keys generate');
+    if ((await runKiln(ctx, home, ['keys', 'generate'])) !== 0) throw new KilnError('KILN_KEY_INVALID', 'the demo could not make a release key');
+    const stack = await startLocalStack({ home, log: ctx.log, dataDir: path.join(home, 's3'), bucket: 'kiln', port: 0, s3Port: 0 });
+    const provider = createProcessProvider({ dir: path.join(home, 'process'), log: ctx.log });
+    const times: Array<[string, string, number]> = [];
+    try {
+      out(ctx, `controller ${stack.ctl.url}, S3 ${stack.s3.location.endpoint}, process provider in ${path.join(home, 'process')}`);
+      const kiln = async (...args: string[]) => {
+        out(ctx, `\n$ kiln ${args.join(' ')}`);
+        const t = Date.now();
+        const code = await runKiln(ctx, home, args);
+        if (code !== 0) throw new KilnError('KILN_DEPLOY_FAILED', `the demo stopped: \`kiln ${args.join(' ')}\` exited ${code}`);
+        return Date.now() - t;
+      };
+      const serving = async (want: string) => {
+        const insts = (await provider.describeInstances({ 'kiln:fleet': 'web' })).filter((i) => i.state === 'running');
+        for (const i of insts) {
+          const body = await get(i.address!);
+          if (!body.includes(` ${want} `)) throw new KilnError('KILN_HEALTH_FAILED', `${i.id} should serve ${want} but answered: ${body}`);
+        }
+        out(ctx, `  checked: all ${insts.length} running instances answer "${want}" over HTTP`);
+      };
+
+      for (const v of ['v1', 'v2', 'v3']) {
+        const dir = path.join(work, `app-${v}`);
+        await cp(DEMO_APP, dir, { recursive: true });
+        await writeFile(path.join(dir, 'VERSION'), `${v}\n`);
+        await kiln('release', 'push', dir, '--app', 'demo', '--version', v);
+      }
+      await kiln('fleet', 'create', 'web', '--app', 'demo', '--provider', 'process', '--size', '3');
+      times.push(['bake + launch', 'v1: bake an image, launch 3 instances from it', await kiln('deploy', 'web', 'v1', '--strategy', 'bake')]);
+      await serving('v1');
+      times.push(['hotfix', 'v2 in place on the 3 live instances', await kiln('deploy', 'web', 'v2', '--strategy', 'hotfix', '--batch', '100%')]);
+      await serving('v2');
+      await kiln('drift', 'web');
+      times.push(['heal (bake + replace)', 'v2: bake an image, replace the hotfixed instances', await kiln('heal', 'web')]);
+      await kiln('status', 'web');
+      times.push(['relaunch', 'v3: new instances from the v2 image install v3 at boot', await kiln('deploy', 'web', 'v3', '--strategy', 'relaunch')]);
+      await serving('v3');
+      await kiln('status', 'web');
+      await kiln('images');
+
+      out(ctx, `\nwall time per strategy (fleet of 3, process provider):\n${formatTable(['STRATEGY', 'WHAT', 'SECONDS'], times.map(([s, w, ms]) => [s, w, (ms / 1000).toFixed(1)]))}`);
+    } finally {
+      const left = await provider.describeInstances({}).catch(() => []);
+      await provider.terminate(left.map((i) => i.id)).catch(() => undefined);
+      await stack.close().catch(() => undefined);
+      if (!flags.keep) await rm(work, { recursive: true, force: true });
+    }
+    out(ctx, `\nstopped ${'every instance'}, the controller and S3${flags.keep ? `; kept ${work}` : ', removed the work dir'}; done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  },
+};
+
+/** Runs a `kiln` command in this process against the demo's home, its output indented under the command line. */
+async function runKiln(ctx: CliContext, home: string, args: string[]): Promise<number> {
+  const indent = (stream: NodeJS.WritableStream) =>
+    new Writable({
+      write(chunk, _enc, done) {
+        stream.write(String(chunk).replace(/^(?=.)/gm, '  '));
+        done();
+      },
+    });
+  return ctx.runKiln([...args, '--home', home], { stdout: indent(ctx.io.stdout), stderr: indent(ctx.io.stderr), env: ctx.io.env, cwd: ctx.io.cwd });
+}

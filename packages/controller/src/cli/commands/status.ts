@@ -1,0 +1,55 @@
+import { formatTable } from '@kiln/shared';
+import { openApi } from '../api-client.js';
+import { API_OPTIONS, JSON_OPTION, type CommandDef } from '../cli-command.js';
+import { out, printJson } from '../cli-context.js';
+import type { PublicFleet } from '../../server/api-types.js';
+import type { FleetSummary, InstanceRow } from '../../fleets/fleet-view.js';
+
+const dash = (v: string | null) => v ?? '-';
+/** the image and the release baked into it: "img-1 (1.0.0)" */
+const imageOf = (r: InstanceRow) => (r.imageId ? `${r.imageId} (${r.image ?? 'no release'})` : '-');
+
+const fleetPath = (fleet: string, what: string) => `/v1/fleets/${encodeURIComponent(fleet)}/${what}`;
+
+export const statusCommand: CommandDef = {
+  name: 'status',
+  summary: "a fleet's instances: connected, image, desired, installed, how it got there, tree check, last error",
+  usage: 'status FLEET [--json]',
+  details: 'The live view from the agents\' reports, with a one-line summary: in sync, off their image (hotfixed), drifted, unreachable.',
+  options: { ...API_OPTIONS, ...JSON_OPTION },
+  positionals: [1, 1],
+  async run(ctx, flags, [fleet]) {
+    const body = await (await openApi(flags, ctx)).get<{ fleet: PublicFleet; instances: InstanceRow[]; summary: FleetSummary }>(fleetPath(fleet!, 'instances'));
+    if (ctx.json) return printJson(ctx, body);
+    const f = body.fleet;
+    out(ctx, `fleet ${f.name}: ${f.app} on channel ${f.channel}, desired ${f.desired?.version ?? '-'}\n`);
+    if (body.instances.length) {
+      const rows = body.instances.map((r) => [r.instanceId, r.connected ? 'yes' : 'no', imageOf(r), dash(r.desired), dash(r.installed), dash(r.via), r.tree, r.operation ?? '-', dash(r.lastError)]);
+      out(ctx, formatTable(['INSTANCE', 'CONNECTED', 'IMAGE (BAKED)', 'DESIRED', 'INSTALLED', 'VIA', 'TREE', 'OPERATION', 'LAST ERROR'], rows));
+    }
+    out(ctx, body.summary.line);
+  },
+};
+
+export const driftCommand: CommandDef = {
+  name: 'drift',
+  summary: "a fleet's instances that are not in sync: off their image (hotfixed), drifted, unreachable",
+  usage: 'drift FLEET [--json]',
+  details:
+    'in sync: runs the desired release as its image carries it, files intact. off-image: runs the desired release,\n' +
+    'but not the one its image was baked with (a hotfix; replacing the instance heals it). drifted: not the desired\n' +
+    'release, or files changed on disk. unreachable: its agent is not connected.',
+  options: { ...API_OPTIONS, ...JSON_OPTION },
+  positionals: [1, 1],
+  async run(ctx, flags, [fleet]) {
+    const body = await (await openApi(flags, ctx)).get<{ fleet: PublicFleet; drifted: InstanceRow[]; summary: FleetSummary }>(fleetPath(fleet!, 'drift'));
+    if (ctx.json) return printJson(ctx, body);
+    if (body.drifted.length) {
+      const rows = body.drifted.map((r) => [r.instanceId, r.drift, imageOf(r), dash(r.desired), dash(r.installed), dash(r.via), r.tree]);
+      out(ctx, formatTable(['INSTANCE', 'DRIFT', 'IMAGE (BAKED)', 'DESIRED', 'INSTALLED', 'VIA', 'TREE'], rows));
+    } else {
+      out(ctx, `every instance of ${body.fleet.name} is in sync`);
+    }
+    out(ctx, body.summary.line);
+  },
+};

@@ -1,0 +1,106 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { KilnError, isKilnError, type ErrorCode } from '@kiln/shared';
+import type { ApiClient } from './api-client.js';
+import { note, out, printJson, type CliContext } from './cli-context.js';
+import type { Deployment } from '../fleets/fleet-model.js';
+import { createProgress } from './progress.js';
+
+type Step = Deployment['instances'][string]['step'];
+
+const STEP_TEXT: Partial<Record<Step, string>> = {
+  healthy: 'healthy',
+  failed: 'failed',
+  'rolled-back': 'rolled back',
+  'rollback-failed': 'rollback failed',
+  unreachable: 'not connected: not commanded (it converges on the channel pointer when it is back)',
+};
+
+/** The batch being worked on: the last one with an instance past `pending`. */
+function currentBatch(d: Deployment): number {
+  let n = -1;
+  d.batches.forEach((b, i) => {
+    if (b.some((id) => d.instances[id] && d.instances[id].step !== 'pending')) n = i;
+  });
+  return n;
+}
+
+export function tally(d: Deployment): { healthy: number; failed: number; inFlight: number; pending: number; rolledBack: number; targets: number } {
+  const steps = Object.values(d.instances).map((i) => i.step);
+  const count = (...s: Step[]) => steps.filter((x) => s.includes(x)).length;
+  const targets = d.batches.length ? d.batches.flat().length : steps.filter((s) => s !== 'unreachable').length;
+  return { healthy: count('healthy'), failed: count('failed', 'rollback-failed'), inFlight: count('sent'), pending: count('pending'), rolledBack: count('rolled-back'), targets };
+}
+
+function countsLine(d: Deployment, started: number): string {
+  const t = tally(d);
+  const n = currentBatch(d);
+  const batch = d.strategy !== 'hotfix' || d.kind === 'heal' ? `phase ${d.phases.at(-1)?.name ?? 'start'} done` : d.batches.length ? `batch ${Math.max(n, 0) + 1}/${d.batches.length}` : 'planning';
+  const back = t.rolledBack ? `, ${t.rolledBack} rolled back` : '';
+  return `${batch}  healthy ${t.healthy}/${t.targets}, failed ${t.failed}, in flight ${t.inFlight}, pending ${t.pending}${back}  ${((Date.now() - started) / 1000).toFixed(1)} s`;
+}
+
+/** The code a deployment that did not succeed ends the CLI with. */
+function failureCode(d: Deployment): ErrorCode {
+  if (d.error?.code) return d.error.code as ErrorCode;
+  return d.state === 'cancelled' ? 'KILN_DEPLOY_CANCELLED' : 'KILN_DEPLOY_FAILED';
+}
+
+/**
+ * Follows a deployment until it ends, polling the API: per-instance lines and, on a terminal, a
+ * redrawn status line; then the verdict. Exit code 0 only for a deployment that succeeded.
+ */
+export async function followDeployment(ctx: CliContext, api: ApiClient, first: Deployment, pollMs = 250): Promise<number> {
+  // With --json, stdout carries only the final record; the story goes to stderr.
+  const stream = ctx.json ? ctx.io.stderr : ctx.io.stdout;
+  const progress = createProgress(stream);
+  const started = Date.now();
+  const seen = new Map<string, Step>();
+  let batchShown = -1;
+  let phasesShown = 0;
+  let d = first;
+  const how = d.strategy === 'hotfix' && d.kind !== 'heal' ? `batch ${'percent' in d.batch ? `${d.batch.percent}%` : d.batch.count}, ` : '';
+  progress.phase(`deployment ${d.id}: ${d.kind === 'deploy' ? d.strategy : d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (${how}max failures ${d.maxFailures}, health timeout ${d.healthTimeoutMs / 1000} s)`);
+  let lastReached = Date.now();
+  for (;;) {
+    const n = currentBatch(d);
+    const line = (id: string) => {
+      const i = d.instances[id];
+      if (!i || seen.get(id) === i.step) return;
+      seen.set(id, i.step);
+      const text = STEP_TEXT[i.step];
+      if (text) progress.phase(`  ${id} ${text}${i.error ? `: ${i.error.code} ${i.error.message}` : ''}`);
+    };
+    // In batch order: each batch's header, then what its instances did.
+    d.batches.forEach((ids, b) => {
+      if (b > n) return;
+      if (b > batchShown) progress.phase(`batch ${b + 1}/${d.batches.length}: ${ids.slice(0, 8).join(' ')}${ids.length > 8 ? ` and ${ids.length - 8} more` : ''}`);
+      ids.forEach(line);
+    });
+    batchShown = Math.max(batchShown, n);
+    // bake, relaunch, heal: each phase as it ends, with its wall time
+    for (; phasesShown < d.phases.length; phasesShown++) {
+      const p = d.phases[phasesShown]!;
+      progress.phase(`  ${p.name.padEnd(14)} ${(p.ms / 1000).toFixed(1).padStart(6)} s`);
+    }
+    Object.keys(d.instances).sort().forEach(line);
+    progress.status(countsLine(d, started));
+    if (d.state !== 'running') break;
+    await sleep(pollMs);
+    try {
+      d = (await api.get<{ deployment: Deployment }>(`/v1/deployments/${d.id}`)).deployment;
+      lastReached = Date.now();
+    } catch (err) {
+      // A controller restarting is back within seconds; the deployment goes on without us meanwhile.
+      if (!isKilnError(err, 'KILN_CONTROLLER_UNREACHABLE') || Date.now() - lastReached > 10_000) {
+        progress.done();
+        throw new KilnError((err as KilnError).code ?? 'KILN_CONTROLLER_UNREACHABLE', `${(err as Error).message}; deployment ${d.id} may still be running: \`kiln deployments show ${d.id}\``);
+      }
+    }
+  }
+  progress.done();
+  if (ctx.json) printJson(ctx, d);
+  else out(ctx, `deployment ${d.id} ${d.verdict ?? d.state}`);
+  if (d.state === 'succeeded') return 0;
+  note(ctx, `error ${failureCode(d)}: ${d.error?.message ?? d.verdict ?? d.state}`);
+  return 1;
+}

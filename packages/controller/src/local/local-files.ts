@@ -1,0 +1,40 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { KilnError, readJsonFile } from '@kiln/shared';
+import { z } from 'zod';
+
+// kiln's local directory (`.kiln` by default): what `kiln up`, `kiln keys generate` and `kiln fleet
+// create` leave there, so that later commands in the same directory find the controller, S3 and keys.
+
+/** `.kiln/s3.json`: the embedded S3 that `kiln up` runs (endpoint, bucket, local credentials). */
+export const localS3File = (home: string) => path.join(home, 's3.json');
+
+/** `.kiln/keys`: release.key (0600) and release.pub from `kiln keys generate`. */
+export const defaultKeyDir = (home: string) => path.join(home, 'keys');
+
+/** `.kiln/controller.json`, written by `kiln up` (0600): where the local controller listens and its operator token. */
+export const LocalController = z.object({
+  url: z.url({ protocol: /^https?$/ }),
+  agentsUrl: z.url({ protocol: /^wss?$/ }),
+  operatorToken: z.string().min(16),
+  /** the PEM certificate `kiln up --tls-cert` serves, trusted by the CLI and local agents */
+  ca: z.string().optional(),
+});
+export type LocalController = z.infer<typeof LocalController>;
+
+export const localControllerFile = (home: string) => path.join(home, 'controller.json');
+
+export const readLocalController = (home: string) => readJsonFile(localControllerFile(home), LocalController, { code: 'KILN_CONFIG_INVALID' });
+
+/** Where `kiln fleet create` keeps a fleet's agent credential for local agents (0600). */
+export const fleetCredentialFile = (home: string, fleet: string) => path.join(home, 'fleets', `${fleet}.credential`);
+
+export async function readFleetCredential(home: string, fleet: string): Promise<string> {
+  const file = fleetCredentialFile(home, fleet);
+  try {
+    return (await readFile(file, 'utf8')).trim();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    throw new KilnError('KILN_CONFIG_INVALID', `no agent credential for fleet ${fleet} in ${file}: \`kiln fleet create\` saves it there; if the fleet was made elsewhere, write the credential it printed to that file`);
+  }
+}

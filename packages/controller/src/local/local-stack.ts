@@ -1,0 +1,99 @@
+import { randomBytes } from 'node:crypto';
+import { readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { writeFileAtomic, type Logger } from '@kiln/shared';
+import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.js';
+import { startLocalController, type KeyState, type LocalController } from './local-controller.js';
+import { defaultKeyDir, localControllerFile, localS3File, readLocalController, type LocalController as LocalControllerFile } from './local-files.js';
+import { kilnCacheDir } from '../providers/nspawn/nspawn-rootfs.js';
+import { createNspawnProvider } from '../providers/nspawn/nspawn-provider.js';
+import { createProcessProvider } from '../providers/process/process-provider.js';
+
+export interface LocalStack {
+  s3: EmbeddedS3;
+  ctl: LocalController;
+  operatorToken: string;
+  ctlFile: string;
+  s3File: string;
+  /** the controller first (it stops its rollouts and says goodbye to the agents while S3 still answers), then S3 */
+  close(): Promise<void>;
+}
+
+/**
+ * What `kiln up` runs, also for `kiln demo`: the embedded S3, the controller with the process
+ * provider, and the files in HOME that point the CLI at them.
+ */
+export async function startLocalStack(o: {
+  home: string;
+  log: Logger;
+  dataDir: string;
+  bucket: string;
+  port: number;
+  s3Port: number;
+  /** where fleets launch instances (default process) */
+  provider?: 'process' | 'nspawn';
+  /** the nspawn provider's cache of Debian trees (default ~/.cache/kiln) */
+  cacheDir?: string;
+  tls?: { certFile: string; keyFile: string };
+  onKeys?: (k: KeyState) => void;
+}): Promise<LocalStack> {
+  const previous = await readLocalController(o.home).catch(() => undefined);
+  const operatorToken = previous?.operatorToken ?? `kfo_${randomBytes(24).toString('base64url')}`;
+  const s3 = await startEmbeddedS3({ directory: o.dataDir, bucket: o.bucket, port: o.s3Port });
+  const s3File = localS3File(o.home);
+  const ctlFile = localControllerFile(o.home);
+  let ctl;
+  try {
+    await writeFileAtomic(s3File, JSON.stringify(s3.location, null, 2) + '\n', 0o600);
+    ctl = await startLocalController({
+      log: o.log,
+      s3: s3.location,
+      operatorToken,
+      keyDir: defaultKeyDir(o.home),
+      port: o.port,
+      ...(o.tls ? { tls: o.tls } : {}),
+      launch: o.provider === 'nspawn'
+        ? { provider: createNspawnProvider({ dir: path.join(o.home, 'nspawn'), cacheDir: o.cacheDir ?? kilnCacheDir(), log: o.log }), agentSecret: await agentSecret(o.home), serviceManager: 'systemd' }
+        : { provider: await processProvider(path.join(o.home, 'process'), o.log), agentSecret: await agentSecret(o.home), serviceManager: 'process' },
+      ...(o.onKeys ? { onKeys: o.onKeys } : {}),
+    });
+  } catch (err) {
+    await rm(s3File, { force: true });
+    await s3.close();
+    throw err;
+  }
+  const local: LocalControllerFile = { url: ctl.url, agentsUrl: ctl.agentsUrl, operatorToken, ...(o.tls ? { ca: o.tls.certFile } : {}) };
+  await writeFileAtomic(ctlFile, JSON.stringify(local, null, 2) + '\n', 0o600);
+  return {
+    s3,
+    ctl,
+    operatorToken,
+    ctlFile,
+    s3File,
+    async close() {
+      await ctl.close();
+      await rm(s3File, { force: true });
+      await s3.close();
+    },
+  };
+}
+
+/**
+ * The secret the controller derives fleets' agent credentials from, so the instances it launches get
+ * theirs without the controller storing them. Made on the first start, kept in .kiln/agent-secret (0600).
+ */
+async function agentSecret(home: string): Promise<Buffer> {
+  const file = path.join(home, 'agent-secret');
+  const have = await readFile(file, 'utf8').catch(() => undefined);
+  if (have && /^[0-9a-f]{64}$/.test(have.trim())) return Buffer.from(have.trim(), 'hex');
+  const secret = randomBytes(32);
+  await writeFileAtomic(file, secret.toString('hex') + '\n', 0o600);
+  return secret;
+}
+
+/** The process provider with its plain base image made (cheap), so `kiln bake … --from img-base` works from the start. */
+async function processProvider(dir: string, log: Logger) {
+  const provider = createProcessProvider({ dir, log });
+  await provider.defaultImage!();
+  return provider;
+}

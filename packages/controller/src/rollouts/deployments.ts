@@ -1,0 +1,255 @@
+import { randomBytes } from 'node:crypto';
+import { KilnError, promoteRelease, readPointer, showRelease, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseStore } from '@kiln/shared';
+import type { AgentHub } from '../fleets/agent-hub.js';
+import { Deployment, type DeploymentCreate, type ReleaseRef } from '../fleets/fleet-model.js';
+import type { FleetRegistry } from '../fleets/fleet-registry.js';
+import { reapBakes } from '../bakes/bake.js';
+import { runGroupRollout, type GroupRolloutContext } from './group-rollout.js';
+import { TAG } from '../providers/provider.js';
+import { runRollout } from './rollout.js';
+import { createRolloutWaiter } from '../fleets/rollout-wait.js';
+
+export interface DeploymentsOptions {
+  docs: DocStore;
+  hub: AgentHub;
+  fleets: FleetRegistry;
+  store: ReleaseStore;
+  /** signs the channel pointers a deployment moves; without it deployments are refused */
+  signingKey?: PrivateKey;
+  trustedKeys: PublicKey[];
+  log: Logger;
+  now: () => Date;
+  pointerTtlMs: number;
+  /** bake, relaunch, heal and group rollback: the fleet's provider and how to bake and boot */
+  groups?: Pick<GroupRolloutContext, 'provider' | 'bake' | 'boot' | 'launchTimeoutMs'>;
+}
+
+export interface Deployments {
+  create(input: DeploymentCreate, kind?: 'deploy' | 'rollback'): Promise<Deployment>;
+  /** A deployment of the fleet's previous good release, as a new pointer. */
+  rollback(fleet: string, opts: Pick<DeploymentCreate, 'batch' | 'maxFailures' | 'healthTimeoutMs'>): Promise<Deployment>;
+  /** Replaces the fleet's drifted instances from an image holding its desired release (baked first if none exists). */
+  heal(fleet: string, opts: Pick<DeploymentCreate, 'maxFailures' | 'healthTimeoutMs'>): Promise<Deployment>;
+  get(id: string): Promise<Deployment>;
+  list(fleet?: string): Promise<Deployment[]>;
+  cancel(id: string): Promise<Deployment>;
+  /** At start: rollouts a previous controller left running are resumed (commands are idempotent). */
+  resume(): Promise<void>;
+  /** the release a channel points to now, or null */
+  pointed(app: string, channel: string): Promise<ReleaseRef | null>;
+  /** resolves when no rollout runs */
+  idle(): Promise<void>;
+  /** Stops every rollout where it is and writes nothing more: the next controller resumes them. */
+  close(): void;
+}
+
+const keyOf = (fleet: string, id: string) => `controller/deployments/${fleet}/${id}.json`;
+
+export function createDeployments(o: DeploymentsOptions): Deployments {
+  const log = o.log.child({ module: 'deployments' });
+  const running = new Map<string, { record: Deployment; done: Promise<void> }>();
+  const busy = new Set<string>();
+  const waiter = createRolloutWaiter(o.hub);
+  // A stopping controller must not record what it did not see: the waits it abandons are no failures.
+  let closed = false;
+
+  function start(record: Deployment): void {
+    const succeeded = async (r: Deployment) => void (closed || (await o.fleets.setDesired(r.fleet, r.release)));
+    const save = async (r: Deployment) => void (closed || (await o.docs.put(keyOf(r.fleet, r.id), r)));
+    const run =
+      record.strategy === 'hotfix' && record.kind !== 'heal'
+        ? runRollout({ record, hub: o.hub, waiter, save, movePointer, signedManifest: (app, version) => o.store.getManifest(app, version), succeeded, log, now: o.now, stopped: () => closed })
+        : // A group rollout stopped by the controller stopping still removes its group, so it puts the pointer back too:
+          // the live group's agents follow the pointer while no controller is there.
+          runGroupRollout({ ...o.groups!, record, fleets: o.fleets, hub: o.hub, waiter, save, movePointer: pointTo, log, now: o.now });
+    const done = run
+      .then(() => undefined)
+      .catch((err) => log.error({ err, id: record.id }, 'rollout crashed'))
+      .finally(() => {
+        running.delete(record.fleet);
+        busy.delete(record.fleet);
+      });
+    running.set(record.fleet, { record, done });
+  }
+
+  /** Points the fleet's channel at `release`, unless the controller is stopping. */
+  const movePointer = async (app: string, channel: string, release: ReleaseRef) => void (closed || (await pointTo(app, channel, release)));
+
+  /** Points the fleet's channel at `release`, unless it already does (a resumed rollout). */
+  async function pointTo(app: string, channel: string, release: ReleaseRef): Promise<void> {
+    const current = await readPointer(o.store, app, channel, o.trustedKeys).catch(() => undefined);
+    if (current?.manifestSha256 === release.manifestSha256) return;
+    await promoteRelease({ store: o.store, app, version: release.version, channel, key: o.signingKey!, keys: o.trustedKeys, ttlMs: o.pointerTtlMs, now: o.now });
+  }
+
+  async function pointed(app: string, channel: string): Promise<ReleaseRef | null> {
+    const p = await readPointer(o.store, app, channel, o.trustedKeys).catch(() => undefined);
+    return p ? { version: p.version, seq: p.seq, manifestSha256: p.manifestSha256 } : null;
+  }
+
+  let resuming: Promise<void> = Promise.resolve();
+
+  async function create(input: DeploymentCreate, kind: Deployment['kind'] = 'deploy'): Promise<Deployment> {
+    // What a previous controller left running is resumed or cleaned up before anything new starts.
+    await resuming.catch(() => undefined);
+    const fleet = o.fleets.get(input.fleet);
+    const onGroups = input.strategy !== 'hotfix' || kind === 'heal' || (kind === 'rollback' && fleet.groups.some((g) => g.state === 'standby'));
+    if (onGroups && (!o.groups || fleet.provider === 'none')) {
+      throw new KilnError('KILN_REQUEST_INVALID', `fleet ${fleet.name} has no provider this controller runs (provider: ${fleet.provider}); only --strategy hotfix reaches its instances`);
+    }
+    // A rollout whose verdict is out (the API shows it finished) only writes its record still.
+    const ending = running.get(fleet.name);
+    if (ending && ending.record.state !== 'running') await ending.done;
+    if (busy.has(fleet.name)) throw new KilnError('KILN_FLEET_BUSY', `fleet ${fleet.name} already has a deployment running (${running.get(fleet.name)?.record.id ?? 'starting'}); wait for it or cancel it`);
+    busy.add(fleet.name);
+    try {
+      if (!o.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to move channel pointers with; start it with one (`kiln keys generate`)');
+      const { manifest, manifestSha256, summary } = await showRelease(o.store, fleet.app, input.version, o.trustedKeys);
+      if (!summary.verified) throw new KilnError('KILN_SIGNATURE_INVALID', `${fleet.app} ${input.version} is not signed by a key this controller trusts; agents would refuse it`);
+      const release = { version: manifest.version, seq: manifest.seq, manifestSha256 };
+      const previous = fleet.desired ?? (await pointed(fleet.app, fleet.channel));
+      const at = o.now().toISOString();
+      const record: Deployment = {
+        id: `d-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`,
+        fleet: fleet.name,
+        app: fleet.app,
+        channel: fleet.channel,
+        strategy: input.strategy,
+        kind,
+        release,
+        previous: previous && previous.manifestSha256 !== manifestSha256 ? previous : null,
+        batch: input.batch,
+        maxFailures: input.maxFailures,
+        healthTimeoutMs: input.healthTimeoutMs,
+        state: 'running',
+        verdict: null,
+        error: null,
+        batches: [],
+        instances: {},
+        cancelRequested: false,
+        group: null,
+        image: null,
+        phases: [],
+        createdAt: at,
+        updatedAt: at,
+        finishedAt: null,
+      };
+      await o.docs.put(keyOf(fleet.name, record.id), record);
+      log.info({ id: record.id, fleet: fleet.name, version: release.version, kind }, 'deployment created');
+      start(record);
+      return record;
+    } catch (err) {
+      if (!running.has(fleet.name)) busy.delete(fleet.name);
+      throw err;
+    }
+  }
+
+  /**
+   * A bake, relaunch or heal a previous controller left running is not resumed half-way: what it
+   * launched and did not make live is reaped by its tags, and the record says interrupted.
+   */
+  async function interrupted(rec: Deployment): Promise<void> {
+    const p = o.groups?.provider;
+    const fleet = o.fleets.get(rec.fleet);
+    const live = fleet.groups.find((g) => g.name === rec.group)?.state === 'live';
+    if (p) {
+      await reapBakes({ provider: p, store: o.store, tags: { [TAG.deployment]: rec.id } });
+      if (rec.group && !live && rec.kind !== 'rollback') {
+        await p.terminate((await p.describeInstances({ [TAG.fleet]: rec.fleet, [TAG.group]: rec.group })).map((i) => i.id));
+        await o.fleets.update(rec.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== rec.group) }));
+      }
+    }
+    // The pointer goes back only if it still points where this deployment moved it.
+    if (!live && rec.previous && rec.kind !== 'rollback' && (await pointed(rec.app, rec.channel))?.manifestSha256 === rec.release.manifestSha256) await pointTo(rec.app, rec.channel, rec.previous);
+    const at = o.now().toISOString();
+    Object.assign(rec, {
+      state: live ? 'succeeded' : 'failed',
+      verdict: live ? `the controller restarted after group ${rec.group} went live` : 'interrupted: the controller restarted mid-way; what it launched was removed and the live group stays live',
+      error: live ? null : { code: 'KILN_INTERRUPTED', message: 'the controller restarted during this deployment' },
+      finishedAt: at,
+      updatedAt: at,
+    });
+    await o.docs.put(keyOf(rec.fleet, rec.id), rec);
+    log.warn({ id: rec.id, fleet: rec.fleet, state: rec.state }, 'a bake, relaunch or heal was interrupted by a controller restart');
+  }
+
+  async function read(id: string): Promise<Deployment> {
+    for (const r of running.values()) if (r.record.id === id) return r.record;
+    if (!/^d-[a-z0-9]+-[0-9a-f]{6}$/.test(id)) throw new KilnError('KILN_DEPLOYMENT_NOT_FOUND', `no deployment ${JSON.stringify(id)}`);
+    for (const f of o.fleets.list()) {
+      const rec = await o.docs.get(keyOf(f.name, id), Deployment);
+      if (rec) return rec;
+    }
+    throw new KilnError('KILN_DEPLOYMENT_NOT_FOUND', `no deployment ${id}`);
+  }
+
+  async function list(fleet?: string): Promise<Deployment[]> {
+    const names = fleet ? [o.fleets.get(fleet).name] : o.fleets.list().map((f) => f.name);
+    const out: Deployment[] = [];
+    for (const name of names) {
+      for (const key of await o.docs.list(`controller/deployments/${name}/`)) {
+        const live = [...running.values()].find((r) => key.endsWith(`/${r.record.id}.json`));
+        const rec =
+          live?.record ??
+          (await o.docs.get(key, Deployment).catch((err) => {
+            log.error({ err, key }, 'skipping a deployment record that cannot be read');
+            return undefined;
+          }));
+        if (rec) out.push(rec);
+      }
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+
+  return {
+    create,
+    async rollback(fleetName, opts) {
+      const fleet = o.fleets.get(fleetName);
+      // A stopped group is brought back as it was: seconds, nothing installed.
+      const standby = fleet.groups.filter((g) => g.state === 'standby').at(-1);
+      if (standby?.release) return create({ fleet: fleet.name, version: standby.release.version, strategy: 'relaunch', ...opts }, 'rollback');
+      const target = fleet.history.at(-1);
+      if (!target) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no earlier release to roll back to`);
+      return create({ fleet: fleet.name, version: target.version, strategy: 'hotfix', ...opts }, 'rollback');
+    },
+    async heal(fleetName, opts) {
+      const fleet = o.fleets.get(fleetName);
+      if (!fleet.desired) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no desired release yet: deploy one first`);
+      return create({ fleet: fleet.name, version: fleet.desired.version, strategy: 'bake', batch: { percent: 100 }, ...opts }, 'heal');
+    },
+    get: read,
+    list,
+    async cancel(id) {
+      const rec = await read(id);
+      if (rec.state !== 'running') return rec;
+      rec.cancelRequested = true;
+      log.info({ id }, 'cancel requested: stopping after the running batch');
+      return rec;
+    },
+    resume() {
+      resuming = (async () => {
+        for (const f of o.fleets.list()) {
+          for (const rec of await list(f.name)) {
+            if (rec.state !== 'running' || busy.has(f.name)) continue;
+            if (rec.strategy !== 'hotfix' || rec.kind === 'heal') {
+              await interrupted(rec);
+              continue;
+            }
+            log.warn({ id: rec.id, fleet: f.name }, 'resuming a rollout a previous controller left running');
+            busy.add(f.name);
+            start(rec);
+          }
+        }
+      })();
+      return resuming;
+    },
+    pointed,
+    async idle() {
+      await Promise.all([...running.values()].map((r) => r.done));
+    },
+    close() {
+      closed = true;
+      waiter.close();
+    },
+  };
+}

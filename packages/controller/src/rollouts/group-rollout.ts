@@ -1,0 +1,237 @@
+import { KilnError, TRANSIENT_S3_CODES, asKilnError, type Logger } from '@kiln/shared';
+import type { AgentHub, HubInstance } from '../fleets/agent-hub.js';
+import type { BakeResult } from '../bakes/bake.js';
+import type { Deployment, Fleet, Group, ReleaseRef } from '../fleets/fleet-model.js';
+import type { FleetRegistry } from '../fleets/fleet-registry.js';
+import { fleetRows } from '../fleets/fleet-view.js';
+import { TAG, type BootData, type Provider } from '../providers/provider.js';
+import { healthyOn, type RolloutWaiter } from '../fleets/rollout-wait.js';
+
+export interface GroupRolloutContext {
+  record: Deployment;
+  provider: Provider;
+  fleets: FleetRegistry;
+  hub: AgentHub;
+  waiter: RolloutWaiter;
+  save: (record: Deployment) => Promise<void>;
+  movePointer: (app: string, channel: string, release: ReleaseRef) => Promise<void>;
+  /** bakes the release for the fleet (from the base of its image), its builder and image tagged with `tags`, reporting each phase */
+  bake: (fleet: Fleet, version: string, tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => Promise<BakeResult>;
+  /** what the fleet's instances boot with */
+  boot: (fleet: Fleet) => Promise<BootData>;
+  /** how long instances get to be running */
+  launchTimeoutMs: number;
+  log: Logger;
+  now: () => Date;
+}
+
+export const groupName = (fleet: string, seq: number) => `${fleet}-v${String(seq).padStart(3, '0')}`;
+export const liveGroup = (f: Fleet): Group | undefined => f.groups.find((g) => g.state === 'live');
+
+/** Where a fleet's bakes start from: the base image its current image was baked from, or that image itself. */
+export async function bakeBase(provider: Provider, f: Fleet): Promise<string> {
+  if (!f.image) throw new KilnError('KILN_IMAGE_NOT_FOUND', `fleet ${f.name} has no image; create it with --image`);
+  const [img] = await provider.describeImages({ ids: [f.image] });
+  return img?.tags[TAG.baseImage] ?? f.image;
+}
+
+/**
+ * The immutable procedures, one record each: `bake` and `relaunch` launch a new group (from a
+ * freshly baked image, or from the fleet's image whose agents install the release at boot), gate
+ * it on health, make it live, stop the old group (kept for `kiln rollback`) and terminate the one
+ * before. `heal` replaces drifted instances; `rollback` brings the stopped group back. A failure
+ * removes what was launched and leaves the live group live.
+ */
+export async function runGroupRollout(c: GroupRolloutContext): Promise<Deployment> {
+  const r = c.record;
+  const log = c.log.child({ deployment: r.id, fleet: r.fleet, strategy: r.strategy, kind: r.kind });
+  let phase = 'start';
+  let started = Date.now();
+  // Records the phase that ends (the opening moment before the first phase is none).
+  const step = async (next: string) => {
+    if (phase !== 'start') r.phases.push({ name: phase, ms: Date.now() - started });
+    phase = next;
+    started = Date.now();
+    r.updatedAt = c.now().toISOString();
+    await c.save(structuredClone(r));
+  };
+  const mark = (id: string, s: Deployment['instances'][string]['step'], error?: { code: string; message: string }) =>
+    (r.instances[id] = { step: s, batch: 0, ...(error ? { error } : {}), at: c.now().toISOString() });
+  const launched: string[] = [];
+
+  /** Launches `count` instances into `group` and waits for every agent to report the release healthy. */
+  async function launchHealthy(fleet: Fleet, group: string, image: string, count: number): Promise<string[]> {
+    const insts = await c.provider.launch({ imageId: image, count, tags: { [TAG.fleet]: fleet.name, [TAG.group]: group, [TAG.app]: fleet.app, [TAG.release]: r.release.version }, boot: await c.boot(fleet) });
+    const ids = insts.map((i) => i.id);
+    launched.push(...ids);
+    ids.forEach((id) => mark(id, 'sent'));
+    await c.fleets.update(fleet.name, (f) => ({ ...f, groups: f.groups.map((g) => (g.name === group ? { ...g, instances: [...g.instances, ...ids] } : g)) }));
+    await c.provider.waitRunning(ids, { timeoutMs: c.launchTimeoutMs });
+    await step('health');
+    const outcomes = await Promise.all(
+      ids.map((id) =>
+        c.waiter.until(
+          id,
+          (i) => {
+            // The error first: a baked release failing its health check at boot has nothing to swap back
+            // to, so it stays installed with its app running. And the boot must be over: its last step is
+            // the first tree check, before which a baked release may still be in its health check.
+            const rep = i?.report;
+            const e = rep?.lastError;
+            if (e && !TRANSIENT_S3_CODES.has(e.code) && rep?.operation === null) return { ok: false, code: e.code, message: e.message };
+            return rep && healthyOn(rep, r.release.manifestSha256) && rep.tree.status !== 'unchecked' ? { ok: true } : undefined;
+          },
+          r.healthTimeoutMs,
+          (i) => `${id} ${i?.connected ? `reported ${i.report?.installed?.version ?? 'nothing installed'}${i.report?.service.active ? '' : ', app not running'}` : 'never connected'}, not ${r.release.version} healthy, within ${r.healthTimeoutMs} ms`,
+        ),
+      ),
+    );
+    const failed = outcomes.flatMap((o, n) => (o.ok ? (mark(ids[n]!, 'healthy'), []) : (mark(ids[n]!, 'failed', { code: o.code, message: o.message }), [`${ids[n]}: ${o.code}: ${o.message}`])));
+    if (failed.length > r.maxFailures) {
+      throw new KilnError('KILN_GROUP_UNHEALTHY', `${failed.length} of ${ids.length} new instances failed their health gate (limit ${r.maxFailures}): ${failed.slice(0, 3).join('; ')}`);
+    }
+    return ids;
+  }
+
+  /** The new group goes live; the live one stops (standby, for rollback); the standby before it is terminated. */
+  async function makeLive(group: string, image: string | null): Promise<void> {
+    const before = c.fleets.get(r.fleet);
+    const oldLive = before.groups.filter((g) => g.state === 'live' && g.name !== group);
+    const oldStandby = before.groups.filter((g) => g.state === 'standby' && g.name !== group);
+    await c.fleets.update(r.fleet, (f) => ({
+      ...f,
+      ...(image ? { image } : {}),
+      groups: f.groups.filter((g) => !oldStandby.includes(g)).map((g) => (g.name === group ? { ...g, state: 'live' as const } : oldLive.some((o) => o.name === g.name) ? { ...g, state: 'standby' as const } : g)),
+    }));
+    await c.fleets.setDesired(r.fleet, r.release);
+    await balance(before, group, oldLive.flatMap((g) => g.instances));
+    await step('retire');
+    await c.provider.stop(oldLive.flatMap((g) => g.instances), { timeoutMs: c.launchTimeoutMs });
+    await c.provider.terminate(oldStandby.flatMap((g) => g.instances));
+  }
+
+  /** With a target group (ec2), the live group serves behind it before the old one drains and stops. */
+  async function balance(fleet: Fleet, group: string, retired: string[]): Promise<void> {
+    if (!fleet.targetGroup) return;
+    if (!c.provider.setLive) throw new KilnError('KILN_PROVIDER_FAILED', `fleet ${fleet.name} names a target group, but the ${c.provider.name} provider has no load balancers`);
+    const live = (c.fleets.get(fleet.name).groups.find((g) => g.name === group)?.instances ?? []).filter((id) => !retired.includes(id));
+    // Draining lasts the target group's deregistration delay (AWS: 300 s by default, at most 3600 s).
+    await c.provider.setLive(fleet.targetGroup, live, retired, { timeoutMs: r.healthTimeoutMs + c.launchTimeoutMs + 3_600_000 });
+  }
+
+  const end: Partial<Pick<Deployment, 'state' | 'verdict' | 'error' | 'finishedAt'>> = {};
+  let newGroup: string | null = null;
+  try {
+    let fleet = c.fleets.get(r.fleet);
+    if (fleet.provider === 'none') throw new KilnError('KILN_PROVIDER_FAILED', `fleet ${fleet.name} has no provider: only --strategy hotfix reaches its instances`);
+    if (r.kind === 'rollback') {
+      await rollbackToStandby(fleet);
+    } else if (r.kind === 'heal' && (await healInPlace(fleet))) {
+      // done: the image already held the release, drifted instances were replaced one by one
+    } else {
+      let image = fleet.image;
+      if (r.strategy === 'bake') {
+        await step('bake');
+        // Tagged with the deployment: a restarted controller finds the builder of an interrupted bake by it.
+        const baked = await c.bake(fleet, r.release.version, { [TAG.deployment]: r.id }, (name, ms) => r.phases.push({ name: `bake:${name}`, ms }));
+        image = baked.image.id;
+      }
+      if (!image) throw new KilnError('KILN_IMAGE_NOT_FOUND', `fleet ${fleet.name} has no image to launch from`);
+      r.image = image;
+      // Before the launch: relaunched agents install what the channel points to at boot.
+      await step('pointer');
+      await c.movePointer(r.app, r.channel, r.release);
+      await step('launch');
+      const seq = fleet.groupSeq + 1;
+      newGroup = groupName(fleet.name, seq);
+      r.group = newGroup;
+      const group: Group = { name: newGroup, image, release: r.release, instances: [], state: 'launching', createdAt: c.now().toISOString() };
+      fleet = await c.fleets.update(fleet.name, (f) => ({ ...f, groupSeq: seq, groups: [...f.groups, group] }));
+      await launchHealthy(fleet, newGroup, image, Math.max(1, fleet.size));
+      await step('live');
+      await makeLive(newGroup, r.strategy === 'bake' ? image : null);
+      newGroup = null;
+    }
+    await step('');
+    // A heal that could not reach every instance did not converge the fleet: a script must notice.
+    const unreachable = Object.entries(r.instances).filter(([, i]) => i.step === 'unreachable').map(([id]) => id);
+    const error = unreachable.length ? { code: 'KILN_AGENT_UNREACHABLE', message: `${unreachable.length} instance(s) were unreachable and not healed: ${unreachable.join(', ')}` } : null;
+    Object.assign(end, { state: error ? 'failed' : 'succeeded', verdict: verdictOf(unreachable), error });
+  } catch (err) {
+    const e = asKilnError(err);
+    log.error({ err: e, phase }, 'group rollout failed: removing what it launched');
+    await c.provider.terminate(launched).catch((err) => log.error({ err }, 'cannot terminate the launched instances'));
+    if (newGroup) await c.fleets.update(r.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== newGroup) })).catch(() => undefined);
+    if (r.previous && r.kind !== 'rollback') await c.movePointer(r.app, r.channel, r.previous).catch((err) => log.error({ err }, 'cannot restore the channel pointer'));
+    Object.assign(end, { state: 'failed', verdict: `failed in phase ${phase}: ${e.message}; the live group stays live`, error: { code: e.code, message: e.message } });
+  }
+  Object.assign(r, end, { finishedAt: c.now().toISOString(), updatedAt: c.now().toISOString() });
+  await c.save(structuredClone(r));
+  log.info({ state: r.state, verdict: r.verdict }, 'group rollout over');
+  return r;
+
+  function verdictOf(unreachable: string[]): string {
+    const total = r.phases.reduce((s, p) => s + p.ms, 0);
+    const what = r.kind === 'rollback' ? `group ${r.group} is live again` : r.kind === 'heal' ? `healed: ${Object.values(r.instances).filter((i) => i.step === 'healthy').length} instances replaced` : `group ${r.group} is live`;
+    return `${what} with ${r.release.version} in ${(total / 1000).toFixed(1)} s${unreachable.length ? `; unreachable, not healed: ${unreachable.join(', ')}` : ''}`;
+  }
+
+  /**
+   * Heal when the live group's image already holds the desired release: each drifted instance is
+   * replaced by a fresh one of the same image. Returns false when the image is older (then the whole
+   * group is replaced from a baked image, unreachable instances with it). Unreachable instances
+   * healed in place are reported and fail the heal, not skipped silently.
+   */
+  async function healInPlace(fleet: Fleet): Promise<boolean> {
+    const live = liveGroup(fleet);
+    const rows = fleetRows(fleet, c.hub);
+    const drifted = rows.filter((x) => x.drift === 'drifted' || x.drift === 'off-image').map((x) => x.instanceId);
+    if (live && drifted.length) {
+      const [img] = await c.provider.describeImages({ ids: [live.image] });
+      if (img?.tags[TAG.version] !== r.release.version || img.tags[TAG.seq] !== String(r.release.seq)) return false;
+    }
+    for (const row of rows.filter((x) => x.drift === 'unreachable')) mark(row.instanceId, 'unreachable');
+    if (!live || drifted.length === 0) return true;
+    r.group = live.name;
+    r.image = live.image;
+    await step('launch');
+    await launchHealthy(fleet, live.name, live.image, drifted.length);
+    await balance(fleet, live.name, drifted);
+    await step('retire');
+    await c.provider.terminate(drifted);
+    await c.fleets.update(fleet.name, (f) => ({ ...f, groups: f.groups.map((g) => (g.name === live.name ? { ...g, instances: g.instances.filter((id) => !drifted.includes(id)) } : g)) }));
+    return true;
+  }
+
+  /** Brings the stopped group back: pointer first (its agents must not install the newer release at boot), start, health gate, swap. */
+  async function rollbackToStandby(fleet: Fleet): Promise<void> {
+    const standby = fleet.groups.filter((g) => g.state === 'standby').at(-1);
+    if (!standby) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no stopped group to bring back`);
+    r.group = standby.name;
+    r.image = standby.image;
+    await step('pointer');
+    await c.movePointer(r.app, r.channel, r.release);
+    await step('power-on');
+    // What the hub remembers from before the stop does not count: only a report of the restarted agent.
+    const since = Date.now();
+    await c.provider.start(standby.instances, { timeoutMs: c.launchTimeoutMs });
+    await step('health');
+    const fresh = (i: HubInstance | undefined) => !!i?.connected && Date.parse(i.connectedAt) >= since && healthyOn(i.report, r.release.manifestSha256);
+    const outcomes = await Promise.all(
+      standby.instances.map((id) => c.waiter.until(id, (i) => (fresh(i) ? { ok: true } : undefined), r.healthTimeoutMs, () => `${id} did not report ${r.release.version} healthy within ${r.healthTimeoutMs} ms`)),
+    );
+    const failed = outcomes.filter((o) => !o.ok).length;
+    standby.instances.forEach((id, n) => (outcomes[n]!.ok ? mark(id, 'healthy') : mark(id, 'failed', { code: (outcomes[n] as { code: string }).code, message: (outcomes[n] as { message: string }).message })));
+    if (failed > r.maxFailures) {
+      await c.provider.stop(standby.instances, { timeoutMs: c.launchTimeoutMs }).catch(() => undefined);
+      throw new KilnError('KILN_GROUP_UNHEALTHY', `${failed} of ${standby.instances.length} instances of ${standby.name} did not come back healthy`);
+    }
+    await step('live');
+    const current = liveGroup(fleet);
+    await c.fleets.update(fleet.name, (f) => ({ ...f, image: standby.image, groups: f.groups.map((g) => (g.name === standby.name ? { ...g, state: 'live' as const } : g.name === current?.name ? { ...g, state: 'standby' as const } : g)) }));
+    await c.fleets.setDesired(fleet.name, r.release);
+    await balance(fleet, standby.name, current?.instances ?? []);
+    await step('retire');
+    if (current) await c.provider.stop(current.instances, { timeoutMs: c.launchTimeoutMs });
+  }
+}

@@ -1,0 +1,155 @@
+import { CommandAction, MAX_INLINE_MANIFEST, asKilnError, type Logger, type SignedObject } from '@kiln/shared';
+import type { AgentHub } from '../fleets/agent-hub.js';
+import type { BatchSpec, Deployment, ReleaseRef } from '../fleets/fleet-model.js';
+import type { RolloutWaiter } from '../fleets/rollout-wait.js';
+
+export interface RolloutContext {
+  record: Deployment;
+  hub: AgentHub;
+  waiter: RolloutWaiter;
+  save: (record: Deployment) => Promise<void>;
+  movePointer: (app: string, channel: string, release: ReleaseRef) => Promise<void>;
+  /** the release's signed manifest, sent with each install command so the agents need not fetch it */
+  signedManifest?: (app: string, version: string) => Promise<SignedObject>;
+  /** records the release as the fleet's desired one, before the record says succeeded */
+  succeeded: (record: Deployment) => Promise<void>;
+  log: Logger;
+  now: () => Date;
+  /** true once the controller is stopping: the rollout ends where it is, its record left running for the next one */
+  stopped?: () => boolean;
+}
+
+/** Splits the targets into batches of a share or a count of the fleet. */
+export function planBatches(ids: string[], spec: BatchSpec): string[][] {
+  const size = 'count' in spec ? spec.count : Math.max(1, Math.ceil((ids.length * spec.percent) / 100));
+  const out: string[][] = [];
+  for (let i = 0; i < ids.length; i += size) out.push(ids.slice(i, i + size));
+  return out;
+}
+
+/**
+ * A hotfix rollout: move the channel pointer (instances launched later boot into the release),
+ * then batch by batch send the command and wait for each instance to report the release installed
+ * and healthy. Past `maxFailures`, every touched instance is rolled back and the pointer restored.
+ * Re-entrant: a resumed record skips what is done and re-sends what was in flight (same ids).
+ */
+export async function runRollout(c: RolloutContext): Promise<Deployment> {
+  const r = c.record;
+  const log = c.log.child({ deployment: r.id, fleet: r.fleet });
+  let saving: Promise<void> | undefined;
+  let dirty = false;
+  // Records are written in order and coalesced: a thousand instance updates are a few PUTs.
+  const save = (): Promise<void> => {
+    r.updatedAt = c.now().toISOString();
+    if (saving) {
+      dirty = true;
+      return saving;
+    }
+    saving = (async () => {
+      do {
+        dirty = false;
+        await c.save(structuredClone(r)).catch((err) => log.error({ err }, 'cannot write the deployment record'));
+      } while (dirty);
+    })().finally(() => (saving = undefined));
+    return saving;
+  };
+  /** The install command, with the signed manifest when it can be read within 5 s and fits; the agents fetch it otherwise. */
+  const installAction = async (): Promise<CommandAction> => {
+    const plain: CommandAction = { kind: 'install', ...r.release };
+    const timeout = new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 5_000).unref());
+    const signed = await Promise.race([c.signedManifest?.(r.app, r.release.version), timeout]).catch((err) => void log.warn({ err }, 'cannot read the manifest to send along: the agents fetch it'));
+    if (!signed || signed.bytes.length > MAX_INLINE_MANIFEST) return plain;
+    const withManifest = CommandAction.safeParse({ ...plain, manifest: { bytes: signed.bytes.toString('base64'), sig: signed.sig.toString('base64') } });
+    return withManifest.success ? withManifest.data : plain;
+  };
+  const mark = (id: string, step: Deployment['instances'][string]['step'], error?: { code: string; message: string }) => {
+    r.instances[id] = { step, batch: r.instances[id]?.batch ?? -1, ...(error ? { error } : {}), at: c.now().toISOString() };
+    void save();
+  };
+
+  // The verdict is kept aside until it is written: a reader never sees an outcome the bucket does not hold.
+  const end: Partial<Pick<Deployment, 'state' | 'verdict' | 'error' | 'finishedAt'>> = {};
+  try {
+    await c.movePointer(r.app, r.channel, r.release);
+    if (r.batches.length === 0) {
+      const all = c.hub.instances(r.fleet);
+      const targets = all.filter((i) => i.connected).map((i) => i.instanceId).sort();
+      r.batches = planBatches(targets, r.batch);
+      r.batches.forEach((b, n) => b.forEach((id) => (r.instances[id] = { step: 'pending', batch: n, at: c.now().toISOString() })));
+      // Not connected now: not commanded; they converge on the moved pointer when they come back.
+      for (const i of all.filter((i) => !i.connected)) r.instances[i.instanceId] = { step: 'unreachable', batch: -1, at: c.now().toISOString() };
+      await save();
+      log.info({ targets: targets.length, batches: r.batches.length }, 'rollout started');
+    }
+    // Going back (a fleet rollback, or an explicit older version) is a rollback on the agents: they refuse a lower seq otherwise.
+    const back = r.kind === 'rollback' || (r.previous !== null && r.release.seq < r.previous.seq);
+    const install: CommandAction = back ? { kind: 'rollback', version: r.release.version, manifestSha256: r.release.manifestSha256 } : await installAction();
+    for (const [n, batch] of r.batches.entries()) {
+      if (r.cancelRequested) {
+        // Instances launched from now on boot into what the fleet ran before; those already done stay.
+        if (r.previous) await c.movePointer(r.app, r.channel, r.previous);
+        const done = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
+        end.state = 'cancelled';
+        end.verdict = `cancelled before batch ${n + 1} of ${r.batches.length}: ${done} instance(s) stay on ${r.release.version}${r.previous ? `, the channel points to ${r.previous.version} again` : ''}`;
+        break;
+      }
+      const todo = batch.filter((id) => r.instances[id]?.step === 'pending' || r.instances[id]?.step === 'sent');
+      await Promise.all(
+        todo.map(async (id) => {
+          mark(id, 'sent');
+          const o = await c.waiter.run({ instanceId: id, commandId: `${r.id}.${id}`, app: r.app, action: install, manifestSha256: r.release.manifestSha256, timeoutMs: r.healthTimeoutMs });
+          if (o.ok) mark(id, 'healthy');
+          else mark(id, 'failed', { code: o.code, message: o.message });
+        }),
+      );
+      if (c.stopped?.()) {
+        log.info('the controller is stopping: the rollout is left running for the next controller to resume');
+        return r;
+      }
+      const failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
+      log.info({ batch: n + 1, of: r.batches.length, failed }, 'batch done');
+      if (failed > r.maxFailures) {
+        await rollBack(c, r, mark);
+        end.state = 'failed';
+        end.error = { code: 'KILN_DEPLOY_FAILED', message: `${failed} instance(s) failed in batch ${n + 1} of ${r.batches.length}, over the limit of ${r.maxFailures}` };
+        end.verdict = `failed: ${end.error.message}; ${r.previous ? `touched instances rolled back to ${r.previous.version}` : 'no earlier release to roll back to'}`;
+        break;
+      }
+    }
+    if (!end.state) {
+      const healthy = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
+      const failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
+      await c.succeeded(r);
+      end.state = 'succeeded';
+      end.verdict = `succeeded: ${healthy} healthy on ${r.release.version}${failed ? `, ${failed} failed (within the limit of ${r.maxFailures})` : ''}`;
+    }
+  } catch (err) {
+    const e = asKilnError(err);
+    end.state = 'failed';
+    end.error = { code: e.code, message: e.message };
+    end.verdict = `failed: ${e.message}`;
+    log.error({ err: e }, 'rollout failed');
+  }
+  end.finishedAt = c.now().toISOString();
+  await saving;
+  r.updatedAt = end.finishedAt;
+  await c.save({ ...structuredClone(r), ...end }).catch((err) => log.error({ err }, 'cannot write the deployment record'));
+  Object.assign(r, end);
+  log.info({ state: r.state, verdict: r.verdict }, 'rollout finished');
+  return r;
+}
+
+/** Every instance this rollout touched goes back to the previous release; the pointer too. */
+async function rollBack(c: RolloutContext, r: Deployment, mark: (id: string, step: Deployment['instances'][string]['step'], error?: { code: string; message: string }) => void): Promise<void> {
+  const prev = r.previous;
+  if (!prev) return;
+  await c.movePointer(r.app, r.channel, prev);
+  const touched = Object.entries(r.instances).filter(([, i]) => i.step === 'healthy' || i.step === 'failed' || i.step === 'sent').map(([id]) => id);
+  await Promise.all(
+    touched.map(async (id) => {
+      const o = await c.waiter.run({ instanceId: id, commandId: `${r.id}.rb.${id}`, app: r.app, action: { kind: 'rollback', version: prev.version, manifestSha256: prev.manifestSha256 }, manifestSha256: prev.manifestSha256, timeoutMs: r.healthTimeoutMs });
+      if (o.ok) mark(id, 'rolled-back', r.instances[id]?.error);
+      else mark(id, 'rollback-failed', { code: o.code, message: o.message });
+    }),
+  );
+}

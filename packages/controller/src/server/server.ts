@@ -1,0 +1,186 @@
+import type { S3Client } from '@aws-sdk/client-s3';
+import { AGENT_VERSION, KilnError, createDocStore, createReleaseStore, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import { createAgentHub, type AgentHub } from '../fleets/agent-hub.js';
+import { createDeployments, type Deployments } from '../rollouts/deployments.js';
+import { readPublishedAgent } from '../providers/agent-bundle.js';
+import { bakeImage, type BakeTimeouts } from '../bakes/bake.js';
+import { createBakes, type Bakes } from '../bakes/bakes.js';
+import { createFleetRegistry, type FleetRegistry } from '../fleets/fleet-registry.js';
+import type { Fleet } from '../fleets/fleet-model.js';
+import { bakeBase } from '../rollouts/group-rollout.js';
+import type { BootData, Provider } from '../providers/provider.js';
+import { createRolloutWaiter } from '../fleets/rollout-wait.js';
+import { providerRoutes } from './routes/provider.js';
+import { identify, requireOperator } from './http-auth.js';
+import { installErrorHandler } from './http-errors.js';
+import { deploymentRoutes } from './routes/deployments.js';
+import { fleetRoutes } from './routes/fleets.js';
+import { releaseRoutes } from './routes/releases.js';
+
+export interface ServerOptions {
+  log: Logger;
+  s3: S3Client;
+  bucket: string;
+  prefix?: string;
+  /** operator credentials (bearer tokens) */
+  operatorTokens: string[];
+  /** signs the channel pointers deployments move */
+  signingKey?: PrivateKey;
+  trustedKeys: PublicKey[];
+  /** TLS: PEM certificate and key */
+  https?: { cert: string | Buffer; key: string | Buffer };
+  heartbeatMs?: number;
+  /** how long a pointer a deployment writes stays valid (default 30 days) */
+  pointerTtlMs?: number;
+  now?: () => Date;
+  /** bake, relaunch, heal: the provider fleets launch on and what their instances boot with */
+  launch?: LaunchOptions;
+}
+
+export interface LaunchOptions {
+  provider: Provider;
+  /** derives each fleet's agent credential for the instances it launches; keep it across restarts */
+  agentSecret: Buffer;
+  /** where launched agents reach the bucket */
+  s3: S3Location;
+  /** what launched agents connect to (default: this server's own address once listening) */
+  agentsUrl?: string;
+  serviceManager?: 'process' | 'systemd';
+  /** more agent config for launched instances (heartbeatMs, treeCheckIntervalMs, …) */
+  agentSettings?: Record<string, unknown>;
+  bakeTimeouts?: Partial<BakeTimeouts>;
+  /** how long launched instances get to be running (default 2 min) */
+  launchTimeoutMs?: number;
+}
+
+export type KilnServer = FastifyInstance & { kiln: { hub: AgentHub; fleets: FleetRegistry; deployments: Deployments; bakes?: Bakes } };
+
+export const AGENTS_PATH = '/v1/agents';
+
+/**
+ * The controller: the operator API (docs/api.md) and the agents' WebSocket endpoint on one server.
+ * Not listening yet; `listen` it (tests use `inject` or a port of their own). State lives in the
+ * bucket: fleets and deployment records; instances are what connected agents report.
+ */
+export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
+  const now = opts.now ?? (() => new Date());
+  const log = opts.log.child({ module: 'controller' });
+  const docs = createDocStore(opts.s3, opts.bucket, opts.prefix ?? '');
+  const store = createReleaseStore(opts.s3, opts.bucket, opts.prefix ?? '');
+  const launch = opts.launch;
+  const fleets = createFleetRegistry({ docs, log, now, ...(launch ? { agentSecret: launch.agentSecret } : {}) });
+  await fleets.load();
+  const hub = createAgentHub({
+    log,
+    now,
+    ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
+    auth(token) {
+      const fleet = fleets.byAgentCredential(token);
+      if (fleet) return { fleet };
+      return { refuse: identify(token, opts.operatorTokens, fleets) === 'operator' ? 'KILN_FORBIDDEN' : 'KILN_UNAUTHORIZED' };
+    },
+  });
+  let agentsUrl = launch?.agentsUrl;
+  /** What an instance boots with: its fleet's channel and credential, the bucket, the pinned keys. */
+  // A base image without the agent installs the one `kiln agent publish` put in the bucket (the local providers' images have it).
+  const bootData = async (app: string, channel: string, credential: string, extra: Record<string, unknown> = {}): Promise<BootData> => {
+    if (!agentsUrl) throw new KilnError('KILN_PROVIDER_FAILED', 'the controller is not listening yet: launched agents would have nowhere to connect');
+    const published = launch!.provider.name === 'ec2' ? await readPublishedAgent({ s3: opts.s3, bucket: opts.bucket, ...(opts.prefix ? { prefix: opts.prefix } : {}) }) : null;
+    return {
+      ...(published ? { agentBundle: { bucket: opts.bucket, key: published.key, sha256: published.sha256 } } : {}),
+      agent: {
+        app,
+        channel,
+        s3: launch!.s3,
+        controller: { url: agentsUrl, credential },
+        keys: opts.trustedKeys.map((k) => k.key.export({ type: 'spki', format: 'pem' }).toString()),
+        serviceManager: launch!.serviceManager ?? 'process',
+        ...launch!.agentSettings,
+        ...extra,
+      },
+    };
+  };
+  const bakeFor = async (app: string, version: string, baseImage: string, regions: string[], tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => {
+    if (!opts.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to point a builder at the release with; start it with one (`kiln keys generate`)');
+    return bakeImage({
+      provider: launch!.provider,
+      store,
+      waiter,
+      signingKey: opts.signingKey,
+      trustedKeys: opts.trustedKeys,
+      app,
+      version,
+      baseImage,
+      regions,
+      tags,
+      agentVersion: AGENT_VERSION,
+      builderBoot: (channel) => bootData(app, channel, fleets.builderCredential(app), { seal: true }),
+      ...(launch!.bakeTimeouts ? { timeouts: launch!.bakeTimeouts } : {}),
+      log,
+      onPhase,
+    });
+  };
+  const waiter = createRolloutWaiter(hub);
+  const deployments = createDeployments({
+    docs,
+    hub,
+    fleets,
+    store,
+    ...(opts.signingKey ? { signingKey: opts.signingKey } : {}),
+    trustedKeys: opts.trustedKeys,
+    log,
+    now,
+    pointerTtlMs: opts.pointerTtlMs ?? 30 * 86_400_000,
+    ...(launch
+      ? {
+          groups: {
+            provider: launch.provider,
+            launchTimeoutMs: launch.launchTimeoutMs ?? 120_000,
+            boot: (f: Fleet) => bootData(f.app, f.channel, fleets.agentCredential(f.name)),
+            bake: async (f: Fleet, version: string, tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => bakeFor(f.app, version, await bakeBase(launch.provider, f), [], { 'kiln:fleet': f.name, ...tags }, onPhase),
+          },
+        }
+      : {}),
+  });
+  const bakes = launch ? createBakes({ docs, provider: launch.provider, store, log, now, bake: (b, tags, onPhase) => bakeFor(b.app, b.version, b.baseImage, b.regions, tags, onPhase) }) : undefined;
+
+  const app = Fastify({
+    loggerInstance: log,
+    // Requests are not logged one by one: agents and the CLI poll; errors are logged where they happen.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 1024 * 1024,
+    ...(opts.https ? { https: opts.https } : {}),
+  }) as unknown as KilnServer;
+  app.decorate('kiln', { hub, fleets, deployments, ...(bakes ? { bakes } : {}) });
+  installErrorHandler(app);
+  app.server.on('upgrade', (req, socket, head) => {
+    if (new URL(req.url ?? '/', 'http://x').pathname !== AGENTS_PATH) return socket.destroy();
+    hub.handleUpgrade(req, socket, head);
+  });
+  app.get('/v1/health', async () => ({ ok: true }));
+  await app.register(async (api) => {
+    requireOperator(api, opts.operatorTokens, fleets);
+    await api.register(fleetRoutes, { fleets, hub, deployments, ...(launch ? { provider: launch.provider } : {}) });
+    await api.register(deploymentRoutes, { deployments });
+    await api.register(releaseRoutes, { store, keys: opts.trustedKeys });
+    if (launch && bakes) await api.register(providerRoutes, { provider: launch.provider, bakes, deployments });
+  });
+  app.addHook('onListen', async () => {
+    const address = app.server.address();
+    if (!agentsUrl && address && typeof address === 'object') agentsUrl = `${opts.https ? 'wss' : 'ws'}://127.0.0.1:${address.port}${AGENTS_PATH}`;
+    await bakes?.resume();
+    await deployments.resume();
+  });
+  // Before the HTTP server closes: it waits for every socket, and the agents' sockets end only here.
+  app.addHook('preClose', async () => {
+    deployments.close();
+    bakes?.close();
+    waiter.close();
+    await deployments.idle();
+    await bakes?.idle();
+    await hub.close();
+  });
+  return app;
+}
+

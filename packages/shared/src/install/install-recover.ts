@@ -1,0 +1,175 @@
+import { readdir, readlink, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { TMP_MARK, swapSymlink } from '../system/fs-atomic.js';
+import { acquireLock } from './install-lock.js';
+import type { AppLayout } from '../release/install-layout.js';
+import { emptyState, readJournal, readState, writeState, type InstallState, type InstalledRelease, type Operation, type Via } from './install-state.js';
+import { KilnError, isKilnError } from '../errors/kiln-error.js';
+import { readLocalManifest } from '../release/release-resolve.js';
+import { Manifest } from '../release/release-schema.js';
+import type { ServiceManager } from '../service/service-manager.js';
+import { isAlive } from '../system/process-alive.js';
+import { sha256Hex } from '../release/signing.js';
+
+/** The version `current` points to, or null. */
+export async function currentVersion(layout: AppLayout): Promise<string | null> {
+  try {
+    return path.basename(await readlink(layout.current));
+  } catch {
+    return null;
+  }
+}
+
+export async function isComplete(layout: AppLayout, version: string): Promise<boolean> {
+  try {
+    await stat(layout.metaFile(version));
+    await stat(layout.release(version));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The manifest of a complete release on disk (its marker), parsed, or undefined. */
+export async function readInstalledManifest(layout: AppLayout, version: string): Promise<{ manifest: Manifest; sha256: string } | undefined> {
+  const local = await readLocalManifest(layout.metaFile(version));
+  const parsed = local && Manifest.safeParse(JSON.parse(local.bytes.toString('utf8')));
+  return parsed?.success ? { manifest: parsed.data, sha256: sha256Hex(local!.bytes) } : undefined;
+}
+
+/** What state.json records of the release `current` points to. */
+export function installedRelease(version: string, m: { manifest: Manifest; sha256: string }, via: Via, installedAt: string): InstalledRelease {
+  return { version, seq: m.manifest.seq, manifestSha256: m.sha256, artifactSha256: m.manifest.artifact.sha256, via, installedAt };
+}
+
+/** Runs `version`'s service again after a failed or interrupted install, or stops the app when there is none. */
+export async function restoreService(layout: AppLayout, version: string | null, service: ServiceManager, log: Logger): Promise<void> {
+  const prev = version ? await readInstalledManifest(layout, version) : undefined;
+  await (prev ? service.restart(prev.manifest.service) : service.stop()).catch((err) => log.error({ err, version }, 'could not put the service back'));
+}
+
+/** Loads the state, rebuilding it from the disk (current symlink + complete markers) when it does not parse. */
+export async function loadState(layout: AppLayout, app: string, log: Logger): Promise<InstallState> {
+  try {
+    return (await readState(layout.state)) ?? emptyState(app);
+  } catch (err) {
+    if (!isKilnError(err, 'KILN_STATE_INVALID')) throw err;
+    log.warn({ err }, 'install state does not parse: rebuilding it from the disk');
+    const state: InstallState = { ...emptyState(app), rebuiltAt: new Date().toISOString() };
+    const version = await currentVersion(layout);
+    const installed = version ? await readInstalledManifest(layout, version) : undefined;
+    if (installed) state.current = installedRelease(version!, installed, 'manual', new Date().toISOString());
+    await writeState(layout.state, state);
+    return state;
+  }
+}
+
+async function removeTmp(dir: string): Promise<void> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  await Promise.all(names.filter((n) => n.startsWith(TMP_MARK)).map((n) => rm(path.join(dir, n), { recursive: true, force: true })));
+}
+
+/** A lock being written (`install.lock.PID-x`) by a process that died, or one moved aside as stale. */
+async function removeLockLeftovers(lock: string): Promise<void> {
+  const dir = path.dirname(lock);
+  const base = `${path.basename(lock)}.`;
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!name.startsWith(base)) continue;
+    const rest = name.slice(base.length);
+    const pid = Number(/^(\d+)-/.exec(rest)?.[1]);
+    if (rest.startsWith('stale-') || (pid && !isAlive(pid))) await rm(path.join(dir, name), { force: true });
+  }
+}
+
+/**
+ * Start-up recovery, run under the install lock before any install and by the agent at boot:
+ * leaves `current` on a complete release, removes staging and temporary files, settles the journal.
+ */
+export async function recoverApp(layout: AppLayout, app: string, log: Logger, service?: ServiceManager): Promise<{ interrupted: Operation | null }> {
+  await rm(layout.staging, { recursive: true, force: true });
+  await Promise.all([layout.appDir, layout.releases, layout.meta].map(removeTmp));
+  await removeLockLeftovers(layout.lock);
+  let journal;
+  try {
+    journal = await readJournal(layout.journal);
+  } catch (err) {
+    log.warn({ err }, 'install journal does not parse: discarding it');
+    journal = undefined;
+    await rm(layout.journal, { force: true });
+  }
+  const state = await loadState(layout, app, log);
+  let interrupted: Operation | null = null;
+
+  if (journal) {
+    const now = new Date().toISOString();
+    const cur = await currentVersion(layout);
+    const committed = journal.step === 'commit' && cur === journal.version && (await isComplete(layout, journal.version));
+    if (committed) {
+      // Health had passed; only the state write was lost. Finish it.
+      const installed = await readInstalledManifest(layout, journal.version);
+      if (state.current?.version !== journal.version) state.previous = state.current;
+      state.current = installedRelease(journal.version, installed!, journal.via, now);
+      if (journal.pointer) state.channels[journal.pointer.channel] = Math.max(state.channels[journal.pointer.channel] ?? 0, journal.pointer.seq);
+      interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: journal.op === 'rollback' ? 'rolled-back' : 'installed' };
+    } else {
+      // Past the swap the service may run the new release even where `current` was already swapped
+      // back (a kill between the swap-back and its restart): put both back.
+      const touchedService = journal.step === 'restart' || journal.step === 'health' || cur !== journal.from;
+      if (cur !== journal.from) {
+        if (journal.from && (await isComplete(layout, journal.from))) await swapSymlink(layout.current, `releases/${journal.from}`);
+        else if (!journal.from) await rm(layout.current, { force: true });
+      }
+      log.warn({ version: journal.version, step: journal.step, back: journal.from }, 'an install was interrupted: put back what it changed');
+      if (service && touchedService) await restoreService(layout, journal.from, service, log);
+      const error = new KilnError('KILN_INTERRUPTED', `the ${journal.op} of ${journal.version} was interrupted at step ${journal.step} (pid ${journal.pid}); ${journal.from ?? 'nothing'} stays current`);
+      interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: 'interrupted', error: { code: error.code, message: error.message } };
+    }
+    state.last = interrupted;
+    if (interrupted.commandId) state.commands = [...state.commands, interrupted].slice(-100);
+    await writeState(layout.state, state);
+    await rm(layout.journal, { force: true });
+  }
+
+  // A release directory without its complete marker was never finished.
+  const cur = await currentVersion(layout);
+  for (const name of await readdir(layout.releases).catch(() => [] as string[])) {
+    if (name === cur || (await isComplete(layout, name))) continue;
+    log.warn({ version: name }, 'removing an incomplete release directory');
+    await rm(path.join(layout.releases, name), { recursive: true, force: true });
+  }
+  return { interrupted };
+}
+
+/** Keeps current, previous and the `keep` newest others; removes the marker first, then the tree. */
+export async function pruneReleases(layout: AppLayout, state: InstallState, keep: number, log: Logger): Promise<string[]> {
+  const protect = new Set([state.current?.version, state.previous?.version].filter((v): v is string => !!v));
+  const cur = await currentVersion(layout);
+  if (cur) protect.add(cur);
+  const metas = await readdir(layout.meta).catch(() => [] as string[]);
+  const others: Array<{ version: string; mtime: number }> = [];
+  for (const m of metas) {
+    if (!m.endsWith('.json')) continue;
+    const version = m.slice(0, -5);
+    if (protect.has(version)) continue;
+    others.push({ version, mtime: (await stat(path.join(layout.meta, m))).mtimeMs });
+  }
+  others.sort((a, b) => b.mtime - a.mtime);
+  const doomed = others.slice(keep).map((o) => o.version);
+  for (const version of doomed) {
+    await rm(layout.metaFile(version), { force: true });
+    await rm(layout.release(version), { recursive: true, force: true });
+    log.info({ version }, 'removed an old release');
+  }
+  return doomed;
+}
+
+/** Recovery on its own (the agent at boot, `kiln host recover`): takes the install lock for it. */
+export async function recoverUnderLock(layout: AppLayout, app: string, log: Logger, service?: ServiceManager): Promise<{ interrupted: Operation | null }> {
+  const lock = await acquireLock(layout.lock, `recover ${app}`);
+  try {
+    return await recoverApp(layout, app, log, service);
+  } finally {
+    await lock.release();
+  }
+}

@@ -1,0 +1,366 @@
+import { mkdir, mkdtemp, rename, rm, statfs } from 'node:fs/promises';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import { artifactMeter } from './artifact-meter.js';
+import { fsyncDir, swapSymlink, writeFileAtomic } from '../system/fs-atomic.js';
+import { waitHealthy } from '../service/health-check.js';
+import { acquireLock } from './install-lock.js';
+import { appLayout, type AppLayout } from '../release/install-layout.js';
+import { currentVersion, installedRelease, isComplete, loadState, pruneReleases, recoverApp, restoreService } from './install-recover.js';
+import { readState, writeJournal, writeState, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
+import { KilnError, asKilnError } from '../errors/kiln-error.js';
+import { checkName } from '../release/names.js';
+import { s3Error } from '../s3/s3-errors.js';
+import { fetchPointer, readLocalManifest, targetName, verifyManifest, type InstallTarget, type VerifiedManifest } from '../release/release-resolve.js';
+import type { ReleaseStore, SignedObject } from '../release/release-store.js';
+import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits, type ExtractedFile } from '../release/safe-extract.js';
+import type { ServiceManager } from '../service/service-manager.js';
+import type { PublicKey } from '../release/signing.js';
+
+export type InstallStep = 'resolve' | JournalStep;
+
+export interface InstallOptions {
+  root: string;
+  app: string;
+  target: InstallTarget;
+  /** where releases come from; may be omitted when the release is already on disk */
+  store?: ReleaseStore;
+  /** the pinned release public keys */
+  keys: PublicKey[];
+  service: ServiceManager;
+  log: Logger;
+  /** how the release got here, reported as drift: baked | boot | hotfix | manual | rollback */
+  via?: Via;
+  /** the same command id twice is one install */
+  commandId?: string;
+  /** accept a release with a lower seq than the installed one (an operator's explicit choice) */
+  allowDowngrade?: boolean;
+  limits?: Partial<ExtractLimits>;
+  /** releases kept beyond current and previous */
+  keep?: number;
+  /** as root: the service user that owns the release files */
+  owner?: { uid: number; gid: number };
+  /** the port the app gets when an instance overrides the manifest's */
+  port?: number;
+  /** flush the release to disk before the swap (default true) */
+  fsync?: boolean;
+  /**
+   * With a channel target: act only on a pointer newer than the one last accepted (the agent's boot
+   * and polling), so a release installed by command since then is not undone by an older pointer.
+   */
+  newPointerOnly?: boolean;
+  /** skip the health gate (baking an image, where nothing serves yet) */
+  skipHealth?: boolean;
+  downloadAttempts?: number;
+  /** a download with no byte for this long is a stall */
+  idleTimeoutMs?: number;
+  /** reserved free space beyond the release's own size */
+  reserveBytes?: number;
+  now?: () => Date;
+  /** told of every step once the journal records it, before the step's work; may be async (tests pause here) */
+  onStep?: (step: InstallStep, version: string) => void | Promise<void>;
+  onProgress?: (bytes: number, total: number) => void;
+  /**
+   * Told, once a download is verified, of the files written: each with its digest (checked against
+   * the manifest) and its stamp (fileStamp), so a tree check need not read them again.
+   */
+  onExtracted?: (files: ExtractedFile[]) => void;
+}
+
+export interface InstallResult {
+  outcome: 'installed' | 'unchanged' | 'rolled-back';
+  app: string;
+  version: string;
+  previous: string | null;
+  via: Via;
+  downloaded: boolean;
+  /** milliseconds per step */
+  timings: Partial<Record<InstallStep, number>>;
+}
+
+/**
+ * THE install routine: used by `kiln host install`, by the agent at boot and on command, by bakes.
+ * resolve → download (stream) → verify → extract to staging → fsync → rename → mark complete →
+ * journal → swap `current` → restart → health gate → commit, or swap back and restart the previous.
+ */
+export async function install(opts: InstallOptions): Promise<InstallResult> {
+  return runOperation(opts, 'install');
+}
+
+/** Swaps back to the previous release (on disk, re-verified) through the same routine. */
+export async function rollback(opts: Omit<InstallOptions, 'target' | 'allowDowngrade'>): Promise<InstallResult> {
+  const layout = appLayout(opts.root, opts.app);
+  // Read only: the routine re-reads (and, if need be, rebuilds) the state under the lock.
+  const state = await readState(layout.state).catch(() => undefined);
+  if (!state?.previous) throw new KilnError('KILN_NO_PREVIOUS', `${opts.app} has no previous release on ${layout.root} to roll back to`);
+  if (!(await isComplete(layout, state.previous.version))) {
+    throw new KilnError('KILN_NO_PREVIOUS', `the previous release ${state.previous.version} is no longer on disk; install a version instead`);
+  }
+  return runOperation({ ...opts, target: { version: state.previous.version }, allowDowngrade: true, via: 'rollback' }, 'rollback');
+}
+
+async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): Promise<InstallResult> {
+  const app = checkName('app', opts.app);
+  targetName(opts.target); // every name is checked before anything touches the disk
+  const layout = appLayout(opts.root, app);
+  const log = opts.log.child({ module: 'install', app, root: layout.root });
+  const limits: ExtractLimits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const now = opts.now ?? (() => new Date());
+  const via: Via = opts.via ?? 'manual';
+  const timings: InstallResult['timings'] = {};
+  const started = now().toISOString();
+  let stepStart = Date.now();
+  let stepName: InstallStep = 'resolve';
+  const step = (name: InstallStep, version: string) => {
+    timings[stepName] = (timings[stepName] ?? 0) + Date.now() - stepStart;
+    stepName = name;
+    stepStart = Date.now();
+    log.debug({ step: name, version }, 'install step');
+  };
+
+  // Before the lock only a read-only peek (a command already done, the accepted pointer seq); every
+  // decision is made again under the lock on a fresh read, since another install may run meanwhile.
+  const peek = await readState(layout.state).catch(() => undefined);
+  const earlier = opts.commandId ? peek?.commands.find((c) => c.commandId === opts.commandId) : undefined;
+  if (earlier) return replayed(earlier, app, via);
+
+  let version: string;
+  let pointerSeq: { channel: string; seq: number } | undefined;
+  let expectSha: string | undefined;
+  let given: SignedObject | undefined;
+  if ('channel' in opts.target) {
+    const channel = checkName('channel', opts.target.channel);
+    if (!opts.store) throw new Error('installing from a channel needs a release store');
+    const pointer = await fetchPointer(opts.store, app, channel, opts.keys, now());
+    checkPointerSeq(app, channel, pointer.seq, peek?.channels[channel] ?? 0);
+    if (opts.newPointerOnly && peek?.current && pointer.seq <= (peek.channels[channel] ?? 0)) return seenPointer(peek, app);
+    version = pointer.version;
+    expectSha = pointer.manifestSha256;
+    pointerSeq = { channel, seq: pointer.seq };
+  } else {
+    version = checkName('version', opts.target.version);
+    expectSha = opts.target.manifestSha256;
+    // Only with a digest to hold it to: the signature alone would accept any signed release of this version.
+    if (expectSha) given = opts.target.manifest;
+  }
+  const local = await readLocalManifest(layout.metaFile(version));
+  const onDisk = local !== undefined && (await isComplete(layout, version));
+  if (!onDisk && !opts.store) throw new KilnError('KILN_NOT_INSTALLED', `${app} ${version} is not on ${layout.root} and no bucket was given to fetch it from`);
+  const verified = verifyManifest(onDisk ? local! : (given ?? (await opts.store!.getManifest(app, version))), { app, version, ...(expectSha ? { sha256: expectSha } : {}) }, opts.keys, limits);
+  const { manifest } = verified;
+
+  const lock = await acquireLock(layout.lock, `${op} ${app} ${version}`);
+  let journal: Journal | undefined;
+  let staging: string | undefined;
+  try {
+    await mkdir(layout.appDir, { recursive: true });
+    await recoverApp(layout, app, log, opts.service);
+    const state = await loadState(layout, app, log);
+    if (opts.commandId) {
+      const done = state.commands.find((c) => c.commandId === opts.commandId);
+      if (done) return replayed(done, app, via);
+    }
+    if (pointerSeq) {
+      checkPointerSeq(app, pointerSeq.channel, pointerSeq.seq, state.channels[pointerSeq.channel] ?? 0);
+      if (opts.newPointerOnly && state.current && pointerSeq.seq <= (state.channels[pointerSeq.channel] ?? 0)) return seenPointer(state, app);
+    }
+    if (op === 'rollback' && state.previous?.version !== version) {
+      throw new KilnError('KILN_NO_PREVIOUS', `the previous release of ${app} changed while this rollback waited for the lock; run it again`);
+    }
+    const from = await currentVersion(layout);
+    if (from === version && state.current?.manifestSha256 === verified.sha256) {
+      if (pointerSeq && (state.channels[pointerSeq.channel] ?? 0) < pointerSeq.seq) state.channels[pointerSeq.channel] = pointerSeq.seq;
+      // Installed means installed, running and healthy: a stopped app is started (no swap, so nothing
+      // to undo), and one that runs still passes its health check (it may be starting after a swap-back).
+      if (!(await opts.service.status()).active) {
+        log.info({ version }, 'already installed but not running: starting it');
+        await opts.service.restart(manifest.service);
+      }
+      if (!opts.skipHealth) await healthGate(opts, manifest, layout.release(version));
+      await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: now().toISOString(), outcome: 'unchanged' });
+      log.info({ version }, 'already installed: nothing to do');
+      return { outcome: 'unchanged', app, version, previous: state.previous?.version ?? null, via: state.current.via, downloaded: false, timings };
+    }
+    const installedSeq = state.current?.seq ?? 0;
+    if (manifest.seq < installedSeq && !opts.allowDowngrade && !pointerSeq) {
+      throw new KilnError('KILN_SEQ_DOWNGRADE', `${app} ${version} has seq ${manifest.seq}, lower than the installed ${state.current!.version} (seq ${installedSeq}); use \`kiln host rollback\` or --allow-downgrade`);
+    }
+
+    journal = { schema: 1, op, app, version, from, via, ...(pointerSeq ? { pointer: pointerSeq } : {}), step: 'fetch', ...(opts.commandId ? { commandId: opts.commandId } : {}), startedAt: started, pid: process.pid };
+    // The journal names the step before it starts; the hook runs after, so a crash there is recoverable.
+    const advance = async (s: JournalStep) => {
+      step(s, version);
+      journal!.step = s;
+      await writeJournal(layout.journal, journal!);
+      await opts.onStep?.(s, version);
+    };
+
+    let downloaded = false;
+    if (!onDisk) {
+      await mkdir(layout.staging, { recursive: true });
+      staging = await mkdtemp(path.join(layout.staging, `${version}-`));
+      await advance('fetch');
+      await checkFreeSpace(layout, verified, opts.reserveBytes ?? 64 * 1024 * 1024);
+      const files = await fetchAndExtract({ opts, verified, staging, limits, log });
+      opts.onExtracted?.(files);
+      downloaded = true;
+      await advance('rename');
+      await rm(layout.release(version), { recursive: true, force: true });
+      await mkdir(layout.releases, { recursive: true });
+      await rename(path.join(staging, 'tree'), layout.release(version));
+      await fsyncDir(layout.releases);
+      await rm(staging, { recursive: true, force: true });
+      staging = undefined;
+      await advance('mark');
+      await mkdir(layout.meta, { recursive: true });
+      await writeFileAtomic(layout.metaFile(version), JSON.stringify({ manifest: verified.bytes.toString('utf8'), sig: verified.sig.toString('utf8'), sha256: verified.sha256 }) + '\n');
+    }
+
+    await advance('swap');
+    await swapSymlink(layout.current, `releases/${version}`);
+    try {
+      await advance('restart');
+      await opts.service.restart(manifest.service);
+      if (!opts.skipHealth) {
+        await advance('health');
+        await healthGate(opts, manifest, layout.release(version));
+      }
+    } catch (err) {
+      await swapBack({ layout, from, version, opts, log });
+      throw err;
+    }
+
+    await advance('commit');
+    const installedAt = now().toISOString();
+    if (state.current && state.current.version !== version) state.previous = state.current;
+    state.current = installedRelease(version, verified, via, installedAt);
+    if (pointerSeq) state.channels[pointerSeq.channel] = Math.max(state.channels[pointerSeq.channel] ?? 0, pointerSeq.seq);
+    const outcome = op === 'rollback' ? 'rolled-back' : 'installed';
+    await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: installedAt, outcome });
+    await rm(layout.journal, { force: true });
+    await pruneReleases(layout, state, opts.keep ?? 2, log);
+    timings[stepName] = (timings[stepName] ?? 0) + Date.now() - stepStart;
+    log.info({ version, previous: from, timings }, op === 'rollback' ? 'rolled back' : 'installed');
+    return { outcome, app, version, previous: from, via, downloaded, timings };
+  } catch (err) {
+    const error = asKilnError(err);
+    log.error({ err: error, version }, `${op} failed`);
+    if (staging) await rm(staging, { recursive: true, force: true });
+    if (journal?.step === 'rename' || journal?.step === 'mark') {
+      await rm(layout.metaFile(version), { force: true });
+      await rm(layout.release(version), { recursive: true, force: true });
+    }
+    if (journal) await rm(layout.journal, { force: true });
+    const fresh = await loadState(layout, app, log);
+    await commitState(layout, fresh, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: now().toISOString(), outcome: 'failed', error: { code: error.code, message: error.message } });
+    throw error;
+  } finally {
+    await lock.release();
+  }
+}
+
+/** The manifest's health check, on the port the instance gave the app. */
+async function healthGate(opts: InstallOptions, manifest: VerifiedManifest['manifest'], cwd: string): Promise<void> {
+  const port = opts.port ?? (await opts.service.status()).port ?? undefined;
+  await waitHealthy({ health: manifest.health, service: manifest.service, port, cwd });
+}
+
+function checkPointerSeq(app: string, channel: string, seq: number, accepted: number): void {
+  if (seq < accepted) throw new KilnError('KILN_POINTER_STALE', `channel pointer ${app}/${channel} has seq ${seq}, older than seq ${accepted} already accepted: refusing a replayed pointer`);
+}
+
+/** A pointer already acted on: whatever is installed since stays. */
+function seenPointer(state: InstallState, app: string): InstallResult {
+  const cur = state.current!;
+  return { outcome: 'unchanged', app, version: cur.version, previous: state.previous?.version ?? null, via: cur.via, downloaded: false, timings: {} };
+}
+
+function replayed(done: Operation, app: string, via: Via): InstallResult {
+  if (done.error) throw new KilnError(done.error.code as KilnError['code'], `command ${done.commandId} already ran: ${done.error.message}`);
+  return { outcome: 'unchanged', app, version: done.version, previous: null, via, downloaded: false, timings: {} };
+}
+
+async function commitState(layout: AppLayout, state: InstallState, last: Operation & { commandId?: string | undefined }): Promise<void> {
+  const op: Operation = { ...last };
+  if (op.commandId === undefined) delete op.commandId;
+  state.last = op;
+  if (op.commandId) state.commands = [...state.commands.filter((c) => c.commandId !== op.commandId), op].slice(-100);
+  await writeState(layout.state, state);
+}
+
+async function checkFreeSpace(layout: AppLayout, verified: VerifiedManifest, reserve: number): Promise<void> {
+  const fs = await statfs(layout.appDir);
+  const free = fs.bavail * fs.bsize;
+  // Files round up to blocks: count a block per entry on top of the bytes.
+  const need = verified.manifest.unpackedSize + verified.manifest.files.length * fs.bsize + reserve;
+  if (free < need) {
+    throw new KilnError('KILN_NO_SPACE', `${verified.manifest.app} ${verified.manifest.version} needs ${mib(need)} MiB free on ${layout.appDir} (release plus reserve) but only ${mib(free)} MiB are free`);
+  }
+}
+
+const mib = (n: number) => (n / 1024 / 1024).toFixed(1);
+
+const RETRYABLE = new Set(['KILN_S3_UNREACHABLE', 'KILN_S3_TIMEOUT', 'KILN_S3_ERROR']);
+
+/** Streams the artifact from S3 through the meter into the extractor; retries a failed transfer from scratch. */
+async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedManifest; staging: string; limits: ExtractLimits; log: Logger }): Promise<ExtractedFile[]> {
+  const { opts, verified, staging, limits, log } = args;
+  const { manifest } = verified;
+  const attempts = opts.downloadAttempts ?? 3;
+  const tree = path.join(staging, 'tree');
+  for (let attempt = 1; ; attempt++) {
+    await rm(tree, { recursive: true, force: true });
+    await mkdir(tree, { mode: 0o755 });
+    let meter: ReturnType<typeof artifactMeter> | undefined;
+    let ended = false;
+    try {
+      const body = await opts.store!.getArtifact(manifest.artifact.key);
+      // Armed only now: a stall timer running while the request waits would fire with no listener.
+      const m = (meter = artifactMeter(manifest.artifact.size, opts.idleTimeoutMs ?? 10_000));
+      m.stream.on('end', () => (ended = true));
+      // pipe() passes on neither an error nor a close without end: a reset connection would wait for the stall timer.
+      body.once('error', (err) => m.stream.destroy(s3Error(err, manifest.artifact.key)));
+      body.once('close', () => {
+        if (!body.readableEnded) m.stream.destroy(new KilnError('KILN_S3_UNREACHABLE', `the connection closed after ${m.result().bytes} of ${manifest.artifact.size} bytes of the artifact`));
+      });
+      let extracted;
+      try {
+        extracted = await extractTarGz(body.pipe(m.stream), {
+          dest: tree,
+          limits,
+          expected: { files: manifest.files, allowLinks: manifest.allowLinks },
+          ...(opts.owner ? { owner: opts.owner } : {}),
+          fsync: opts.fsync ?? true,
+          ...(opts.onProgress ? { onProgress: (n: number) => opts.onProgress!(n, manifest.unpackedSize) } : {}),
+        });
+      } finally {
+        body.destroy();
+      }
+      const got = m.result();
+      if (got.bytes !== manifest.artifact.size) throw new KilnError('KILN_ARTIFACT_SIZE', `the artifact is ${got.bytes} bytes but the manifest declares ${manifest.artifact.size} (truncated download?)`);
+      if (got.sha256 !== manifest.artifact.sha256) throw new KilnError('KILN_ARTIFACT_DIGEST', `the artifact has sha256 ${got.sha256} but the manifest declares ${manifest.artifact.sha256}`);
+      return extracted.files;
+    } catch (err) {
+      meter?.stream.destroy(); // disarms the stall timer
+      let e = asKilnError(err, 'KILN_INSTALL_FAILED');
+      const got = meter?.result();
+      if (ended && got && got.bytes < manifest.artifact.size) e = new KilnError('KILN_ARTIFACT_SIZE', `the artifact ended after ${got.bytes} of ${manifest.artifact.size} bytes (truncated)`, { cause: e });
+      if ((err as NodeJS.ErrnoException).code === 'ENOSPC' || (e.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC') {
+        e = new KilnError('KILN_NO_SPACE', `the disk filled up while extracting ${manifest.app} ${manifest.version}`, { cause: err });
+      }
+      if (!RETRYABLE.has(e.code) || attempt >= attempts) throw e;
+      log.warn({ err: e, attempt }, 'artifact download failed; retrying');
+      await sleep(Math.min(200 * 2 ** attempt, 5_000));
+    }
+  }
+}
+
+async function swapBack(args: { layout: AppLayout; from: string | null; version: string; opts: InstallOptions; log: Logger }): Promise<void> {
+  const { layout, from, version, opts, log } = args;
+  log.warn({ version, back: from }, 'new release failed: swapping back');
+  if (from) await swapSymlink(layout.current, `releases/${from}`);
+  else await rm(layout.current, { force: true });
+  await restoreService(layout, from, opts.service, log);
+}

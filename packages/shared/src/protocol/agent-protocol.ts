@@ -1,0 +1,143 @@
+import { z } from 'zod';
+import { Via } from '../install/install-state.js';
+import { KilnError } from '../errors/kiln-error.js';
+import { isValidName } from '../release/names.js';
+import { formatZodError } from '../errors/format-zod-error.js';
+
+/** Bumped on any change a peer of the previous version would misread; every frame carries it as `v`. */
+export const PROTOCOL_VERSION = 1;
+/** A frame past this is refused with KILN_FRAME_TOO_LARGE (the socket itself closes past 4×). */
+export const MAX_FRAME_BYTES = 1024 * 1024;
+
+const name = (kind: 'app' | 'version' | 'channel') => z.string().refine((v) => isValidName(kind, v), `invalid ${kind} name`);
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
+/** Manifests up to this size (bytes) travel in install commands; larger ones are fetched from the bucket. */
+export const MAX_INLINE_MANIFEST = 64 * 1024;
+const base64 = (maxBytes: number) => z.string().max(Math.ceil(maxBytes / 3) * 4).regex(/^[A-Za-z0-9+/]*={0,2}$/, 'base64');
+const id = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, 'letters, digits and . _ : - (at most 128)');
+const time = z.string().max(40);
+// Long messages are cut rather than refused: an error must never make every later report invalid.
+const ErrorInfo = z.strictObject({ code: z.string().max(64), message: z.string().transform((m) => m.slice(0, 4096)) });
+
+export const InstanceId = id;
+
+/** What the agent found on disk against the installed manifest's per-file digests. */
+export const TreeCheck = z.strictObject({
+  status: z.enum(['ok', 'modified', 'unchecked']),
+  modified: z.number().int().min(0),
+  missing: z.number().int().min(0),
+  extra: z.number().int().min(0),
+  /** the first few offending paths, each prefixed with M (modified), D (missing) or A (extra) */
+  paths: z.array(z.string().max(4200)).max(10),
+  checkedAt: time.nullable(),
+});
+export type TreeCheck = z.infer<typeof TreeCheck>;
+
+const ReleaseRef = z.strictObject({ version: name('version'), seq: z.number().int().min(1), manifestSha256: sha256 });
+export type ReleaseRef = z.infer<typeof ReleaseRef>;
+
+export const CommandOutcome = z.enum(['installed', 'unchanged', 'rolled-back', 'failed', 'interrupted', 'reported']);
+export type CommandOutcome = z.infer<typeof CommandOutcome>;
+
+export const CommandResult = z.strictObject({
+  commandId: id,
+  outcome: CommandOutcome,
+  version: name('version').optional(),
+  error: ErrorInfo.optional(),
+  finishedAt: time,
+});
+export type CommandResult = z.infer<typeof CommandResult>;
+
+/** Everything an agent says about its instance: sent on connect, on every change and on request. */
+export const AgentReport = z.strictObject({
+  instanceId: id,
+  imageId: id,
+  app: name('app'),
+  channel: name('channel'),
+  agentVersion: z.string().max(64),
+  /** the release the image was baked with, from the image marker */
+  image: ReleaseRef.nullable(),
+  installed: ReleaseRef.extend({ artifactSha256: sha256, via: Via, installedAt: time }).nullable(),
+  service: z.strictObject({ active: z.boolean() }),
+  tree: TreeCheck,
+  operation: z.strictObject({ commandId: id.optional(), op: z.enum(['install', 'rollback']), version: name('version'), step: z.string().max(32), startedAt: time }).nullable(),
+  lastError: ErrorInfo.extend({ at: time }).nullable(),
+  /** how many commands wait behind the running one */
+  queued: z.number().int().min(0),
+  at: time,
+});
+export type AgentReport = z.infer<typeof AgentReport>;
+
+export const CommandAction = z.discriminatedUnion('kind', [
+  z.strictObject({
+    kind: z.literal('install'),
+    version: name('version'),
+    seq: z.number().int().min(1),
+    manifestSha256: sha256,
+    /** the signed manifest (base64 of manifest.json and of its .sig), verified like a downloaded one: the agent skips two GETs */
+    manifest: z.strictObject({ bytes: base64(MAX_INLINE_MANIFEST), sig: base64(4096) }).optional(),
+  }),
+  /** back to the previous release on disk, or to an explicit older one */
+  z.strictObject({ kind: z.literal('rollback'), version: name('version').optional(), manifestSha256: sha256.optional() }),
+  z.strictObject({ kind: z.literal('report') }),
+]);
+export type CommandAction = z.infer<typeof CommandAction>;
+
+const v = z.literal(PROTOCOL_VERSION);
+
+/** Every frame either side sends: one discriminated union. */
+export const Message = z.discriminatedUnion('type', [
+  /** agent → controller, first frame of a connection; `results` are the latest command outcomes, so nothing done is reported lost */
+  z.strictObject({ type: z.literal('hello'), v, report: AgentReport, results: z.array(CommandResult).max(50) }),
+  z.strictObject({ type: z.literal('report'), v, report: AgentReport }),
+  /** controller → agent */
+  z.strictObject({ type: z.literal('command'), v, id, instanceId: id, app: name('app'), action: CommandAction }),
+  /** agent → controller: a command was accepted (queued or started) or reached an install step */
+  z.strictObject({ type: z.literal('progress'), v, commandId: id, stage: z.string().max(32), bytes: z.number().int().min(0).optional(), total: z.number().int().min(0).optional() }),
+  z.strictObject({ type: z.literal('result'), v, result: CommandResult }),
+  /** either way: the peer's frame (or command, when `commandId` is set) was refused */
+  z.strictObject({ type: z.literal('error'), v, error: ErrorInfo, commandId: id.optional() }),
+]);
+export type Message = z.infer<typeof Message>;
+export type MessageOf<T extends Message['type']> = Extract<Message, { type: T }>;
+
+const FROM_AGENT = new Set<Message['type']>(['hello', 'report', 'progress', 'result', 'error']);
+const FROM_CONTROLLER = new Set<Message['type']>(['command', 'error']);
+
+/** A message as written by its sender: the protocol version is filled in by `frame`. */
+export type Outgoing = Message extends infer M ? (M extends Message ? Omit<M, 'v'> : never) : never;
+
+/** Builds a frame with the protocol version filled in. */
+export function frame(msg: Outgoing): string {
+  return JSON.stringify({ ...msg, v: PROTOCOL_VERSION });
+}
+
+/**
+ * Parses one received frame, checked in order: size, JSON, protocol version, shape, direction.
+ * Throws KILN_FRAME_TOO_LARGE, KILN_FRAME_INVALID or KILN_PROTOCOL_VERSION.
+ */
+export function parseFrame(data: Buffer | ArrayBuffer | Buffer[] | string, from: 'agent' | 'controller'): Message {
+  const buf = typeof data === 'string' ? Buffer.from(data, 'utf8') : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
+  if (buf.length > MAX_FRAME_BYTES) throw new KilnError('KILN_FRAME_TOO_LARGE', `a frame of ${buf.length} bytes is over the limit of ${MAX_FRAME_BYTES}`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(buf.toString('utf8'));
+  } catch (cause) {
+    throw new KilnError('KILN_FRAME_INVALID', `a frame is not JSON: ${(cause as Error).message}`, { cause });
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new KilnError('KILN_FRAME_INVALID', 'a frame is not a JSON object');
+  const version = (raw as { v?: unknown }).v;
+  if (version !== PROTOCOL_VERSION) {
+    throw new KilnError('KILN_PROTOCOL_VERSION', `a frame speaks protocol version ${JSON.stringify(version)}; this side speaks ${PROTOCOL_VERSION} (upgrade the older side)`);
+  }
+  const parsed = Message.safeParse(raw);
+  if (!parsed.success) throw new KilnError('KILN_FRAME_INVALID', `a ${describeType(raw)} frame is invalid: ${formatZodError(parsed.error)}`);
+  const allowed = from === 'agent' ? FROM_AGENT : FROM_CONTROLLER;
+  if (!allowed.has(parsed.data.type)) throw new KilnError('KILN_FRAME_INVALID', `a ${from} does not send "${parsed.data.type}" frames`);
+  return parsed.data;
+}
+
+function describeType(raw: object): string {
+  const t = (raw as { type?: unknown }).type;
+  return typeof t === 'string' ? JSON.stringify(t.slice(0, 40)) : 'typeless';
+}

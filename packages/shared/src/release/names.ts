@@ -1,0 +1,23 @@
+import { KilnError } from '../errors/kiln-error.js';
+
+// Names become S3 keys and directory names: a strict pattern before they touch any path.
+const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const VERSION = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$/;
+
+export type NameKind = 'app' | 'channel' | 'version';
+
+export function isValidName(kind: NameKind, value: string): boolean {
+  const re = kind === 'version' ? VERSION : NAME;
+  return re.test(value) && !value.includes('..');
+}
+
+export function checkName(kind: NameKind, value: string): string {
+  if (!isValidName(kind, value)) {
+    const rule =
+      kind === 'version'
+        ? 'letters, digits, ".", "_", "+", "-", starting with a letter or digit, at most 63 characters, no ".."'
+        : 'lower-case letters, digits and "-", starting with a letter or digit, at most 63 characters';
+    throw new KilnError('KILN_NAME_INVALID', `invalid ${kind} name ${JSON.stringify(value)}: use ${rule}`);
+  }
+  return value;
+}

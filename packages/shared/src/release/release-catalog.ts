@@ -1,0 +1,92 @@
+import { KilnError } from '../errors/kiln-error.js';
+import { checkName } from './names.js';
+import { ChannelPointer, Manifest } from './release-schema.js';
+import type { ReleaseStore } from './release-store.js';
+import { fetchPointer } from './release-resolve.js';
+import { sha256Hex, signBytes, verifyBytes, type PrivateKey, type PublicKey } from './signing.js';
+
+export interface ReleaseSummary {
+  app: string;
+  version: string;
+  seq: number;
+  createdAt: string;
+  size: number;
+  files: number;
+  sha256: string;
+  /** false when the manifest's signature does not verify with the pinned keys */
+  verified: boolean;
+}
+
+/** Every published release of an app, verified against the pinned keys, in seq order. */
+export async function listReleases(store: ReleaseStore, app: string, keys: PublicKey[]): Promise<ReleaseSummary[]> {
+  const versions = await store.listVersions(checkName('app', app));
+  const out: ReleaseSummary[] = [];
+  for (let i = 0; i < versions.length; i += 16) {
+    const batch = await Promise.all(versions.slice(i, i + 16).map((v) => showRelease(store, app, v, keys).catch(() => undefined)));
+    for (const r of batch) if (r) out.push(r.summary);
+  }
+  return out.sort((a, b) => a.seq - b.seq);
+}
+
+export async function showRelease(store: ReleaseStore, app: string, version: string, keys: PublicKey[]): Promise<{ summary: ReleaseSummary; manifest: Manifest; manifestSha256: string }> {
+  const obj = await store.getManifest(app, version);
+  let verified = true;
+  try {
+    verifyBytes(obj.bytes, obj.sig, keys, `manifest ${app}/${version}`);
+  } catch {
+    verified = false;
+  }
+  const manifest = Manifest.parse(JSON.parse(obj.bytes.toString('utf8')));
+  return {
+    manifest,
+    manifestSha256: sha256Hex(obj.bytes),
+    summary: { app, version, seq: manifest.seq, createdAt: manifest.createdAt, size: manifest.artifact.size, files: manifest.files.length, sha256: manifest.artifact.sha256, verified },
+  };
+}
+
+export interface PromoteOptions {
+  store: ReleaseStore;
+  app: string;
+  version: string;
+  channel: string;
+  key: PrivateKey;
+  /** pinned keys the existing manifest and pointer are checked with */
+  keys: PublicKey[];
+  ttlMs: number;
+  now?: () => Date;
+}
+
+/** Writes the signed channel pointer to a release; its seq is one more than the pointer it replaces. */
+export async function promoteRelease(opts: PromoteOptions): Promise<ChannelPointer> {
+  const app = checkName('app', opts.app);
+  const channel = checkName('channel', opts.channel);
+  const version = checkName('version', opts.version);
+  const now = (opts.now ?? (() => new Date()))();
+  const obj = await opts.store.getManifest(app, version);
+  verifyBytes(obj.bytes, obj.sig, opts.keys, `manifest ${app}/${version}`);
+  let seq = 1;
+  try {
+    // An expired pointer still counts: the next one must outgrow it.
+    const prev = await fetchPointer(opts.store, app, channel, opts.keys, new Date(0));
+    seq = prev.seq + 1;
+  } catch (err) {
+    if (!(err instanceof KilnError) || err.code !== 'KILN_RELEASE_NOT_FOUND') throw err;
+  }
+  const pointer: ChannelPointer = {
+    schema: 1,
+    app,
+    channel,
+    version,
+    seq,
+    manifestSha256: sha256Hex(obj.bytes),
+    createdAt: now.toISOString(),
+    expires: new Date(now.getTime() + opts.ttlMs).toISOString(),
+  };
+  const bytes = Buffer.from(JSON.stringify(pointer, null, 2) + '\n');
+  await opts.store.putPointer(app, channel, { bytes, sig: signBytes(bytes, opts.key) });
+  return pointer;
+}
+
+export async function readPointer(store: ReleaseStore, app: string, channel: string, keys: PublicKey[]): Promise<ChannelPointer> {
+  return fetchPointer(store, app, channel, keys, new Date(0));
+}

@@ -1,0 +1,126 @@
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { KilnError } from '../errors/kiln-error.js';
+import { checkName } from './names.js';
+import { packRelease } from './release-pack.js';
+import { AppSpec, Manifest } from './release-schema.js';
+import { formatZodError } from '../errors/format-zod-error.js';
+import type { ReleaseStore } from './release-store.js';
+import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits } from './safe-extract.js';
+import { scanTree } from './scan-tree.js';
+import { sha256Hex, signBytes, type PrivateKey } from './signing.js';
+
+export interface PublishOptions {
+  store: ReleaseStore;
+  app: string;
+  version: string;
+  /** an app directory, or a .tar.gz of one */
+  source: string;
+  key: PrivateKey;
+  /** replaces kiln.json fields (from CLI flags) */
+  spec?: { command?: string[]; port?: number; env?: Record<string, string>; healthPath?: string };
+  limits?: Partial<ExtractLimits>;
+  log: Logger;
+  now?: () => Date;
+  onPhase?: (phase: 'scan' | 'pack' | 'upload' | 'sign', detail?: string) => void;
+  onUploadProgress?: (loaded: number, total: number) => void;
+}
+
+export interface PublishResult {
+  manifest: Manifest;
+  manifestSha256: string;
+  timings: Record<string, number>;
+}
+
+/** Reads kiln.json from the tree (when there is one) and applies the flag overrides. */
+export async function readAppSpec(dir: string, over: PublishOptions['spec'] = {}): Promise<AppSpec> {
+  let raw: Record<string, unknown> = {};
+  try {
+    raw = JSON.parse(await readFile(path.join(dir, 'kiln.json'), 'utf8'));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new KilnError('KILN_APP_SPEC_INVALID', `kiln.json is not JSON: ${(err as Error).message}`, { cause: err });
+  }
+  const service = { ...(raw.service as object | undefined), ...(over.command ? { command: over.command } : {}), ...(over.port ? { port: over.port } : {}), ...(over.env ? { env: over.env } : {}) };
+  const health = over.healthPath ? { type: 'http', path: over.healthPath } : raw.health;
+  if (!('command' in service)) throw new KilnError('KILN_APP_SPEC_INVALID', 'the release does not say how the app runs: add a kiln.json with "service": {"command": [...]} to the app tree, or pass --command');
+  const parsed = AppSpec.safeParse({ ...raw, service, ...(health ? { health } : {}) });
+  if (!parsed.success) throw new KilnError('KILN_APP_SPEC_INVALID', `kiln.json (with flags) is invalid: ${formatZodError(parsed.error)}`);
+  return parsed.data;
+}
+
+/** Highest seq among the app's published releases (0 when none). */
+export async function highestSeq(store: ReleaseStore, app: string): Promise<number> {
+  let max = 0;
+  const versions = await store.listVersions(app);
+  for (let i = 0; i < versions.length; i += 16) {
+    const batch = await Promise.all(versions.slice(i, i + 16).map((v) => store.getManifest(app, v).catch(() => undefined)));
+    for (const obj of batch) {
+      const seq = obj ? (JSON.parse(obj.bytes.toString('utf8')) as { seq?: unknown }).seq : undefined;
+      if (typeof seq === 'number' && seq > max) max = seq;
+    }
+  }
+  return max;
+}
+
+/** `kiln release push`: scan, pack, sign, upload. Releases are immutable: an existing version is refused. */
+export async function publishRelease(opts: PublishOptions): Promise<PublishResult> {
+  const app = checkName('app', opts.app);
+  const version = checkName('version', opts.version);
+  const log = opts.log.child({ module: 'publish', app, version });
+  const timings: Record<string, number> = {};
+  let t = Date.now();
+  const lap = (name: string) => {
+    timings[name] = Date.now() - t;
+    t = Date.now();
+  };
+  if (await opts.store.manifestExists(app, version)) throw new KilnError('KILN_RELEASE_EXISTS', `${app} ${version} was already published: releases are immutable, push a new version`);
+
+  const work = await mkdtemp(path.join(tmpdir(), 'kiln-push-'));
+  try {
+    let dir = path.resolve(opts.source);
+    const st = await stat(dir).catch(() => undefined);
+    if (!st) throw new KilnError('KILN_USAGE', `${opts.source} does not exist`);
+    opts.onPhase?.('scan', dir);
+    if (st.isFile()) {
+      // A given tarball is unpacked with every refusal an install applies, then packed the kiln way.
+      dir = path.join(work, 'tree');
+      await mkdir(dir);
+      await extractTarGz(createReadStream(opts.source), { dest: dir, limits: { ...DEFAULT_LIMITS, ...opts.limits }, allowLinks: true, ignoreOwners: true, fsync: false });
+    }
+    const spec = await readAppSpec(dir, opts.spec);
+    const files = await scanTree(dir, { allowLinks: spec.allowLinks });
+    lap('scan');
+    opts.onPhase?.('pack');
+    const artifactFile = path.join(work, 'artifact.tar.gz');
+    const artifact = await packRelease(dir, files, artifactFile);
+    lap('pack');
+    const seq = (await highestSeq(opts.store, app)) + 1;
+    const manifest: Manifest = {
+      schema: 1,
+      app,
+      version,
+      seq,
+      createdAt: (opts.now ?? (() => new Date()))().toISOString(),
+      artifact: { key: opts.store.artifactKey(app, version), sha256: artifact.sha256, size: artifact.size },
+      unpackedSize: files.reduce((n, f) => n + (f.type === 'file' ? f.size : 0), 0),
+      files,
+      allowLinks: spec.allowLinks,
+      service: spec.service,
+      health: spec.health,
+    };
+    opts.onPhase?.('upload', `${artifact.size} bytes`);
+    await opts.store.putArtifact(manifest.artifact.key, createReadStream(artifactFile), (n) => opts.onUploadProgress?.(n, artifact.size));
+    lap('upload');
+    opts.onPhase?.('sign');
+    const bytes = Buffer.from(JSON.stringify(manifest, null, 2) + '\n');
+    await opts.store.putManifest(app, version, { bytes, sig: signBytes(bytes, opts.key) });
+    lap('sign');
+    log.info({ seq, size: artifact.size, files: files.length, timings }, 'release published');
+    return { manifest, manifestSha256: sha256Hex(bytes), timings };
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,90 @@
+import { z } from 'zod';
+import { isValidName } from './names.js';
+
+const appName = z.string().refine((v) => isValidName('app', v), 'invalid app name');
+const channelName = z.string().refine((v) => isValidName('channel', v), 'invalid channel name');
+const versionName = z.string().refine((v) => isValidName('version', v), 'invalid version name');
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
+const relPath = z.string().min(1).max(4096);
+
+export const ServiceSpec = z.strictObject({
+  /** argv; run with cwd = the current release */
+  command: z.array(z.string().min(1)).min(1),
+  env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
+  /** the port the app listens on; given to it as PORT */
+  port: z.number().int().min(1).max(65535).optional(),
+  stopTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+});
+export type ServiceSpec = z.infer<typeof ServiceSpec>;
+
+export const HealthSpec = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('http'),
+    path: z.string().startsWith('/').default('/'),
+    /** defaults to service.port */
+    port: z.number().int().min(1).max(65535).optional(),
+    timeoutMs: z.number().int().min(100).max(600_000).default(30_000),
+    intervalMs: z.number().int().min(10).max(60_000).default(100),
+  }),
+  z.strictObject({
+    type: z.literal('command'),
+    command: z.array(z.string().min(1)).min(1),
+    timeoutMs: z.number().int().min(100).max(600_000).default(30_000),
+    intervalMs: z.number().int().min(10).max(60_000).default(200),
+  }),
+  z.strictObject({ type: z.literal('none') }),
+]);
+export type HealthSpec = z.infer<typeof HealthSpec>;
+
+/** kiln.json at the top of an app tree: how the app runs and how its health is checked. */
+export const AppSpec = z.strictObject({
+  service: ServiceSpec,
+  health: HealthSpec.default({ type: 'none' }),
+  /** symbolic links are refused unless the release allows them; even then they must stay inside it */
+  allowLinks: z.boolean().default(false),
+});
+export type AppSpec = z.infer<typeof AppSpec>;
+
+export const FileEntry = z.discriminatedUnion('type', [
+  z.strictObject({ path: relPath, type: z.literal('file'), size: z.number().int().min(0), sha256, mode: z.number().int().min(0).max(0o777) }),
+  z.strictObject({ path: relPath, type: z.literal('dir'), mode: z.number().int().min(0).max(0o777) }),
+  z.strictObject({ path: relPath, type: z.literal('symlink'), target: z.string().min(1).max(4096) }),
+]);
+export type FileEntry = z.infer<typeof FileEntry>;
+
+export const Manifest = z.strictObject({
+  schema: z.literal(1),
+  app: appName,
+  version: versionName,
+  /** grows strictly per app with every published release */
+  seq: z.number().int().min(1),
+  createdAt: z.string(),
+  artifact: z.strictObject({ key: z.string().min(1), sha256, size: z.number().int().min(1) }),
+  /** sum of file sizes */
+  unpackedSize: z.number().int().min(0),
+  files: z.array(FileEntry),
+  allowLinks: z.boolean(),
+  service: ServiceSpec,
+  health: HealthSpec,
+});
+export type Manifest = z.infer<typeof Manifest>;
+
+export const ChannelPointer = z.strictObject({
+  schema: z.literal(1),
+  app: appName,
+  channel: channelName,
+  version: versionName,
+  /** grows strictly per app and channel with every promote; an older pointer is a replay */
+  seq: z.number().int().min(1),
+  manifestSha256: sha256,
+  createdAt: z.string(),
+  expires: z.string(),
+});
+export type ChannelPointer = z.infer<typeof ChannelPointer>;
+
+export const SignatureFile = z.strictObject({
+  keyId: z.string().regex(/^[0-9a-f]{16}$/),
+  alg: z.literal('ed25519'),
+  signature: z.string().min(1),
+});
+export type SignatureFile = z.infer<typeof SignatureFile>;

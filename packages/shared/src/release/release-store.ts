@@ -1,0 +1,103 @@
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { Readable } from 'node:stream';
+import { checkName } from './names.js';
+import { s3Error } from '../s3/s3-errors.js';
+import { s3Objects } from '../s3/s3-objects.js';
+import { s3Sdk, s3Storage } from '../s3/s3-sdk.js';
+
+export interface SignedObject {
+  bytes: Buffer;
+  sig: Buffer;
+}
+
+/** The S3 layout of docs/release-format.md; every key is built here and nowhere else. */
+export interface ReleaseStore {
+  readonly bucket: string;
+  readonly prefix: string;
+  artifactKey(app: string, version: string): string;
+  getManifest(app: string, version: string): Promise<SignedObject>;
+  manifestExists(app: string, version: string): Promise<boolean>;
+  putManifest(app: string, version: string, obj: SignedObject): Promise<void>;
+  putArtifact(key: string, body: Readable, onProgress?: (loaded: number) => void): Promise<void>;
+  getArtifact(key: string, signal?: AbortSignal): Promise<Readable>;
+  listVersions(app: string): Promise<string[]>;
+  getPointer(app: string, channel: string): Promise<SignedObject>;
+  putPointer(app: string, channel: string, obj: SignedObject): Promise<void>;
+  /** Removes a channel pointer (a bake's private channel, once the bake is over). */
+  removePointer(app: string, channel: string): Promise<void>;
+}
+
+export function createReleaseStore(client: S3Client, bucket: string, prefix = ''): ReleaseStore {
+  const releaseDir = (app: string, version: string) => `${prefix}releases/${checkName('app', app)}/${checkName('version', version)}/`;
+  const pointerKey = (app: string, channel: string) => `${prefix}channels/${checkName('app', app)}/${checkName('channel', channel)}.json`;
+
+  const { getSmall, put, list, remove, where } = s3Objects(client, bucket);
+  const { GetObjectCommand, HeadObjectCommand } = s3Sdk();
+
+  async function getSigned(key: string): Promise<SignedObject> {
+    const [bytes, sig] = await Promise.all([getSmall(key), getSmall(`${key}.sig`)]);
+    return { bytes, sig };
+  }
+
+  return {
+    bucket,
+    prefix,
+    artifactKey: (app, version) => `${releaseDir(app, version)}artifact.tar.gz`,
+    getManifest: (app, version) => getSigned(`${releaseDir(app, version)}manifest.json`),
+    async manifestExists(app, version) {
+      const key = `${releaseDir(app, version)}manifest.json`;
+      try {
+        await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+        return true;
+      } catch (err) {
+        const mapped = s3Error(err, where(key));
+        if (mapped.code === 'KILN_RELEASE_NOT_FOUND') return false;
+        throw mapped;
+      }
+    },
+    async putManifest(app, version, obj) {
+      const key = `${releaseDir(app, version)}manifest.json`;
+      // The signature goes first: a manifest is visible only once it can be verified.
+      await put(`${key}.sig`, obj.sig, 'application/json');
+      await put(key, obj.bytes, 'application/json', true);
+    },
+    async putArtifact(key, body, onProgress) {
+      try {
+        const { Upload } = s3Storage();
+        const upload = new Upload({
+          client,
+          params: { Bucket: bucket, Key: key, Body: body, ContentType: 'application/gzip' },
+          partSize: 8 * 1024 * 1024,
+          queueSize: 4,
+        });
+        if (onProgress) upload.on('httpUploadProgress', (p) => onProgress(p.loaded ?? 0));
+        await upload.done();
+      } catch (err) {
+        throw s3Error(err, where(key));
+      }
+    },
+    async getArtifact(key, signal) {
+      try {
+        const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), signal ? { abortSignal: signal } : {});
+        return res.Body as Readable;
+      } catch (err) {
+        throw s3Error(err, where(key));
+      }
+    },
+    async listVersions(app) {
+      const base = `${prefix}releases/${checkName('app', app)}/`;
+      return (await list(base, '/')).map((p) => p.slice(base.length, -1));
+    },
+    getPointer: (app, channel) => getSigned(pointerKey(app, channel)),
+    async putPointer(app, channel, obj) {
+      const key = pointerKey(app, channel);
+      await put(`${key}.sig`, obj.sig, 'application/json');
+      await put(key, obj.bytes, 'application/json');
+    },
+    async removePointer(app, channel) {
+      const key = pointerKey(app, channel);
+      await remove(key);
+      await remove(`${key}.sig`);
+    },
+  };
+}

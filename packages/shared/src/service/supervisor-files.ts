@@ -1,0 +1,54 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { ServiceSpec } from '../release/release-schema.js';
+
+/** What the supervisor daemon runs: written by the ServiceManager before every restart. */
+export const ServiceFile = z.strictObject({
+  spec: ServiceSpec,
+  /** instance-level additions and overrides (e.g. PORT when several instances share a host) */
+  env: z.record(z.string(), z.string()),
+});
+export type ServiceFile = z.infer<typeof ServiceFile>;
+
+/** What the supervisor daemon reports about itself and the app. */
+export const SupervisorStatus = z.strictObject({
+  daemonPid: z.number().int(),
+  /** start times (processStart) of the daemon and the child: a pid alone is reused after a reboot */
+  daemonStart: z.string().nullable(),
+  childPid: z.number().int().nullable(),
+  childStart: z.string().nullable(),
+  /** the resolved release directory the child runs in */
+  release: z.string().nullable(),
+  /** grows with every (re)start the daemon was asked for */
+  generation: z.number().int(),
+  state: z.enum(['starting', 'running', 'backoff', 'stopped']),
+  restarts: z.number().int(),
+  lastExit: z.string().nullable(),
+  updatedAt: z.string(),
+});
+export type SupervisorStatus = z.infer<typeof SupervisorStatus>;
+
+export const supervisorPaths = (appDir: string) => ({
+  service: path.join(appDir, 'service.json'),
+  status: path.join(appDir, 'supervisor.json'),
+  log: path.join(appDir, 'service.log'),
+});
+
+export async function readSupervisorStatus(file: string): Promise<SupervisorStatus | undefined> {
+  try {
+    const parsed = SupervisorStatus.safeParse(JSON.parse(await readFile(file, 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function readServiceFile(file: string): Promise<ServiceFile | undefined> {
+  try {
+    const parsed = ServiceFile.safeParse(JSON.parse(await readFile(file, 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
