@@ -9,9 +9,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { createAgent, sealImage } from '@kiln/agent';
 import { AgentReport, appLayout, createProcessSupervisor, type ServiceManager } from '@kiln/shared';
-import { CREDENTIAL, makeAgent, startFakeController, until, writeAgentConfig, type FakeController, type TestAgent } from './helpers/agent.js';
-import { freePort, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { CREDENTIAL, makeAgent, startFakeController, until, writeAgentConfig, type FakeController, type TestAgent } from '../helpers/agent.js';
+import { freePort, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 let ctl: FakeController;

@@ -5,10 +5,10 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appLayout, swapSymlink } from '@kiln/shared';
-import { kiln, startKiln } from './helpers/cli.js';
-import { makeHost, type Host } from './helpers/host.js';
-import { leftovers, makeKeys, pushApp, tempDir } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { kiln, startKiln } from '../helpers/cli.js';
+import { makeHost, type Host } from '../helpers/host.js';
+import { leftovers, makeKeys, pushApp, tempDir } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 let pubFile: string;

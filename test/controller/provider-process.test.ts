@@ -4,9 +4,9 @@ import { readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, type Provider } from '@kiln/controller';
-import { until } from './helpers/agent.js';
-import { makeKeys, pushApp, quietLog, tempDir, type Keys } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { until } from '../helpers/agent.js';
+import { makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 let keys: Keys;

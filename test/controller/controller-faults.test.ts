@@ -10,11 +10,11 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { Deployment, buildServer } from '@kiln/controller';
 import { MAX_FRAME_BYTES, createDocStore, createLogger, createS3Client, readPointer, type AgentReport } from '@kiln/shared';
-import { OPERATOR, startController, startFleet, type TestController } from './helpers/controller.js';
-import { startControllerProcess } from './helpers/controller-process.js';
-import { makeAgent, until, type TestAgent } from './helpers/agent.js';
-import { freePort, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { OPERATOR, startController, startFleet, type TestController } from '../helpers/controller.js';
+import { startControllerProcess } from '../helpers/controller-process.js';
+import { makeAgent, until, type TestAgent } from '../helpers/agent.js';
+import { freePort, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 const keys = makeKeys();
 let s3: S3Fixture;

@@ -1,9 +1,9 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startController, startFleet, type TestController } from './helpers/controller.js';
-import { until, type TestAgent } from './helpers/agent.js';
+import { startController, startFleet, type TestController } from '../helpers/controller.js';
+import { until, type TestAgent } from '../helpers/agent.js';
 import { readPointer } from '@kiln/shared';
-import { makeKeys, pushApp } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { makeKeys, pushApp } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 let ctl: TestController;

@@ -8,12 +8,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appLayout, createS3Client, install, isKilnError, promoteRelease, type InstallOptions, type InstallTarget, type ReleaseStore } from '@kiln/shared';
-import { startFaultProxy, startSilentServer, type FaultProxy, type SilentServer } from './helpers/fault-proxy.js';
-import { padGzip, rawBucket, renameTarEntry, replaceInTar, restampGzip, rewriteTarGz, type RawBucket } from './helpers/fault-s3.js';
-import { collectUncaught, describeUncaught, within } from './helpers/fault-uncaught.js';
-import { makeHost, type Host } from './helpers/host.js';
-import { freePort, leftovers, makeKeys, pushApp, tempDir } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { startFaultProxy, startSilentServer, type FaultProxy, type SilentServer } from '../helpers/fault-proxy.js';
+import { padGzip, rawBucket, renameTarEntry, replaceInTar, restampGzip, rewriteTarGz, type RawBucket } from '../helpers/fault-s3.js';
+import { collectUncaught, describeUncaught, within } from '../helpers/fault-uncaught.js';
+import { makeHost, type Host } from '../helpers/host.js';
+import { freePort, leftovers, makeKeys, pushApp, tempDir } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 // Every case: 1.0.0 is installed and serving, a bad 2.0.0 (or a bad pointer) is offered, and
 // afterwards the exact error code is known, 1.0.0 is still current and serving, state.json parses

@@ -6,9 +6,9 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { checkTree, rememberDigests, stateReader, type DigestCache } from '@kiln/agent';
 import { appLayout, emptyState, fileStamp, install, writeState, type ExtractedFile } from '@kiln/shared';
-import { makeHost, type Host } from './helpers/host.js';
-import { makeKeys, pushApp, quietLog, tempDir } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { makeHost, type Host } from '../helpers/host.js';
+import { makeKeys, pushApp, quietLog, tempDir } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 const keys = makeKeys();

@@ -2,7 +2,7 @@ import { mkdir, readdir, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createProcessSupervisor, isAlive, readSupervisorStatus, supervisorPaths, type ServiceManager, type ServiceSpec } from '@kiln/shared';
-import { freePort, quietLog, tempDir } from './helpers/release.js';
+import { freePort, quietLog, tempDir } from '../helpers/release.js';
 
 // A tiny app: serves its env as JSON, so the test sees what the supervisor gave it.
 const APP = `require('node:http').createServer((q, s) => s.end(JSON.stringify({ pid: process.pid, env: process.env }))).listen(Number(process.env.PORT), '127.0.0.1');`;

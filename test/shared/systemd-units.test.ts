@@ -5,9 +5,9 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ServiceSpec, renderAppUnit, unitEnvironment } from '@kiln/shared';
-import { tempDir } from './helpers/release.js';
+import { tempDir } from '../helpers/release.js';
 
-const AGENT_UNIT = fileURLToPath(new URL('../packages/agent/units/kiln-agent.service', import.meta.url));
+const AGENT_UNIT = fileURLToPath(new URL('../../packages/agent/units/kiln-agent.service', import.meta.url));
 const run = promisify(execFile);
 
 async function which(cmd: string): Promise<boolean> {

@@ -3,10 +3,10 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sealImage } from '@kiln/agent';
 import { appLayout, createReleaseStore, createS3Client, type MessageOf } from '@kiln/shared';
-import { makeAgent, startFakeController, until, type FakeController, type TestAgent } from './helpers/agent.js';
-import { startFaultProxy } from './helpers/fault-proxy.js';
-import { makeKeys, pushApp, quietLog } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { makeAgent, startFakeController, until, type FakeController, type TestAgent } from '../helpers/agent.js';
+import { startFaultProxy } from '../helpers/fault-proxy.js';
+import { makeKeys, pushApp, quietLog } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 let ctl: FakeController;

@@ -10,11 +10,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sealImage } from '@kiln/agent';
 import { AgentReport, InstallState, appLayout, createLogger, createProcessSupervisor, promoteRelease, readJournal, type Logger, type Via } from '@kiln/shared';
-import { makeAgent, startFakeController, until, writeAgentConfig, type TestAgent } from './helpers/agent.js';
-import { finished, kilnAgent, startKilnAgent, type CliResult } from './helpers/cli.js';
-import { startFaultProxy, startSilentServer } from './helpers/fault-proxy.js';
-import { freePort, leftovers, makeKeys, pushApp, quietLog, tempDir } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { makeAgent, startFakeController, until, writeAgentConfig, type TestAgent } from '../helpers/agent.js';
+import { finished, kilnAgent, startKilnAgent, type CliResult } from '../helpers/cli.js';
+import { startFaultProxy, startSilentServer } from '../helpers/fault-proxy.js';
+import { freePort, leftovers, makeKeys, pushApp, quietLog, tempDir } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 const keys = makeKeys();

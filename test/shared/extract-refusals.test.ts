@@ -21,10 +21,10 @@ import {
   type InstallStep,
   type Manifest,
 } from '@kiln/shared';
-import { makeHost, type Host } from './helpers/host.js';
-import { DEMO_APP, leftovers, makeKeys, pushApp, quietLog, tempDir } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
-import { END, entryBytes, gzipStream, gzipZeros, headerOf, tarGz, tarOf, type CraftEntry } from './helpers/tar-craft.js';
+import { makeHost, type Host } from '../helpers/host.js';
+import { DEMO_APP, leftovers, makeKeys, pushApp, quietLog, tempDir } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
+import { END, entryBytes, gzipStream, gzipZeros, headerOf, tarGz, tarOf, type CraftEntry } from '../helpers/tar-craft.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;

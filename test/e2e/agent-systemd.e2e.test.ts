@@ -5,9 +5,9 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMachineGroup, ensureBaseRootfs, kilnCacheDir, nspawnHostProblem, type Machine } from '@kiln/controller';
 import { AgentReport } from '@kiln/shared';
-import { CREDENTIAL, startFakeController, until, type FakeController } from './helpers/agent.js';
-import { freePort, makeKeys, pushApp, quietLog, tempDir } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { CREDENTIAL, startFakeController, until, type FakeController } from '../helpers/agent.js';
+import { freePort, makeKeys, pushApp, quietLog, tempDir } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const AGENT_UNIT = path.join(REPO, 'packages/agent/units/kiln-agent.service');

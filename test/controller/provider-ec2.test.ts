@@ -34,7 +34,7 @@ import { mockClient, type AwsClientStub } from 'aws-sdk-client-mock';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isKilnError, type KilnError } from '@kiln/shared';
 import { createEc2Provider, renderUserData, type Ec2ProviderOptions } from '@kiln/controller';
-import { quietLog, tempDir } from './helpers/release.js';
+import { quietLog, tempDir } from '../helpers/release.js';
 
 // There is no EC2 endpoint here: the SDK client is real, its `send` is stubbed by aws-sdk-client-mock,
 // so these tests pin down which calls the provider makes, with what input, in which order, and
@@ -689,7 +689,7 @@ describe('ec2 provider: setLive (ELBv2 target group)', () => {
 describe('ec2 user data script', () => {
   const BUNDLE = Buffer.from('#!/bin/sh\necho fake kiln-agent\n');
   const BUNDLE_SHA = createHash('sha256').update(BUNDLE).digest('hex');
-  const SHIPPED_UNIT = readFileSync(new URL('../packages/agent/units/kiln-agent.service', import.meta.url), 'utf8');
+  const SHIPPED_UNIT = readFileSync(new URL('../../packages/agent/units/kiln-agent.service', import.meta.url), 'utf8');
 
   interface FakeImds {
     url: string;

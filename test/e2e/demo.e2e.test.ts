@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
 
-const MAIN = fileURLToPath(new URL('../packages/controller/dist/main.js', import.meta.url));
+const MAIN = fileURLToPath(new URL('../../packages/controller/dist/main.js', import.meta.url));
 
 it('kiln demo bakes, hotfixes, heals and relaunches a fleet of 3, prints the wall times and cleans up', async () => {
   const before = new Set((await readdir(tmpdir())).filter((n) => n.startsWith('kiln-demo-')));

@@ -7,9 +7,9 @@ import { Writable } from 'node:stream';
 import { runCli } from '@kiln/controller';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isAlive } from '@kiln/shared';
-import { until, servingOn } from './helpers/agent.js';
-import { kiln, outputHolds, startKiln, stopKiln, type CliResult } from './helpers/cli.js';
-import { makeApp, tempDir } from './helpers/release.js';
+import { until, servingOn } from '../helpers/agent.js';
+import { kiln, outputHolds, startKiln, stopKiln, type CliResult } from '../helpers/cli.js';
+import { makeApp, tempDir } from '../helpers/release.js';
 
 const json = (r: CliResult) => {
   expect(r.code, r.stderr).toBe(0);

@@ -20,12 +20,12 @@ import {
   type Message,
   type MessageOf,
 } from '@kiln/shared';
-import { CREDENTIAL, makeAgent, servingOn, startFakeController, until, writeAgentConfig, type FakeController, type TestAgent } from './helpers/agent.js';
-import { startFaultProxy } from './helpers/fault-proxy.js';
-import { freePort, leftovers, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { CREDENTIAL, makeAgent, servingOn, startFakeController, until, writeAgentConfig, type FakeController, type TestAgent } from '../helpers/agent.js';
+import { startFaultProxy } from '../helpers/fault-proxy.js';
+import { freePort, leftovers, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
-const AGENT_MAIN = fileURLToPath(new URL('../packages/agent/dist/main.js', import.meta.url));
+const AGENT_MAIN = fileURLToPath(new URL('../../packages/agent/dist/main.js', import.meta.url));
 
 let s3: S3Fixture;
 let ctl: FakeController;

@@ -14,12 +14,12 @@ import {
   nspawnHostProblem,
   type Machine,
 } from '@kiln/controller';
-import { freePort, quietLog, tempDir } from './helpers/release.js';
+import { freePort, quietLog, tempDir } from '../helpers/release.js';
 
 const problem = nspawnHostProblem();
 const log = quietLog();
-const controllerDist = new URL('../packages/controller/dist/index.js', import.meta.url).href;
-const sharedDist = new URL('../packages/shared/dist/index.js', import.meta.url).href;
+const controllerDist = new URL('../../packages/controller/dist/index.js', import.meta.url).href;
+const sharedDist = new URL('../../packages/shared/dist/index.js', import.meta.url).href;
 
 /** Live (non-zombie) processes whose command line names the machine. */
 function processesOf(name: string): number[] {

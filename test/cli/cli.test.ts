@@ -5,8 +5,8 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { runCli } from '@kiln/controller';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { kiln, outputHolds, startKiln, stopKiln } from './helpers/cli.js';
-import { DEMO_APP, freePort, tempDir } from './helpers/release.js';
+import { kiln, outputHolds, startKiln, stopKiln } from '../helpers/cli.js';
+import { DEMO_APP, freePort, tempDir } from '../helpers/release.js';
 import type { ChildProcess } from 'node:child_process';
 
 const COMMANDS = [

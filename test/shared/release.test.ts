@@ -19,10 +19,10 @@ import {
   signBytes,
   verifyBytes,
 } from '@kiln/shared';
-import { startFaultProxy } from './helpers/fault-proxy.js';
-import { makeHost } from './helpers/host.js';
-import { makeApp, makeKeys, pushApp, quietLog } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { startFaultProxy } from '../helpers/fault-proxy.js';
+import { makeHost } from '../helpers/host.js';
+import { makeApp, makeKeys, pushApp, quietLog } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 const keys = makeKeys();

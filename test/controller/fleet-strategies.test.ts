@@ -5,10 +5,10 @@ import { readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, type Provider } from '@kiln/controller';
-import { startController, type TestController } from './helpers/controller.js';
-import { makeKeys, pushApp, quietLog, tempDir, type Keys } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
-import { until } from './helpers/agent.js';
+import { startController, type TestController } from '../helpers/controller.js';
+import { makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
+import { until } from '../helpers/agent.js';
 
 let s3: S3Fixture;
 let keys: Keys;

@@ -2,9 +2,9 @@ import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appLayout, install, isKilnError, rollback, type KilnError, type ReleaseStore } from '@kiln/shared';
-import { makeHost, type Host } from './helpers/host.js';
-import { leftovers, makeKeys, pushApp } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { makeHost, type Host } from '../helpers/host.js';
+import { leftovers, makeKeys, pushApp } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 const keys = makeKeys();

@@ -11,15 +11,15 @@ import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AgentReport, appLayout, createProcessSupervisor, createS3Client, readSupervisorStatus, supervisorPaths } from '@kiln/shared';
-import { servingOn, until, writeAgentConfig } from './helpers/agent.js';
-import { finished } from './helpers/cli.js';
-import { makeKeys, pushApp, quietLog, tempDir } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { servingOn, until, writeAgentConfig } from '../helpers/agent.js';
+import { finished } from '../helpers/cli.js';
+import { makeKeys, pushApp, quietLog, tempDir } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 // Not exported by @kiln/controller (yet): the commands are wired into the CLI separately.
-import { buildAgentBundle, publishAgentBundle, readPublishedAgent, type AgentBundle } from '../packages/controller/dist/providers/agent-bundle.js';
-import { agentBundleCommand, agentPublishCommand } from '../packages/controller/dist/cli/commands/agent.js';
+import { buildAgentBundle, publishAgentBundle, readPublishedAgent, type AgentBundle } from '../../packages/controller/dist/providers/agent-bundle.js';
+import { agentBundleCommand, agentPublishCommand } from '../../packages/controller/dist/cli/commands/agent.js';
 
-const AGENT_UNIT = fileURLToPath(new URL('../packages/agent/units/kiln-agent.service', import.meta.url));
+const AGENT_UNIT = fileURLToPath(new URL('../../packages/agent/units/kiln-agent.service', import.meta.url));
 
 let s3: S3Fixture;
 let bundle: AgentBundle;

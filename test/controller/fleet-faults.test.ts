@@ -8,10 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { createProcessProvider, type LaunchOptions, type LaunchSpec, type Provider } from '@kiln/controller';
 import { KilnError, PROTOCOL_VERSION, createDocStore, createS3Client, readPointer, showRelease } from '@kiln/shared';
-import { startController, type TestController } from './helpers/controller.js';
-import { makeAgent, until } from './helpers/agent.js';
-import { makeKeys, pushApp, quietLog, tempDir, type Keys } from './helpers/release.js';
-import { startS3, type S3Fixture } from './helpers/s3.js';
+import { startController, type TestController } from '../helpers/controller.js';
+import { makeAgent, until } from '../helpers/agent.js';
+import { makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
+import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 let keys: Keys;
