@@ -5,10 +5,11 @@ import { ERROR_CODES } from '@kiln/shared';
 const top = new URL('../', import.meta.url);
 
 describe('docs', () => {
-  it('docs/errors.md documents every error code and no code that does not exist', async () => {
+  it('docs/errors.md documents every error code with its HTTP status and meaning, and no code that does not exist', async () => {
     const doc = await readFile(new URL('docs/errors.md', top), 'utf8');
-    const documented = [...doc.matchAll(/^\| `(KILN_[A-Z0-9_]+)` \|/gm)].map((m) => m[1]);
-    expect(documented.sort()).toEqual(Object.keys(ERROR_CODES).sort());
+    const documented = [...doc.matchAll(/^\| `(KILN_[A-Z0-9_]+)` \|.*\|$/gm)].map((m) => m[0]);
+    const registry = Object.entries(ERROR_CODES).map(([code, { status, meaning }]) => `| \`${code}\` | ${status} | ${meaning} |`);
+    expect(documented.sort()).toEqual(registry.sort());
   });
 
   it('every file README.md and docs/ link to exists', async () => {

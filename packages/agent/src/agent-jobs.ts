@@ -114,7 +114,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
       if (result.outcome !== 'unchanged' || result.downloaded) await checkTree();
       return result;
     } catch (err) {
-      const e = asKilnError(err);
+      const e = asKilnError(err, 'KILN_INSTALL_FAILED');
       live.lastError = { code: e.code, message: e.message, at: o.now().toISOString() };
       throw e;
     } finally {
@@ -162,7 +162,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
       if (interrupted) log.warn({ interrupted }, 'recovered an interrupted install');
       await ensureServing();
     } catch (err) {
-      const e = asKilnError(err);
+      const e = asKilnError(err, 'KILN_INSTALL_FAILED');
       live.lastError = { code: e.code, message: e.message, at: o.now().toISOString() };
       log.error({ err: e }, 'start-up recovery failed');
     }
@@ -227,7 +227,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
       }
       finish({ outcome: r.outcome, version: r.version });
     } catch (err) {
-      const e = asKilnError(err);
+      const e = asKilnError(err, 'KILN_INSTALL_FAILED');
       finish({ outcome: 'failed', ...(a.version ? { version: a.version } : {}), error: { code: e.code, message: e.message } });
     }
   }

@@ -21,13 +21,16 @@ export function isKilnError(err: unknown, code?: ErrorCode): err is KilnError {
   return err instanceof KilnError && (code === undefined || err.code === code);
 }
 
-/** Wraps anything thrown into a KilnError, keeping a KilnError as it is. */
-export function asKilnError(err: unknown, fallback: ErrorCode = 'KILN_INSTALL_FAILED'): KilnError {
+/**
+ * Wraps anything thrown into a KilnError, keeping a KilnError as it is. An error kiln did not make
+ * is KILN_INTERNAL unless the caller knows better (an install step: KILN_INSTALL_FAILED).
+ */
+export function asKilnError(err: unknown, fallback: ErrorCode = 'KILN_INTERNAL'): KilnError {
   if (err instanceof KilnError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new KilnError(fallback, message, { cause: err });
 }
 
 export function describeCode(code: ErrorCode): string {
-  return ERROR_CODES[code];
+  return ERROR_CODES[code].meaning;
 }

@@ -245,7 +245,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     log.info({ version, previous: from, timings }, op === 'rollback' ? 'rolled back' : 'installed');
     return { outcome, app, version, previous: from, via, downloaded, timings };
   } catch (err) {
-    const error = asKilnError(err);
+    const error = asKilnError(err, 'KILN_INSTALL_FAILED');
     log.error({ err: error, version }, `${op} failed`);
     if (staging) await rm(staging, { recursive: true, force: true });
     if (journal?.step === 'rename' || journal?.step === 'mark') {
