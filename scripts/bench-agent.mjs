@@ -28,8 +28,6 @@ import { CLK_TCK, benchService, intOption, machineTicks, median, nextMessage, pc
 const TOP = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SELF = fileURLToPath(import.meta.url);
 const AGENT_MAIN = path.join(TOP, 'packages/agent/dist/main.js');
-const SHARED = '../packages/shared/dist/index.js';
-const AGENT = '../packages/agent/dist/index.js';
 // ws is a dependency of the agent package, not of the workspace root
 const { WebSocketServer } = createRequire(path.join(TOP, 'packages/agent/package.json'))('ws');
 
@@ -178,8 +176,8 @@ async function wsServerChild() {
 // ---------------------------------------------------------------------------------------------
 async function fleetChild() {
   const a = JSON.parse(process.argv[3]);
-  const { createLogger, createReleaseStore, createS3Client } = await import(SHARED);
-  const { createAgent, parseAgentConfig } = await import(AGENT);
+  const { createLogger, createReleaseStore, createS3Client } = await import('@kiln/shared');
+  const { createAgent, parseAgentConfig } = await import('@kiln/agent');
   const log = createLogger({ level: 'warn', name: 'bench-fleet' });
   const store = createReleaseStore(createS3Client(a.location), a.location.bucket, '');
   await fullGc();
@@ -237,8 +235,8 @@ async function fleetChild() {
 // ---------------------------------------------------------------------------------------------
 async function latencyChild() {
   const a = JSON.parse(process.argv[3]);
-  const { createLogger, frame } = await import(SHARED);
-  const { createAgent, parseAgentConfig } = await import(AGENT);
+  const { createLogger, frame } = await import('@kiln/shared');
+  const { createAgent, parseAgentConfig } = await import('@kiln/agent');
   const log = createLogger({ level: 'warn', name: 'bench-latency' });
   const server = await startProtocolServer();
   const instanceId = 'i-latency';
@@ -330,7 +328,7 @@ async function main() {
     return { othersBusyBefore: r2(busy), waitedSeconds: r1(waited), loadavg1: r2(os.loadavg()[0]) };
   }
 
-  const { appLayout, createLogger, createProcessSupervisor, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, promoteRelease, publishRelease, readSupervisorStatus, supervisorPaths } = await import(SHARED);
+  const { appLayout, createLogger, createProcessSupervisor, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, promoteRelease, publishRelease, readSupervisorStatus, supervisorPaths } = await import('@kiln/shared');
 
   const benchStart = performance.now();
   const loadStart = os.loadavg();
@@ -405,7 +403,7 @@ async function main() {
 
   const results = {};
   try {
-    const { startEmbeddedS3 } = await import('../packages/controller/dist/index.js');
+    const { startEmbeddedS3 } = await import('@kiln/controller');
     s3 = await startEmbeddedS3({ directory: path.join(base, 's3'), bucket: 'kiln' });
     const location = s3.location;
     say(`temp dir ${base}; S3 at ${location.endpoint}`);
@@ -509,7 +507,7 @@ async function main() {
       // One root installed by a real agent boot, copied for every agent: their boots find the pointer accepted.
       const template = path.join(base, 'template-root');
       {
-        const { createAgent, parseAgentConfig } = await import(AGENT);
+        const { createAgent, parseAgentConfig } = await import('@kiln/agent');
         const config = parseAgentConfig(agentConfig({ instanceId: 'i-template', location, publicPem: pair.publicPem }), 'template config');
         const agent = createAgent({ root: template, config, log, store, keys, service: benchService() });
         await agent.start();

@@ -1,8 +1,8 @@
 // The controller as `kiln up` builds it, for the benchmarks that drive a provider: buildServer on the
 // embedded S3 with one operator token, listening on 127.0.0.1 on a free port.
 import { randomBytes } from 'node:crypto';
-import { createS3Client } from '../packages/shared/dist/index.js';
-import { buildServer } from '../packages/controller/dist/index.js';
+import { createS3Client } from '@kiln/shared';
+import { buildServer } from '@kiln/controller';
 
 /** Returns the listening fastify server; `server.close()` stops it. */
 export async function startBenchController({ log, s3, signingKey, trustedKeys, operator, provider, serviceManager }) {

@@ -32,9 +32,6 @@ import { CLK_TCK, benchService, cleanupOnce, intOption, machineTicks, median, ne
 
 const TOP = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SELF = fileURLToPath(import.meta.url);
-const SHARED = '../packages/shared/dist/index.js';
-const AGENT = '../packages/agent/dist/index.js';
-const CONTROLLER = '../packages/controller/dist/index.js';
 const CLI = path.join(TOP, 'packages/controller/dist/main.js');
 // ws is a dependency of the agent and controller packages, not of the workspace root
 const { WebSocket } = createRequire(path.join(TOP, 'packages/agent/package.json'))('ws');
@@ -103,7 +100,7 @@ function exitWithParent() {
 async function s3Child() {
   exitWithParent();
   const { dir } = await fromParent('init');
-  const { startEmbeddedS3 } = await import(CONTROLLER);
+  const { startEmbeddedS3 } = await import('@kiln/controller');
   // It stands in for S3, which is not on this machine: a deep accept queue (with s3rver's 511, the
   // SYNs of 1,000 agents connecting at once overflow it and their connects time out) and a higher
   // priority than the processes measured, so that it answers as promptly as it can.
@@ -131,8 +128,8 @@ async function s3Child() {
 async function controllerChild() {
   exitWithParent();
   const a = await fromParent('init');
-  const { createLogger, createS3Client, parsePrivateKey, parsePublicKey } = await import(SHARED);
-  const { buildServer } = await import(CONTROLLER);
+  const { createLogger, createS3Client, parsePrivateKey, parsePublicKey } = await import('@kiln/shared');
+  const { buildServer } = await import('@kiln/controller');
   // Counts the controller's own S3 requests (deployment records, pointers): harness bookkeeping only.
   const s3 = createS3Client(a.location);
   const s3Ops = {};
@@ -187,8 +184,8 @@ async function controllerChild() {
 async function agentsChild() {
   exitWithParent();
   const a = await fromParent('init');
-  const { createLogger, createReleaseStore, createS3Client, parsePublicKey } = await import(SHARED);
-  const { createAgent, parseAgentConfig } = await import(AGENT);
+  const { createLogger, createReleaseStore, createS3Client, parsePublicKey } = await import('@kiln/shared');
+  const { createAgent, parseAgentConfig } = await import('@kiln/agent');
   const log = createLogger({ level: 'warn', name: 'bench-agents' });
   // --shared-store: one S3 client for the process. By default each agent makes its own from its
   // config, as on a host: a shared client's 50 sockets make the other agents' requests queue, and a
@@ -248,7 +245,7 @@ async function agentsChild() {
 async function clientsChild() {
   exitWithParent();
   const a = await fromParent('init');
-  const { frame, parseFrame } = await import(SHARED);
+  const { frame, parseFrame } = await import('@kiln/shared');
   const stats = { open: 0, hellos: 0, closes: 0, errors: 0, reconnects: 0, pingsSent: 0, pongs: 0, serverPings: 0, framesIn: 0 };
   const sockets = new Set();
   let stopping = false;
@@ -385,8 +382,8 @@ async function main() {
   const SKIP = new Set(opt.skip.split(',').filter(Boolean));
   for (const s of SKIP) if (!['fanout', 'idle'].includes(s)) (console.error(`--skip ${s}: fanout or idle`), process.exit(2));
 
-  const shared = await import(SHARED);
-  const { loadCommands } = await import(CONTROLLER);
+  const shared = await import('@kiln/shared');
+  const { loadCommands } = await import('@kiln/controller');
   const { createLogger, createReleaseStore, createS3Client, formatTable, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, promoteRelease, publishRelease } = shared;
 
   const benchStart = mono();
@@ -572,7 +569,7 @@ async function main() {
       const { agentCredential } = await api(ctl.url, 'POST', '/v1/fleets', { name: 'fan', app: APP, channel: CHANNEL });
       // One root installed by a real agent boot (1.0.0 from the channel), copied for every agent.
       const template = path.join(base, 'template-root');
-      const agentPackage = await import(AGENT);
+      const agentPackage = await import('@kiln/agent');
       const templateConfig = { instanceId: 'i-template', imageId: 'img-bench', app: APP, channel: CHANNEL, s3: location, keys: [pair.publicPem] };
       await installTemplateRoot({ agent: agentPackage, template, config: templateConfig, store, keys, log, version: '1.0.0' });
       const rootsDir = path.join(base, 'roots');

@@ -33,7 +33,7 @@ import {
   parsePrivateKey,
   parsePublicKey,
   publishRelease,
-} from '../packages/shared/dist/index.js';
+} from '@kiln/shared';
 import { intOption, printUsage } from './bench-measure.mjs';
 
 // The AWS SDK's notice about its future Node minimum is noise here (the CLI silences it the same way).
@@ -461,7 +461,7 @@ try {
     PRELOAD = path.join(base, 'maxrss-preload.cjs');
     await writeFile(PRELOAD, "process.on('exit', () => { const u = process.resourceUsage(); process.stderr.write('\\nKILN_BENCH_MAXRSS_KB=' + u.maxRSS + ' CPU_US=' + u.userCPUTime + ' SYS_US=' + u.systemCPUTime + '\\n'); });\n");
   }
-  const { startEmbeddedS3 } = await import('../packages/controller/dist/index.js');
+  const { startEmbeddedS3 } = await import('@kiln/controller');
   s3 = await startEmbeddedS3({ directory: path.join(base, 's3'), bucket: 'kiln' });
   say(`S3 at ${s3.location.endpoint}`);
 

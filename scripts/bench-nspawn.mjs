@@ -20,8 +20,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { createLogger, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, publishRelease } from '../packages/shared/dist/index.js';
-import { createNspawnProvider, createProcessProvider, kilnCacheDir, nspawnHostProblem, startEmbeddedS3 } from '../packages/controller/dist/index.js';
+import { createLogger, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, publishRelease } from '@kiln/shared';
+import { createNspawnProvider, createProcessProvider, kilnCacheDir, nspawnHostProblem, startEmbeddedS3 } from '@kiln/controller';
 import { startBenchController } from './bench-controller.mjs';
 import { median, say } from './bench-measure.mjs';
 

@@ -25,8 +25,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { execFileSync } from 'node:child_process';
 
-import { createLogger, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, publishRelease } from '../packages/shared/dist/index.js';
-import { createProcessProvider, startEmbeddedS3 } from '../packages/controller/dist/index.js';
+import { createLogger, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, publishRelease } from '@kiln/shared';
+import { createProcessProvider, startEmbeddedS3 } from '@kiln/controller';
 import { startBenchController } from './bench-controller.mjs';
 import { CLK_TCK, cleanupOnce, intOption, machineTicks, median, printUsage, r1, r2, say } from './bench-measure.mjs';
 

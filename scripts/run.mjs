@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Runs kiln from a fresh clone with nothing but Node >= 20 and npm: installs the workspace with pnpm
-// (through npx), builds it, then runs the demo, the test suite or a benchmark.
+// (through npx), builds it, then runs the demo, the test suite, a benchmark or the dependency rules.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
@@ -88,9 +88,13 @@ if (mode === 'demo') {
     process.exit(2);
   }
   process.exit(run(process.execPath, [...nodeArgs, script, ...args]));
+} else if (mode === 'lint:deps') {
+  // After the build: the rules resolve @kiln/NAME through each package's exports, which point into dist/.
+  const cruise = path.join(top, 'node_modules/dependency-cruiser/bin/dependency-cruise.mjs');
+  process.exit(run(process.execPath, [cruise, 'packages/*/src', 'test', 'scripts', '--config', '.dependency-cruiser.cjs', ...rest]));
 } else if (mode === 'build') {
   process.exit(0);
 } else {
-  console.error('usage: node scripts/run.mjs demo|test|bench NAME|build [args]');
+  console.error('usage: node scripts/run.mjs demo|test|bench NAME|build|lint:deps [args]');
   process.exit(2);
 }
