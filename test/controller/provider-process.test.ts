@@ -1,6 +1,6 @@
 // The process provider on its own: real directories, real agent processes, no controller needed
 // (the agents run from the channel pointer alone, as the agent config allows).
-import { readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, type Provider } from '@kiln/controller';
@@ -105,4 +105,18 @@ describe('process provider', () => {
     expect(err.message).toContain(`${i!.id} (stopped)`);
     expect(Date.now() - t).toBeLessThan(2_000);
   }, 30_000);
+
+  it('a corrupt record file escaped as a bare SyntaxError: it is KILN_STATE_INVALID naming the file', async () => {
+    const own = await tempDir('kiln-process-corrupt-');
+    try {
+      await mkdir(path.join(own, 'instances', 'i-corrupt'), { recursive: true });
+      await writeFile(path.join(own, 'instances', 'i-corrupt', 'instance.json'), '{"id": "i-corr');
+      const corrupt = createProcessProvider({ dir: own, log: quietLog() });
+      const err = await corrupt.describeInstances({}).catch((e) => e);
+      expect(err).toMatchObject({ code: 'KILN_STATE_INVALID' });
+      expect(err.message).toContain(path.join(own, 'instances', 'i-corrupt', 'instance.json'));
+    } finally {
+      await rm(own, { recursive: true, force: true });
+    }
+  });
 });

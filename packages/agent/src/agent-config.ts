@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { InstanceId, KilnError, S3Location, formatZodError, isValidName, parsePublicKey, type PublicKey } from '@kiln/shared';
+import { InstanceId, KilnError, S3Location, formatZodError, isValidName, parsePublicKey, readJsonFile, type PublicKey } from '@kiln/shared';
 import { z } from 'zod';
 
 const ms = (min: number, max: number, dflt: number) => z.number().int().min(min).max(max).default(dflt);
@@ -53,19 +53,9 @@ export function parseAgentConfig(raw: unknown, source: string): AgentConfig {
 }
 
 export async function loadAgentConfig(root: string, file = configPath(root)): Promise<AgentConfig> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (cause) {
-    throw new KilnError('KILN_CONFIG_INVALID', `cannot read the agent config ${file}: ${(cause as Error).message}`, { cause });
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (cause) {
-    throw new KilnError('KILN_CONFIG_INVALID', `the agent config ${file} is not JSON: ${(cause as Error).message}`, { cause });
-  }
-  return parseAgentConfig(raw, `the agent config ${file}`);
+  const config = await readJsonFile(file, AgentConfig, { code: 'KILN_CONFIG_INVALID', unreadable: 'KILN_CONFIG_INVALID', what: 'the agent config' });
+  if (!config) throw new KilnError('KILN_CONFIG_INVALID', `cannot read the agent config ${file}: ENOENT, there is no such file`);
+  return config;
 }
 
 /** The pinned keys: inline PEM, or a file under the root. */

@@ -1,6 +1,6 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, formatZodError, isValidName, writeFileAtomic, type ReleaseRef } from '@kiln/shared';
+import { KilnError, isValidName, readJsonFile, writeFileAtomic, type ReleaseRef } from '@kiln/shared';
 import { z } from 'zod';
 
 /** `/etc/kiln/image.json`: written when an image is baked, read by every instance launched from it. */
@@ -18,23 +18,10 @@ export const imageMarkerPath = (root: string) => path.join(path.resolve(root), '
 /** The image's marker, or undefined on a plain base image. A marker that does not parse, or is for another app, is an error. */
 export async function readImageMarker(root: string, app: string): Promise<ImageMarker | undefined> {
   const file = imageMarkerPath(root);
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new KilnError('KILN_STATE_INVALID', `cannot read the image marker ${file}: ${(err as Error).message}`, { cause: err });
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (cause) {
-    throw new KilnError('KILN_STATE_INVALID', `the image marker ${file} is not JSON`, { cause });
-  }
-  const parsed = ImageMarker.safeParse(raw);
-  if (!parsed.success) throw new KilnError('KILN_STATE_INVALID', `the image marker ${file} is invalid: ${formatZodError(parsed.error)}`);
-  if (parsed.data.app !== app) throw new KilnError('KILN_STATE_INVALID', `the image marker ${file} is for app ${parsed.data.app}, but this agent serves ${app}`);
-  return parsed.data;
+  const marker = await readJsonFile(file, ImageMarker, { code: 'KILN_STATE_INVALID', unreadable: 'KILN_STATE_INVALID', what: 'the image marker' });
+  if (!marker) return undefined;
+  if (marker.app !== app) throw new KilnError('KILN_STATE_INVALID', `the image marker ${file} is for app ${marker.app}, but this agent serves ${app}`);
+  return marker;
 }
 
 export async function writeImageMarker(root: string, app: string, release: ReleaseRef | null, now: Date): Promise<ImageMarker> {

@@ -1,6 +1,6 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, Message, writeFileAtomic, type Logger, type MessageOf } from '@kiln/shared';
+import { KilnError, Message, isKilnError, readJsonFile, writeFileAtomic, type Logger, type MessageOf } from '@kiln/shared';
 import { z } from 'zod';
 
 export type CommandMessage = MessageOf<'command'>;
@@ -102,16 +102,15 @@ export function createJobQueue(opts: { inboxFile: string; maxQueued: number; log
       return new Promise<void>((resolve) => idleWaiters.push(resolve)).then(() => persisted);
     },
     async restore() {
-      let raw: unknown;
+      let list: unknown[] | undefined;
       try {
-        raw = JSON.parse(await readFile(opts.inboxFile, 'utf8'));
+        list = await readJsonFile(opts.inboxFile, Inbox, { code: 'KILN_STATE_INVALID', unreadable: 'KILN_STATE_INVALID', what: 'the command inbox' });
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') opts.log.warn({ err }, 'the command inbox does not parse: starting with an empty one');
-        return [];
+        if (!isKilnError(err, 'KILN_STATE_INVALID')) throw err;
+        opts.log.warn({ err }, 'the command inbox does not parse: starting with an empty one');
       }
-      const list = Inbox.safeParse(raw);
       const commands: CommandMessage[] = [];
-      for (const item of list.success ? list.data : []) {
+      for (const item of list ?? []) {
         const m = Message.safeParse(item);
         if (m.success && m.data.type === 'command') commands.push(m.data);
         else opts.log.warn('dropping an unreadable command from the inbox');

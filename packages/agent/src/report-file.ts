@@ -1,6 +1,6 @@
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { AgentReport } from '@kiln/shared';
+import { AgentReport, peekJsonFile } from '@kiln/shared';
 
 /** The running agent's latest report, for `kiln-agent status` in another process. */
 export const reportFile = (agentDir: string) => path.join(agentDir, 'report.json');
@@ -20,11 +20,5 @@ export async function writeReportFile(agentDir: string, report: AgentReport): Pr
   await rename(tmp, reportFile(agentDir));
 }
 
-export async function readReportFile(agentDir: string): Promise<AgentReport | undefined> {
-  try {
-    const parsed = AgentReport.safeParse(JSON.parse(await readFile(reportFile(agentDir), 'utf8')));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
-}
+/** The last report, or undefined when there is none or it cannot be read: status then goes without the live facts. */
+export const readReportFile = (agentDir: string): Promise<AgentReport | undefined> => peekJsonFile(reportFile(agentDir), AgentReport);

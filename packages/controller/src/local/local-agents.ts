@@ -1,6 +1,6 @@
 import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { readJsonFile, writeFileAtomic } from '@kiln/shared';
+import { peekJsonFile, readJsonFile, writeFileAtomic } from '@kiln/shared';
 import { z } from 'zod';
 import { AgentProcess, agentConfigFile } from '../providers/process/agent-process.js';
 
@@ -31,15 +31,10 @@ export async function writeLocalAgents(home: string, rec: LocalAgents): Promise<
 
 export const removeLocalAgents = (home: string, fleet: string) => rm(recordFile(home, fleet), { force: true });
 
+const PortOf = z.object({ port: z.number().optional() });
+
 /** The port an earlier start gave this root's app, so a restarted agent keeps serving where it did. */
-export async function previousPort(root: string): Promise<number | undefined> {
-  try {
-    const port = (JSON.parse(await readFile(agentConfigFile(root), 'utf8')) as { port?: unknown }).port;
-    return typeof port === 'number' ? port : undefined;
-  } catch {
-    return undefined;
-  }
-}
+export const previousPort = async (root: string): Promise<number | undefined> => (await peekJsonFile(agentConfigFile(root), PortOf))?.port;
 
 /** The last lines of an agent's log, for an error that says why it died. */
 export async function logTail(file: string, lines = 5): Promise<string> {

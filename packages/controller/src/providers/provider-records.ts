@@ -1,7 +1,7 @@
-import { readFile, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { KilnError, writeFileAtomic } from '@kiln/shared';
+import { KilnError, readJsonFile, writeFileAtomic } from '@kiln/shared';
 import { z } from 'zod';
 import type { ImageInfo, InstanceInfo, Provider, Tags, WaitOptions } from './provider.js';
 
@@ -56,18 +56,8 @@ export function recordDirs(dir: string, idPattern: RegExp, provider: string): Re
   };
 }
 
-/** A record, or undefined when the file is missing; KILN_STATE_INVALID when it does not parse. */
-export async function readRecord<T>(file: string, schema: z.ZodType<T>): Promise<T | undefined> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch {
-    return undefined;
-  }
-  const parsed = schema.safeParse(JSON.parse(text));
-  if (!parsed.success) throw new KilnError('KILN_STATE_INVALID', `${file} does not parse; remove it or restore it`);
-  return parsed.data;
-}
+/** A record, or undefined when the file is missing; KILN_STATE_INVALID when it is not JSON or does not match. */
+export const readRecord = <T>(file: string, schema: z.ZodType<T>): Promise<T | undefined> => readJsonFile(file, schema, { code: 'KILN_STATE_INVALID', what: 'the provider record' });
 
 export const writeRecord = (dir: string, name: string, rec: unknown) => writeFileAtomic(path.join(dir, name), JSON.stringify(rec, null, 2) + '\n');
 

@@ -1,8 +1,6 @@
-import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { writeFileAtomic } from '../system/fs-atomic.js';
-import { KilnError } from '../errors/kiln-error.js';
-import { formatZodError } from '../errors/format-zod-error.js';
+import { readJsonFile } from '../system/json-file.js';
 
 export const Via = z.enum(['baked', 'boot', 'hotfix', 'manual', 'rollback']);
 export type Via = z.infer<typeof Via>;
@@ -69,26 +67,7 @@ export function emptyState(app: string): InstallState {
   return { schema: 1, app, current: null, previous: null, channels: {}, commands: [], last: null };
 }
 
-async function readJson<T>(file: string, schema: z.ZodType<T>, what: string): Promise<T | undefined> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (cause) {
-    throw new KilnError('KILN_STATE_INVALID', `${what} ${file} is not JSON: ${(cause as Error).message}`, { cause });
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) throw new KilnError('KILN_STATE_INVALID', `${what} ${file} is invalid: ${formatZodError(parsed.error)}`);
-  return parsed.data;
-}
-
-export const readState = (file: string) => readJson(file, InstallState, 'install state');
-export const readJournal = (file: string) => readJson(file, Journal, 'install journal');
+export const readState = (file: string) => readJsonFile(file, InstallState, { code: 'KILN_STATE_INVALID', what: 'install state' });
+export const readJournal = (file: string) => readJsonFile(file, Journal, { code: 'KILN_STATE_INVALID', what: 'install journal' });
 export const writeState = (file: string, state: InstallState) => writeFileAtomic(file, JSON.stringify(state, null, 2) + '\n');
 export const writeJournal = (file: string, journal: Journal) => writeFileAtomic(file, JSON.stringify(journal) + '\n');

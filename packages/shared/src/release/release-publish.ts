@@ -1,13 +1,15 @@
 import { createReadStream } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { z } from 'zod';
 import { KilnError } from '../errors/kiln-error.js';
 import { checkName } from './names.js';
 import { packRelease } from './release-pack.js';
 import { AppSpec, Manifest } from './release-schema.js';
 import { formatZodError } from '../errors/format-zod-error.js';
+import { readJsonFile } from '../system/json-file.js';
 import type { ReleaseStore } from './release-store.js';
 import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits } from './safe-extract.js';
 import { scanTree } from './scan-tree.js';
@@ -37,12 +39,7 @@ export interface PublishResult {
 
 /** Reads kiln.json from the tree (when there is one) and applies the flag overrides. */
 export async function readAppSpec(dir: string, over: PublishOptions['spec'] = {}): Promise<AppSpec> {
-  let raw: Record<string, unknown> = {};
-  try {
-    raw = JSON.parse(await readFile(path.join(dir, 'kiln.json'), 'utf8'));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new KilnError('KILN_APP_SPEC_INVALID', `kiln.json is not JSON: ${(err as Error).message}`, { cause: err });
-  }
+  const raw = (await readJsonFile(path.join(dir, 'kiln.json'), z.record(z.string(), z.unknown()), { code: 'KILN_APP_SPEC_INVALID', unreadable: 'KILN_APP_SPEC_INVALID' })) ?? {};
   const service = { ...(raw.service as object | undefined), ...(over.command ? { command: over.command } : {}), ...(over.port ? { port: over.port } : {}), ...(over.env ? { env: over.env } : {}) };
   const health = over.healthPath ? { type: 'http', path: over.healthPath } : raw.health;
   if (!('command' in service)) throw new KilnError('KILN_APP_SPEC_INVALID', 'the release does not say how the app runs: add a kiln.json with "service": {"command": [...]} to the app tree, or pass --command');

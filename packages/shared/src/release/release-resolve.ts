@@ -1,6 +1,7 @@
-import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { z } from 'zod';
 import { KilnError } from '../errors/kiln-error.js';
+import { peekJsonFile } from '../system/json-file.js';
 import { checkName } from './names.js';
 import { ChannelPointer, Manifest } from './release-schema.js';
 import { formatZodError } from '../errors/format-zod-error.js';
@@ -79,13 +80,12 @@ export function verifyManifest(obj: SignedObject, expect: { app: string; version
   return { manifest, bytes: obj.bytes, sig: obj.sig, sha256 };
 }
 
+const LocalManifest = z.object({ manifest: z.string(), sig: z.string() });
+
+/** A release's signed manifest kept on disk; undefined when it is missing or damaged (the caller fetches it again). */
 export async function readLocalManifest(file: string): Promise<SignedObject | undefined> {
-  try {
-    const meta = JSON.parse(await readFile(file, 'utf8')) as { manifest: string; sig: string };
-    return { bytes: Buffer.from(meta.manifest, 'utf8'), sig: Buffer.from(meta.sig, 'utf8') };
-  } catch {
-    return undefined;
-  }
+  const meta = await peekJsonFile(file, LocalManifest);
+  return meta && { bytes: Buffer.from(meta.manifest, 'utf8'), sig: Buffer.from(meta.sig, 'utf8') };
 }
 
 export function targetName(target: InstallTarget): string {

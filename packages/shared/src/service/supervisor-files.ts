@@ -1,7 +1,7 @@
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { ServiceSpec } from '../release/release-schema.js';
+import { peekJsonFile } from '../system/json-file.js';
 
 /** What the supervisor daemon runs: written by the ServiceManager before every restart. */
 export const ServiceFile = z.strictObject({
@@ -35,20 +35,7 @@ export const supervisorPaths = (appDir: string) => ({
   log: path.join(appDir, 'service.log'),
 });
 
-export async function readSupervisorStatus(file: string): Promise<SupervisorStatus | undefined> {
-  try {
-    const parsed = SupervisorStatus.safeParse(JSON.parse(await readFile(file, 'utf8')));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-export async function readServiceFile(file: string): Promise<ServiceFile | undefined> {
-  try {
-    const parsed = ServiceFile.safeParse(JSON.parse(await readFile(file, 'utf8')));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
-}
+// Both belong to another process (the daemon, the service manager): a reader that finds none, or one
+// it cannot use, acts as when there is none (no status yet, no extra env).
+export const readSupervisorStatus = (file: string): Promise<SupervisorStatus | undefined> => peekJsonFile(file, SupervisorStatus);
+export const readServiceFile = (file: string): Promise<ServiceFile | undefined> => peekJsonFile(file, ServiceFile);

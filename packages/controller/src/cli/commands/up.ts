@@ -1,6 +1,5 @@
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, createS3Client, type S3Location } from '@kiln/shared';
+import { KilnError, S3Location, createS3Client, peekJsonFile } from '@kiln/shared';
 import { ListBucketsCommand } from '@aws-sdk/client-s3';
 import type { CommandDef } from '../cli-command.js';
 import { out, str, type CliContext, type Flags } from '../cli-context.js';
@@ -11,13 +10,9 @@ import { kilnCacheDir } from '../../providers/nspawn/nspawn-rootfs.js';
 
 /** What of a previous `kiln up` in this home still answers, if anything. */
 async function alreadyRunning(home: string): Promise<string | undefined> {
-  try {
-    const loc = JSON.parse(await readFile(localS3File(home), 'utf8')) as S3Location;
-    await createS3Client(loc, { maxAttempts: 1, connectTimeoutMs: 500 }).send(new ListBucketsCommand({}));
-    return `a local S3 at ${loc.endpoint}`;
-  } catch {
-    // not running: look at the controller
-  }
+  const loc = await peekJsonFile(localS3File(home), S3Location);
+  // An S3 that does not answer is not running: look at the controller.
+  if (loc && (await createS3Client(loc, { maxAttempts: 1, connectTimeoutMs: 500 }).send(new ListBucketsCommand({})).then(() => true, () => false))) return `a local S3 at ${loc.endpoint}`;
   const ctl = await readLocalController(home).catch(() => undefined);
   if (!ctl || ctl.url.startsWith('https:')) return undefined;
   const res = await fetch(`${ctl.url}/v1/health`, { signal: AbortSignal.timeout(500) }).catch(() => undefined);

@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { cp, mkdir, readFile, rm } from 'node:fs/promises';
+import { cp, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, isSameProcess, writeFileAtomic, type Logger } from '@kiln/shared';
+import type { AgentConfigInput } from '@kiln/agent';
+import { KilnError, isSameProcess, readJsonFile, writeFileAtomic, type Logger } from '@kiln/shared';
 import { z } from 'zod';
 import { freePort } from '../../system/free-port.js';
-import { spawnLocalAgent, stopLocalAgent } from './agent-process.js';
+import { agentConfigFile, spawnLocalAgent, stopLocalAgent } from './agent-process.js';
 import type { InstanceInfo, Provider } from '../provider.js';
 import { ImageRecord, InstanceFields, imageInfo, localCatalog, localInstances, readRecord, recordDirs, writeRecord } from '../provider-records.js';
 
@@ -59,9 +60,17 @@ export function createProcessProvider(o: ProcessProviderOptions): Provider {
   const { must: mustInstance, waitFor } = localInstances({ provider: 'process', readInstance, infoOf });
 
 
+  /** The agent config as launch wrote it: passed on unparsed, since the agent fills in its own defaults. */
+  async function agentConfigOf(r: InstanceRecord): Promise<AgentConfigInput> {
+    const file = agentConfigFile(rootOf(instanceDir(r.id)));
+    const config = await readJsonFile(file, z.record(z.string(), z.unknown()), { code: 'KILN_CONFIG_INVALID', what: 'the agent config' });
+    if (!config) throw new KilnError('KILN_CONFIG_INVALID', `the agent config ${file} of ${r.id} is missing`);
+    return config as AgentConfigInput;
+  }
+
   async function startAgent(r: InstanceRecord): Promise<void> {
     const root = rootOf(instanceDir(r.id));
-    const config = JSON.parse(await readFile(path.join(root, 'etc/kiln/agent.json'), 'utf8'));
+    const config = await agentConfigOf(r);
     const agent = await spawnLocalAgent({ root, config, env: o.env ?? process.env });
     Object.assign(r, { pid: agent.pid, start: agent.start, state: 'running' });
     await saveInstance(r);
@@ -79,8 +88,7 @@ export function createProcessProvider(o: ProcessProviderOptions): Provider {
   }
 
   async function appOf(r: InstanceRecord): Promise<string> {
-    const config = JSON.parse(await readFile(path.join(rootOf(instanceDir(r.id)), 'etc/kiln/agent.json'), 'utf8')) as { app: string };
-    return config.app;
+    return (await agentConfigOf(r)).app;
   }
 
   const provider = {
