@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startController, startFleet, type TestController } from '../helpers/controller.js';
 import { until, type TestAgent } from '../helpers/agent.js';
-import { readPointer } from '@kiln/shared';
+import { promoteRelease, readPointer, signBytes } from '@kiln/shared';
 import { makeKeys, pushApp } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
@@ -89,5 +89,17 @@ describe('controller: hotfix rollouts over the agents', () => {
     const r = await ctl.api('POST', '/v1/deployments', { fleet: 'signed', version: '9.0.0' });
     expect([r.status, r.body.error.code]).toEqual([422, 'KILN_SIGNATURE_INVALID']);
     expect(await readPointer(s3.store, 'web', 'stable', keys.keys)).toEqual(before);
+  });
+
+  it('a pointer with a bad signature is not read as no pointer: the deployment is refused with its code, nothing moves', async () => {
+    // The fleet comes first, on a channel with no pointer yet: the deployment asks the channel what to go back to.
+    await ctl.api('POST', '/v1/fleets', { name: 'tampered', app: 'web', channel: 'tampered' });
+    await promoteRelease({ store: s3.store, app: 'web', version: '1.0.0', channel: 'tampered', key: keys.key, keys: keys.keys, ttlMs: 3_600_000 });
+    const good = await s3.store.getPointer('web', 'tampered');
+    await s3.store.putPointer('web', 'tampered', { bytes: good.bytes, sig: signBytes(Buffer.from('other bytes'), keys.key) });
+    const r = await ctl.api('POST', '/v1/deployments', { fleet: 'tampered', version: '2.0.0' });
+    expect([r.status, r.body.error?.code]).toEqual([422, 'KILN_SIGNATURE_INVALID']);
+    expect((await ctl.api('GET', '/v1/deployments?fleet=tampered')).body.deployments).toEqual([]);
+    expect((await s3.store.getPointer('web', 'tampered')).bytes).toEqual(good.bytes);
   });
 });

@@ -9,6 +9,7 @@ import {
   checkName,
   createDocStore,
   createS3Client,
+  findPointer,
   install,
   listReleases,
   promoteRelease,
@@ -21,7 +22,7 @@ import {
 } from '@kiln/shared';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { makeHost } from '../helpers/host.js';
-import { makeApp, makeKeys, pushApp, quietLog } from '../helpers/release.js';
+import { freePort, makeApp, makeKeys, pushApp, quietLog } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
@@ -169,6 +170,24 @@ describe('promote', () => {
     expect(await codeOf(promoteRelease({ store: s3.store, app: 'promo', version: '9', channel: 'stable', key: keys.key, keys: keys.keys, ttlMs: 1 }))).toBe('KILN_RELEASE_NOT_FOUND');
     const stranger = makeKeys();
     expect(await codeOf(promoteRelease({ store: s3.store, app: 'promo', version: '2', channel: 'beta', key: stranger.key, keys: stranger.keys, ttlMs: 1 }))).toBe('KILN_SIGNATURE_UNKNOWN_KEY');
+  });
+
+  it('findPointer: only an absent pointer is undefined; a bucket that is away or a pointer of a stranger is thrown with its code', async () => {
+    await pushApp({ store: s3.store, keys, app: 'finder', version: '1', channel: 'stable' });
+    expect(await findPointer(s3.store, 'finder', 'none', keys.keys)).toBeUndefined();
+    expect(await findPointer(s3.store, 'finder', 'stable', keys.keys)).toMatchObject({ version: '1', seq: 1 });
+    expect(await codeOf(findPointer(s3.store, 'finder', 'stable', makeKeys().keys))).toBe('KILN_SIGNATURE_UNKNOWN_KEY');
+    const down = s3.storeVia(`http://127.0.0.1:${await freePort()}`, { maxAttempts: 1, connectTimeoutMs: 500 });
+    expect(await codeOf(findPointer(down, 'finder', 'stable', keys.keys))).toBe('KILN_S3_UNREACHABLE');
+  });
+
+  it('listReleases fails when the manifests cannot be read, instead of listing no release', async () => {
+    const proxy = await startFaultProxy(s3.s3.location.endpoint!, 'truncate', { damages: (req) => req.method === 'GET' && /\/finder\/[^/]+\/manifest\.json/.test(req.url!) });
+    try {
+      expect(await codeOf(listReleases(s3.storeVia(proxy.endpoint, { maxAttempts: 1 }), 'finder', keys.keys))).toBe('KILN_S3_UNREACHABLE');
+    } finally {
+      await proxy.close();
+    }
   });
 });
 

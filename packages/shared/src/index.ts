@@ -12,7 +12,7 @@ export { createLogger, type Logger, type LoggerOptions } from './system/logger.j
 export { checkName, isValidName, type NameKind } from './release/names.js';
 export { isAlive, isSameProcess, processStart } from './system/process-alive.js';
 export { createProcessSupervisor, type ProcessSupervisorOptions } from './service/process-supervisor.js';
-export { listReleases, type PromoteOptions, promoteRelease, readPointer, type ReleaseSummary, showRelease } from './release/release-catalog.js';
+export { findPointer, listReleases, type PromoteOptions, promoteRelease, readPointer, type ReleaseSummary, showRelease } from './release/release-catalog.js';
 export { packRelease } from './release/release-pack.js';
 export { highestSeq, type PublishOptions, publishRelease, type PublishResult, readAppSpec } from './release/release-publish.js';
 export { fetchPointer, type InstallTarget, readLocalManifest, targetName, type VerifiedManifest, type VerifiedPointer, verifyManifest } from './release/release-resolve.js';

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { KilnError, promoteRelease, readPointer, showRelease, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseStore } from '@kiln/shared';
+import { KilnError, findPointer, promoteRelease, showRelease, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseStore } from '@kiln/shared';
 import type { AgentHub } from '../fleets/agent-hub.js';
 import { Deployment, type DeploymentCreate, type ReleaseRef } from '../fleets/fleet-model.js';
 import type { FleetRegistry } from '../fleets/fleet-registry.js';
@@ -75,15 +75,19 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
   /** Points the fleet's channel at `release`, unless the controller is stopping. */
   const movePointer = async (app: string, channel: string, release: ReleaseRef) => void (closed || (await pointTo(app, channel, release)));
 
-  /** Points the fleet's channel at `release`, unless it already does (a resumed rollout). */
+  /**
+   * Points the fleet's channel at `release`, unless it already does (a resumed rollout). A pointer
+   * that cannot be read (a bad signature, the bucket away) fails the move with its code.
+   */
   async function pointTo(app: string, channel: string, release: ReleaseRef): Promise<void> {
-    const current = await readPointer(o.store, app, channel, o.trustedKeys).catch(() => undefined);
+    const current = await findPointer(o.store, app, channel, o.trustedKeys);
     if (current?.manifestSha256 === release.manifestSha256) return;
     await promoteRelease({ store: o.store, app, version: release.version, channel, key: o.signingKey!, keys: o.trustedKeys, ttlMs: o.pointerTtlMs, now: o.now });
   }
 
+  /** Only a channel without a pointer is null: one that cannot be read is thrown (a deployment would lose what to go back to). */
   async function pointed(app: string, channel: string): Promise<ReleaseRef | null> {
-    const p = await readPointer(o.store, app, channel, o.trustedKeys).catch(() => undefined);
+    const p = await findPointer(o.store, app, channel, o.trustedKeys);
     return p ? { version: p.version, seq: p.seq, manifestSha256: p.manifestSha256 } : null;
   }
 
@@ -91,7 +95,8 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
 
   async function create(input: DeploymentCreate, kind: Deployment['kind'] = 'deploy'): Promise<Deployment> {
     // What a previous controller left running is resumed or cleaned up before anything new starts.
-    await resuming.catch(() => undefined);
+    // Settled is enough: the start-up that called resume() awaits it and reports its failure.
+    await Promise.allSettled([resuming]);
     const fleet = o.fleets.get(input.fleet);
     const onGroups = input.strategy !== 'hotfix' || kind === 'heal' || (kind === 'rollback' && fleet.groups.some((g) => g.state === 'standby'));
     if (onGroups && (!o.groups || fleet.provider === 'none')) {

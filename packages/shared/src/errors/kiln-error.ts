@@ -17,8 +17,9 @@ export class KilnError extends Error {
   }
 }
 
-export function isKilnError(err: unknown, code?: ErrorCode): err is KilnError {
-  return err instanceof KilnError && (code === undefined || err.code === code);
+/** Whether `err` is a KilnError, with one of `codes` when any are named. */
+export function isKilnError(err: unknown, ...codes: ErrorCode[]): err is KilnError {
+  return err instanceof KilnError && (codes.length === 0 || codes.includes(err.code));
 }
 
 /**

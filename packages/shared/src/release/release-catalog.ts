@@ -1,4 +1,5 @@
-import { KilnError } from '../errors/kiln-error.js';
+import { z } from 'zod';
+import { isKilnError } from '../errors/kiln-error.js';
 import { checkName } from './names.js';
 import { ChannelPointer, Manifest } from './release-schema.js';
 import type { ReleaseStore } from './release-store.js';
@@ -17,12 +18,24 @@ export interface ReleaseSummary {
   verified: boolean;
 }
 
-/** Every published release of an app, verified against the pinned keys, in seq order. */
+/**
+ * Every published release of an app, verified against the pinned keys, in seq order. A version
+ * without a manifest (a push under way) or with one that does not parse is left out; a bucket
+ * that fails fails the listing, which would otherwise look short.
+ */
 export async function listReleases(store: ReleaseStore, app: string, keys: PublicKey[]): Promise<ReleaseSummary[]> {
   const versions = await store.listVersions(checkName('app', app));
   const out: ReleaseSummary[] = [];
+  const shown = async (v: string) => {
+    try {
+      return await showRelease(store, app, v, keys);
+    } catch (err) {
+      if (isKilnError(err, 'KILN_RELEASE_NOT_FOUND') || err instanceof SyntaxError || err instanceof z.ZodError) return undefined;
+      throw err;
+    }
+  };
   for (let i = 0; i < versions.length; i += 16) {
-    const batch = await Promise.all(versions.slice(i, i + 16).map((v) => showRelease(store, app, v, keys).catch(() => undefined)));
+    const batch = await Promise.all(versions.slice(i, i + 16).map(shown));
     for (const r of batch) if (r) out.push(r.summary);
   }
   return out.sort((a, b) => a.seq - b.seq);
@@ -33,7 +46,8 @@ export async function showRelease(store: ReleaseStore, app: string, version: str
   let verified = true;
   try {
     verifyBytes(obj.bytes, obj.sig, keys, `manifest ${app}/${version}`);
-  } catch {
+  } catch (err) {
+    if (!isKilnError(err, 'KILN_SIGNATURE_INVALID', 'KILN_SIGNATURE_UNKNOWN_KEY')) throw err;
     verified = false;
   }
   const manifest = Manifest.parse(JSON.parse(obj.bytes.toString('utf8')));
@@ -64,14 +78,8 @@ export async function promoteRelease(opts: PromoteOptions): Promise<ChannelPoint
   const now = (opts.now ?? (() => new Date()))();
   const obj = await opts.store.getManifest(app, version);
   verifyBytes(obj.bytes, obj.sig, opts.keys, `manifest ${app}/${version}`);
-  let seq = 1;
-  try {
-    // An expired pointer still counts: the next one must outgrow it.
-    const prev = await fetchPointer(opts.store, app, channel, opts.keys, new Date(0));
-    seq = prev.seq + 1;
-  } catch (err) {
-    if (!(err instanceof KilnError) || err.code !== 'KILN_RELEASE_NOT_FOUND') throw err;
-  }
+  // An expired pointer still counts: the next one must outgrow it.
+  const seq = ((await findPointer(opts.store, app, channel, opts.keys))?.seq ?? 0) + 1;
   const pointer: ChannelPointer = {
     schema: 1,
     app,
@@ -87,6 +95,20 @@ export async function promoteRelease(opts: PromoteOptions): Promise<ChannelPoint
   return pointer;
 }
 
+/** The channel's pointer, verified with `keys`, expired or not. */
 export async function readPointer(store: ReleaseStore, app: string, channel: string, keys: PublicKey[]): Promise<ChannelPointer> {
   return fetchPointer(store, app, channel, keys, new Date(0));
+}
+
+/**
+ * As readPointer, but undefined when the channel has no pointer. Only an absent pointer is: one that
+ * does not verify or parse, or a bucket that fails, is thrown, never read as "no pointer yet".
+ */
+export async function findPointer(store: ReleaseStore, app: string, channel: string, keys: PublicKey[]): Promise<ChannelPointer | undefined> {
+  try {
+    return await readPointer(store, app, channel, keys);
+  } catch (err) {
+    if (isKilnError(err, 'KILN_RELEASE_NOT_FOUND')) return undefined;
+    throw err;
+  }
 }
