@@ -1,6 +1,5 @@
-import { MAX_FRAME_BYTES, asKilnError, frame, parseFrame, type Logger, type Message } from '@kiln/shared';
+import { MAX_FRAME_BYTES, asKilnError, backoffDelay, frame, parseFrame, type Logger, type Message } from '@kiln/shared';
 import WebSocket, { type ClientOptions } from 'ws';
-import { backoffDelay } from './backoff.js';
 
 export interface ConnectionOptions {
   url: string;

@@ -3,6 +3,7 @@ import {
   KilnError,
   appLayout,
   asKilnError,
+  backoffDelay,
   install,
   loadState,
   readInstalledManifest,
@@ -21,7 +22,6 @@ import {
 } from '@kiln/shared';
 import type { AgentConfig } from './agent-config.js';
 import { treeCheckOf, type LiveFacts } from './agent-report.js';
-import { backoffDelay } from './backoff.js';
 import type { CommandMessage, Job } from './job-queue.js';
 import { UNCHECKED, rememberDigests, type DigestCache } from './tree-check.js';
 

@@ -23,7 +23,7 @@ import { loadControllerCa, loadPinnedKeys, type AgentConfig } from './agent-conf
 import { connectToController, type Connection } from './agent-connection.js';
 import { createAgentJobs, type AgentJobs } from './agent-jobs.js';
 import { collectReport, recentResults, stateReader, type LiveFacts } from './agent-report.js';
-import { jittered } from './backoff.js';
+import { jittered } from './jittered.js';
 import { sealImage } from './agent-seal.js';
 import { readImageMarker, type ImageMarker } from './image-marker.js';
 import { createJobQueue, type CommandMessage, type Job } from './job-queue.js';

@@ -33,5 +33,6 @@ export { createDocStore, type DocStore } from './s3/doc-store.js';
 export { s3Objects, type S3Objects } from './s3/s3-objects.js';
 export { formatZodError } from './errors/format-zod-error.js';
 export { peekJsonFile, readJsonFile, type ReadJsonFileOptions } from './system/json-file.js';
+export { backoffDelay, type BackoffOptions } from './system/backoff.js';
 export { AGENT_VERSION } from './protocol/agent-version.js';
 

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { artifactMeter } from './artifact-meter.js';
 import { fsyncDir, swapSymlink, writeFileAtomic } from '../system/fs-atomic.js';
+import { backoffDelay } from '../system/backoff.js';
 import { waitHealthy } from '../service/health-check.js';
 import { acquireLock } from './install-lock.js';
 import { appLayout, type AppLayout } from '../release/install-layout.js';
@@ -352,7 +353,7 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
       }
       if (!RETRYABLE.has(e.code) || attempt >= attempts) throw e;
       log.warn({ err: e, attempt }, 'artifact download failed; retrying');
-      await sleep(Math.min(200 * 2 ** attempt, 5_000));
+      await sleep(backoffDelay(attempt, { baseMs: 200, capMs: 5_000 }));
     }
   }
 }

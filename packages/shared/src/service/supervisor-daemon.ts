@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { backoffDelay } from '../system/backoff.js';
 import { writeFileAtomic } from '../system/fs-atomic.js';
 import { isSameProcess, processStart } from '../system/process-alive.js';
 import { ServiceFile, readSupervisorStatus, supervisorPaths, type SupervisorStatus } from './supervisor-files.js';
@@ -43,7 +44,9 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
 
   let child: ChildProcess | undefined;
   let stopping = false;
-  let backoffMs = 200;
+  // Restarts in a row that came to nothing: each doubles the wait (0.2 s up to 10 s).
+  let failures = 0;
+  const nextDelay = () => backoffDelay(failures++, { baseMs: 200, capMs: 10_000 });
   let backoffTimer: NodeJS.Timeout | undefined;
   let startedAt = 0;
   let writing = Promise.resolve();
@@ -67,8 +70,7 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
       status.state = 'backoff';
       status.lastExit = `cannot start: ${(err as Error).message}`;
       void publish();
-      backoffTimer = setTimeout(start, backoffMs);
-      backoffMs = Math.min(backoffMs * 2, 10_000);
+      backoffTimer = setTimeout(start, nextDelay());
       return;
     }
     const env: NodeJS.ProcessEnv = { ...opts.baseEnv, ...svc.spec.env, KILN_RELEASE_DIR: cwd, ...(svc.spec.port ? { PORT: String(svc.spec.port) } : {}), ...svc.env };
@@ -90,13 +92,13 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
       status.childStart = null;
       status.lastExit = `exit ${code ?? signal}`;
       if (stopping) return;
-      if (Date.now() - startedAt > 30_000) backoffMs = 200;
+      if (Date.now() - startedAt > 30_000) failures = 0;
       status.restarts++;
       status.state = 'backoff';
-      log.warn({ code, signal, inMs: backoffMs }, 'app exited; restarting');
+      const inMs = nextDelay();
+      log.warn({ code, signal, inMs }, 'app exited; restarting');
       void publish();
-      backoffTimer = setTimeout(start, backoffMs);
-      backoffMs = Math.min(backoffMs * 2, 10_000);
+      backoffTimer = setTimeout(start, inMs);
     });
     void publish();
   };
@@ -129,7 +131,7 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
       if (stopping) return;
       await stopChild(stopTimeout());
       status.generation++;
-      backoffMs = 200;
+      failures = 0;
       start();
     });
   };
