@@ -13,7 +13,7 @@ import type { BootData, Provider } from '../providers/provider.js';
 import { createRolloutWaiter } from '../fleets/rollout-wait.js';
 import { providerRoutes } from './routes/provider.js';
 import { identify, requireOperator } from './http-auth.js';
-import { installErrorHandler } from './http-errors.js';
+import { BODY_LIMIT, MAX_PARAM_LENGTH, frameworkErrors, installErrorHandler } from './http-errors.js';
 import { deploymentRoutes } from './routes/deployments.js';
 import { fleetRoutes } from './routes/fleets.js';
 import { releaseRoutes } from './routes/releases.js';
@@ -149,7 +149,10 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
     loggerInstance: log,
     // Requests are not logged one by one: agents and the CLI poll; errors are logged where they happen.
     logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: 1024 * 1024,
+    bodyLimit: BODY_LIMIT,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // The router's own refusals (a parameter too long, a URL that does not decode) in kiln's error shape.
+    frameworkErrors,
     ...(opts.https ? { https: opts.https } : {}),
   }) as unknown as KilnServer;
   app.decorate('kiln', { hub, fleets, deployments, ...(bakes ? { bakes } : {}) });

@@ -108,6 +108,9 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
       service: spec.service,
       health: spec.health,
     };
+    // What is signed must be what every reader accepts: checked by the same schema before anything is uploaded.
+    const checked = Manifest.safeParse(manifest);
+    if (!checked.success) throw new KilnError('KILN_MANIFEST_INVALID', `the manifest of ${app} ${version} would be invalid: ${formatZodError(checked.error)}`);
     opts.onPhase?.('upload', `${artifact.size} bytes`);
     await opts.store.putArtifact(manifest.artifact.key, createReadStream(artifactFile), (n) => opts.onUploadProgress?.(n, artifact.size));
     lap('upload');

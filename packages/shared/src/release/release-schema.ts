@@ -62,7 +62,14 @@ export const Manifest = z.strictObject({
   artifact: z.strictObject({ key: z.string().min(1), sha256, size: z.number().int().min(1) }),
   /** sum of file sizes */
   unpackedSize: z.number().int().min(0),
-  files: z.array(FileEntry),
+  /** each path once: an install keys the list by path, so a second entry would silently win over the first */
+  files: z.array(FileEntry).superRefine((files, ctx) => {
+    const seen = new Set<string>();
+    for (const [i, f] of files.entries()) {
+      if (seen.has(f.path)) ctx.addIssue({ code: 'custom', path: [i, 'path'], message: `${JSON.stringify(f.path)} is listed twice` });
+      seen.add(f.path);
+    }
+  }),
   allowLinks: z.boolean(),
   service: ServiceSpec,
   health: HealthSpec,
