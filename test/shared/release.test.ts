@@ -181,6 +181,17 @@ describe('promote', () => {
     expect(await codeOf(findPointer(down, 'finder', 'stable', keys.keys))).toBe('KILN_S3_UNREACHABLE');
   });
 
+  it('a push whose reads of the earlier manifests fail is refused, instead of reusing their seq', async () => {
+    await pushApp({ store: s3.store, keys, app: 'seqs', version: '1' });
+    const proxy = await startFaultProxy(s3.s3.location.endpoint!, 'truncate', { damages: (req) => req.method === 'GET' && /\/seqs\/[^/]+\/manifest\.json/.test(req.url!) });
+    try {
+      expect(await codeOf(pushApp({ store: s3.storeVia(proxy.endpoint, { maxAttempts: 1 }), keys, app: 'seqs', version: '2' }))).toBe('KILN_S3_UNREACHABLE');
+    } finally {
+      await proxy.close();
+    }
+    expect((await listReleases(s3.store, 'seqs', keys.keys)).map((r) => [r.version, r.seq])).toEqual([['1', 1]]);
+  });
+
   it('listReleases fails when the manifests cannot be read, instead of listing no release', async () => {
     const proxy = await startFaultProxy(s3.s3.location.endpoint!, 'truncate', { damages: (req) => req.method === 'GET' && /\/finder\/[^/]+\/manifest\.json/.test(req.url!) });
     try {

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { appLayout, createLogger, createProcessSupervisor, createSystemdService, formatTable, isKilnError, readJournal, type AgentReport, type Logger } from '@kiln/shared';
+import { appLayout, createLogger, createProcessSupervisor, createSystemdService, formatTable, ifKilnError, isKilnError, readJournal, type AgentReport, type Logger } from '@kiln/shared';
 import { createAgent } from './agent.js';
 import { configPath, loadAgentConfig, type AgentConfig } from './agent-config.js';
 import { collectReport, treeCheckOf } from './agent-report.js';
@@ -100,8 +100,9 @@ async function localReport(root: string, config: AgentConfig, log: Logger): Prom
   const env = config.port ? { env: { PORT: String(config.port) } } : {};
   const service = config.serviceManager === 'systemd' ? createSystemdService({ root, app: config.app, log, ...env }) : createProcessSupervisor({ appDir: layout.appDir, log, ...env });
   const last = await readReportFile(path.join(layout.root, 'var/lib/kiln/agent'));
-  const journal = await readJournal(layout.journal).catch(() => undefined);
-  const marker = await readImageMarker(root, config.app).catch(() => undefined);
+  // A journal or marker that does not parse shows as none here; the agent itself reports it.
+  const journal = await ifKilnError(readJournal(layout.journal), ['KILN_STATE_INVALID'], undefined);
+  const marker = await ifKilnError(readImageMarker(root, config.app), ['KILN_STATE_INVALID'], undefined);
   const now = new Date();
   const operation = journal ? { ...(journal.commandId ? { commandId: journal.commandId } : {}), op: journal.op, version: journal.version, step: journal.step, startedAt: journal.startedAt } : null;
   return collectReport(

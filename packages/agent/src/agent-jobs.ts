@@ -124,8 +124,10 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
     }
   }
 
+  /** Never throws: it runs after every job, whose own outcome must not be replaced by this read's. */
   async function refreshSeq(): Promise<void> {
-    installedSeq = (await o.state().catch(() => undefined))?.current?.seq ?? installedSeq;
+    const state = await o.state().catch((err: unknown) => void log.warn({ err }, 'cannot read the install state: keeping the last known seq'));
+    installedSeq = state?.current?.seq ?? installedSeq;
   }
 
   /** Never throws: a file vanishing mid-check must not fail the install or the command that ran it. */
@@ -180,7 +182,9 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
         }
         const delay = backoffDelay(n, { baseMs: 1_000, capMs: config.backoffCapMs, random: o.random });
         log.warn({ code: e.code, retryInMs: delay }, 'boot: the bucket is unreachable; the installed release keeps serving, retrying');
-        await sleep(delay, undefined, { signal: aborter.signal }).catch(() => undefined);
+        await sleep(delay, undefined, { signal: aborter.signal }).catch((err: unknown) => {
+          if ((err as Error).name !== 'AbortError') throw err; // the agent stops: the loop ends
+        });
       }
     }
     // A boot that installed nothing (an image booted with its baked release) checks the tree now, not a period later.

@@ -2,6 +2,7 @@ import { stat } from 'node:fs/promises';
 import {
   appLayout,
   currentVersion,
+  ifMissing,
   loadState,
   readInstalledManifest,
   type AgentReport,
@@ -49,13 +50,9 @@ export interface LiveFacts {
 export function stateReader(layout: AppLayout, app: string, log: Logger): () => Promise<InstallState> {
   let cached: { stamp: string; state: InstallState } | undefined;
   return async () => {
-    let stamp: string | undefined;
-    try {
-      const st = await stat(layout.state);
-      stamp = `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
-    } catch {
-      // missing or unreadable: loadState says what that means
-    }
+    // No state.json yet: loadState says what that means (and nothing is cached).
+    const st = await ifMissing(stat(layout.state), undefined);
+    const stamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}` : undefined;
     if (stamp && cached?.stamp === stamp) return cached.state;
     const state = await loadState(layout, app, log);
     // Stamped with the stat taken before the read: a write in between makes the next call read again.
@@ -67,7 +64,12 @@ export function stateReader(layout: AppLayout, app: string, log: Logger): () => 
 /** Builds a report from what is on disk (state, `current`, the image marker) plus the live facts. */
 export async function collectReport(src: ReportSources, live: LiveFacts, now: Date): Promise<AgentReport> {
   const layout = appLayout(src.root, src.app);
-  const [state, status] = await Promise.all([src.state ? src.state() : loadState(layout, src.app, src.log), src.service.status().catch(() => ({ active: false }))]);
+  // A report goes out whatever the service manager says: one that fails shows the app not running.
+  const serviceStatus = src.service.status().catch((err: unknown) => {
+    src.log.warn({ err }, 'cannot read the service status: reporting the app inactive');
+    return { active: false };
+  });
+  const [state, status] = await Promise.all([src.state ? src.state() : loadState(layout, src.app, src.log), serviceStatus]);
   const cur = state.current;
   const lastFailure = state.last?.error ? { ...state.last.error, at: state.last.finishedAt } : null;
   return {

@@ -1,6 +1,6 @@
 import { lstat, readdir, readlink } from 'node:fs/promises';
 import path from 'node:path';
-import { fileStamp, sha256File, type ExtractedFile, type FileEntry, type TreeCheck } from '@kiln/shared';
+import { fileStamp, ifMissing, sha256File, type ExtractedFile, type FileEntry, type TreeCheck } from '@kiln/shared';
 
 /**
  * Digests of files already hashed, keyed by what changes whenever content can have changed
@@ -25,7 +25,7 @@ export async function checkTree(releaseDir: string, files: FileEntry[], cache: D
   const seen = new Set<string>();
 
   async function walk(rel: string): Promise<void> {
-    const names = await readdir(path.join(releaseDir, rel)).catch(() => [] as string[]);
+    const names = await ifMissing(readdir(path.join(releaseDir, rel)), []);
     for (const name of names.sort()) {
       const p = rel ? `${rel}/${name}` : name;
       const want = expected.get(p);

@@ -1,13 +1,14 @@
 export { artifactMeter, type MeterResult } from './install/artifact-meter.js';
 export { ERROR_CODES, type ErrorCode } from './errors/error-codes.js';
 export { fsyncDir, swapSymlink, TMP_MARK, writeFileAtomic } from './system/fs-atomic.js';
+export { hasErrno, ifErrno, ifMissing } from './system/fs-errors.js';
 export { type HealthOptions, waitHealthy } from './service/health-check.js';
 export { install, type InstallOptions, type InstallResult, type InstallStep, rollback } from './install/install.js';
 export { appLayout, type AppLayout } from './release/install-layout.js';
 export { acquireLock, type Lock } from './install/install-lock.js';
 export { currentVersion, installedRelease, isComplete, loadState, pruneReleases, readInstalledManifest, recoverApp, recoverUnderLock, restoreService } from './install/install-recover.js';
 export { emptyState, type InstalledRelease, InstallState, Journal, JournalStep, Operation, readJournal, readState, Via, writeJournal, writeState } from './install/install-state.js';
-export { asKilnError, describeCode, isKilnError, KilnError } from './errors/kiln-error.js';
+export { asKilnError, describeCode, ifKilnError, isKilnError, KilnError } from './errors/kiln-error.js';
 export { createLogger, type Logger, type LoggerOptions } from './system/logger.js';
 export { checkName, isValidName, type NameKind } from './release/names.js';
 export { isAlive, isSameProcess, processStart } from './system/process-alive.js';

@@ -179,7 +179,11 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
     log.error({ err: e, phase }, 'bake failed: reaping what it created');
     await reap();
     // An image that appeared after a wait gave up is found by its tag.
-    for (const img of await o.provider.describeImages({ tags: { [TAG.bakeId]: bakeId } }).catch(() => [])) {
+    const left = await o.provider.describeImages({ tags: { [TAG.bakeId]: bakeId } }).catch((err: unknown) => {
+      log.error({ err, bakeId }, 'cannot look for the images of a failed bake: any it made stay');
+      return [];
+    });
+    for (const img of left) {
       await o.provider.deleteImage(img.id).catch((err) => log.error({ err, image: img.id }, 'cannot delete an image of a failed bake'));
     }
     throw new KilnError('KILN_BAKE_FAILED', `baking ${o.app} ${o.version} failed in phase ${phase}: ${e.code}: ${e.message}`, { cause: e });
@@ -187,7 +191,10 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
 
   async function reap(): Promise<void> {
     // By tag too: a launch that failed half-way returned no id.
-    const tagged = await o.provider.describeInstances({ [TAG.bakeId]: bakeId }).catch(() => []);
+    const tagged = await o.provider.describeInstances({ [TAG.bakeId]: bakeId }).catch((err: unknown) => {
+      log.error({ err, bakeId }, 'cannot look for the instances of the bake: only the builder is terminated');
+      return [];
+    });
     const ids = [...new Set([...(builder ? [builder] : []), ...tagged.map((i) => i.id)])];
     await o.provider.terminate(ids).catch((err) => log.error({ err, ids }, 'cannot terminate the builder'));
     await o.store.removePointer(o.app, channel).catch((err) => log.error({ err, channel }, "cannot remove the bake's channel"));

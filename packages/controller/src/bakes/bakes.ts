@@ -84,7 +84,10 @@ export function createBakes(o: {
     },
     async resume() {
       for (const key of await o.docs.list('controller/bakes/')) {
-        const rec = await o.docs.get(key, BakeRecord).catch(() => undefined);
+        const rec = await o.docs.get(key, BakeRecord).catch((err: unknown) => {
+          o.log.error({ err, key }, 'skipping a bake record that cannot be read');
+          return undefined;
+        });
         if (!rec || rec.state !== 'running' || running.has(rec.id)) continue;
         await reapBakes({ provider: o.provider, store: o.store, tags: { [TAG.deployment]: rec.id } });
         Object.assign(rec, { state: 'failed', error: { code: 'KILN_INTERRUPTED', message: 'the controller restarted during this bake; its builder was reaped' }, finishedAt: o.now().toISOString() });

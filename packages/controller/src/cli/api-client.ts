@@ -60,7 +60,8 @@ export async function openApi(flags: Flags, ctx: CliContext, timeoutMs = 15_000)
             let parsed: unknown;
             try {
               parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-            } catch {
+            } catch (err) {
+              if (!(err instanceof SyntaxError)) throw err;
               return reject(new KilnError('KILN_CONTROLLER_UNREACHABLE', `${url} answered ${method} ${route} with HTTP ${status} and no JSON: is it a kiln controller?`));
             }
             if (status >= 200 && status < 300) return resolve(parsed as T);

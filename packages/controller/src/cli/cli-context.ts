@@ -7,6 +7,7 @@ import {
   createReleaseStore,
   createS3Client,
   formatZodError,
+  ifMissing,
   loadPrivateKey,
   loadPublicKeys,
   readJsonFile,
@@ -95,7 +96,7 @@ export async function trustedKeyFiles(flags: Flags, ctx: CliContext): Promise<st
   let files = list(flags, 'trust').map((f) => path.resolve(ctx.io.cwd, f));
   if (!files.length) {
     const dir = defaultKeyDir(ctx.home);
-    files = (await readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.pub')).map((f) => path.join(dir, f));
+    files = (await ifMissing(readdir(dir), [])).filter((f) => f.endsWith('.pub')).map((f) => path.join(dir, f));
   }
   if (!files.length) throw new KilnError('KILN_KEY_INVALID', `no release public key to trust: pass --trust FILE, or run \`kiln keys generate\` (keys go to ${defaultKeyDir(ctx.home)})`);
   return files;

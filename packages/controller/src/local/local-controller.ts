@@ -1,6 +1,6 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { createS3Client, loadPrivateKey, loadPublicKeys, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
+import { createS3Client, ifMissing, loadPrivateKey, loadPublicKeys, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
 import type { Provider } from '../providers/provider.js';
 import { AGENTS_PATH, buildServer, type KilnServer } from '../server/server.js';
 
@@ -35,13 +35,18 @@ export interface LocalController {
 
 /** What the key directory holds now, as a string that changes when a key file is added, removed or rewritten. */
 async function keyDirStamp(dir: string): Promise<string> {
-  const names = (await readdir(dir).catch(() => [] as string[])).filter((f) => f === 'release.key' || f.endsWith('.pub')).sort();
-  const stamps = await Promise.all(names.map(async (n) => stat(path.join(dir, n)).then((s) => `${n}:${s.size}:${s.mtimeMs}`, () => n)));
+  const names = (await ifMissing(readdir(dir), [])).filter((f) => f === 'release.key' || f.endsWith('.pub')).sort();
+  const stamps = await Promise.all(
+    names.map(async (n) => {
+      const s = await ifMissing(stat(path.join(dir, n)), undefined); // removed since the readdir
+      return s ? `${n}:${s.size}:${s.mtimeMs}` : n;
+    }),
+  );
   return stamps.join('|');
 }
 
 async function loadKeys(dir: string): Promise<KeyState> {
-  const names = await readdir(dir).catch(() => [] as string[]);
+  const names = await ifMissing(readdir(dir), [] as string[]);
   const pubs = names.filter((f) => f.endsWith('.pub')).map((f) => path.join(dir, f));
   return {
     signingKey: names.includes('release.key') ? await loadPrivateKey(path.join(dir, 'release.key')) : undefined,

@@ -1,4 +1,8 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { hasErrno } from '@kiln/shared';
+
+// A process or thread that ends while /proc is read: its files are gone (ENOENT) or refuse reads (ESRCH).
+const GONE = ['ENOENT', 'ESRCH'];
 
 /** Direct children of a process (Linux, from /proc/PID/task/TID/children); [] when it is gone. */
 export function childPids(pid: number): number[] {
@@ -6,14 +10,15 @@ export function childPids(pid: number): number[] {
   let tasks: string[];
   try {
     tasks = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return found;
+  } catch (err) {
+    if (hasErrno(err, ...GONE)) return found;
+    throw err;
   }
   for (const tid of tasks) {
     try {
       for (const p of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/)) if (p) found.push(Number(p));
-    } catch {
-      // the thread ended
+    } catch (err) {
+      if (!hasErrno(err, ...GONE)) throw err; // else the thread ended
     }
   }
   return found;
@@ -35,7 +40,8 @@ export function descendantPids(pid: number): number[] {
 export function processName(pid: number): string | null {
   try {
     return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return null;
+  } catch (err) {
+    if (hasErrno(err, ...GONE)) return null;
+    throw err;
   }
 }

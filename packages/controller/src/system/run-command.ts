@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { hasErrno } from '@kiln/shared';
 import { descendantPids } from './process-tree.js';
 
 export interface CommandResult {
@@ -27,8 +28,8 @@ function killTree(pid: number | undefined): void {
   for (const p of [pid, ...descendantPids(pid)]) {
     try {
       process.kill(p, 'SIGKILL');
-    } catch {
-      // already gone
+    } catch (err) {
+      if (!hasErrno(err, 'ESRCH')) throw err; // else it is gone already
     }
   }
 }

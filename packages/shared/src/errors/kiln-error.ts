@@ -1,3 +1,4 @@
+import { catchOnly } from './catch-only.js';
 import { ERROR_CODES, type ErrorCode } from './error-codes.js';
 
 /** The one error class for every failure a user can cause or fix. Programmer errors stay plain Error. */
@@ -20,6 +21,11 @@ export class KilnError extends Error {
 /** Whether `err` is a KilnError, with one of `codes` when any are named. */
 export function isKilnError(err: unknown, ...codes: ErrorCode[]): err is KilnError {
   return err instanceof KilnError && (codes.length === 0 || codes.includes(err.code));
+}
+
+/** `p`'s value, or `fallback` when it fails with a KilnError of one of `codes`; anything else is thrown. */
+export function ifKilnError<T, F>(p: Promise<T>, codes: ErrorCode[], fallback: F): Promise<T | F> {
+  return catchOnly(p, (err) => isKilnError(err, ...codes), fallback);
 }
 
 /**

@@ -3,6 +3,7 @@ import { link, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { KilnError } from '../errors/kiln-error.js';
+import { hasErrno, ifErrno, ifMissing } from '../system/fs-errors.js';
 import { isAlive, processStart } from '../system/process-alive.js';
 
 interface LockOwner {
@@ -38,7 +39,7 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
       await link(mine, file);
       return { release: () => rm(file, { force: true }) };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      if (!hasErrno(err, 'EEXIST')) throw err;
     } finally {
       await rm(mine, { force: true });
     }
@@ -47,8 +48,10 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
     try {
       text = await readFile(file, 'utf8');
       owner = JSON.parse(text);
-    } catch {
-      owner = undefined; // vanished or unreadable: look again
+    } catch (err) {
+      // Released meanwhile (ENOENT), or not JSON (a crash before its write reached the disk): look again.
+      if (!hasErrno(err, 'ENOENT') && !(err instanceof SyntaxError)) throw err;
+      owner = undefined;
     }
     if (!owner || typeof owner.pid !== 'number') continue;
     if (ownerAlive(owner)) {
@@ -57,8 +60,10 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
     // Stale: move it aside, then make sure what moved is the lock judged stale. Another breaker may
     // have replaced it with its own fresh lock in between: that one goes back.
     const aside = `${file}.stale-${randomBytes(4).toString('hex')}`;
-    if (await rename(file, aside).then(() => true, () => false)) {
-      if ((await readFile(aside, 'utf8').catch(() => text)) !== text) await link(aside, file).catch(() => undefined);
+    // ENOENT: another breaker moved it first.
+    if (await ifMissing(rename(file, aside).then(() => true), false)) {
+      // EEXIST: a third process took the lock meanwhile, and the fresh lock put aside cannot go back.
+      if ((await readFile(aside, 'utf8')) !== text) await ifErrno(link(aside, file), ['EEXIST'], undefined);
       await rm(aside, { force: true });
     }
   }

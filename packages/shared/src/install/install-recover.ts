@@ -9,26 +9,20 @@ import { KilnError, isKilnError } from '../errors/kiln-error.js';
 import { readLocalManifest } from '../release/release-resolve.js';
 import { Manifest } from '../release/release-schema.js';
 import type { ServiceManager } from '../service/service-manager.js';
+import { ifMissing } from '../system/fs-errors.js';
 import { isAlive } from '../system/process-alive.js';
 import { sha256Hex } from '../release/signing.js';
 
-/** The version `current` points to, or null. */
+/** The version `current` points to, or null when there is no `current` yet. */
 export async function currentVersion(layout: AppLayout): Promise<string | null> {
-  try {
-    return path.basename(await readlink(layout.current));
-  } catch {
-    return null;
-  }
+  const target = await ifMissing(readlink(layout.current), null);
+  return target === null ? null : path.basename(target);
 }
 
+/** Whether the release has both its tree and its complete marker (a missing one: no). */
 export async function isComplete(layout: AppLayout, version: string): Promise<boolean> {
-  try {
-    await stat(layout.metaFile(version));
-    await stat(layout.release(version));
-    return true;
-  } catch {
-    return false;
-  }
+  const exists = async (p: string) => (await ifMissing(stat(p), undefined)) !== undefined;
+  return (await exists(layout.metaFile(version))) && (await exists(layout.release(version)));
 }
 
 /** The manifest of a complete release on disk (its marker), parsed, or undefined. */
@@ -66,7 +60,7 @@ export async function loadState(layout: AppLayout, app: string, log: Logger): Pr
 }
 
 async function removeTmp(dir: string): Promise<void> {
-  const names = await readdir(dir).catch(() => [] as string[]);
+  const names = await ifMissing(readdir(dir), []);
   await Promise.all(names.filter((n) => n.startsWith(TMP_MARK)).map((n) => rm(path.join(dir, n), { recursive: true, force: true })));
 }
 
@@ -74,7 +68,7 @@ async function removeTmp(dir: string): Promise<void> {
 async function removeLockLeftovers(lock: string): Promise<void> {
   const dir = path.dirname(lock);
   const base = `${path.basename(lock)}.`;
-  for (const name of await readdir(dir).catch(() => [] as string[])) {
+  for (const name of await ifMissing(readdir(dir), [])) {
     if (!name.startsWith(base)) continue;
     const rest = name.slice(base.length);
     const pid = Number(/^(\d+)-/.exec(rest)?.[1]);
@@ -133,7 +127,7 @@ export async function recoverApp(layout: AppLayout, app: string, log: Logger, se
 
   // A release directory without its complete marker was never finished.
   const cur = await currentVersion(layout);
-  for (const name of await readdir(layout.releases).catch(() => [] as string[])) {
+  for (const name of await ifMissing(readdir(layout.releases), [])) {
     if (name === cur || (await isComplete(layout, name))) continue;
     log.warn({ version: name }, 'removing an incomplete release directory');
     await rm(path.join(layout.releases, name), { recursive: true, force: true });
@@ -146,7 +140,7 @@ export async function pruneReleases(layout: AppLayout, state: InstallState, keep
   const protect = new Set([state.current?.version, state.previous?.version].filter((v): v is string => !!v));
   const cur = await currentVersion(layout);
   if (cur) protect.add(cur);
-  const metas = await readdir(layout.meta).catch(() => [] as string[]);
+  const metas = await ifMissing(readdir(layout.meta), []);
   const others: Array<{ version: string; mtime: number }> = [];
   for (const m of metas) {
     if (!m.endsWith('.json')) continue;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { ifKilnError } from '../errors/kiln-error.js';
 import { writeFileAtomic } from '../system/fs-atomic.js';
 import { readJsonFile } from '../system/json-file.js';
 
@@ -68,6 +69,9 @@ export function emptyState(app: string): InstallState {
 }
 
 export const readState = (file: string) => readJsonFile(file, InstallState, { code: 'KILN_STATE_INVALID', what: 'install state' });
+
+/** state.json for a look without the lock: one that does not parse reads as none (an install rebuilds it under the lock). */
+export const peekState = (file: string): Promise<InstallState | undefined> => ifKilnError(readState(file), ['KILN_STATE_INVALID'], undefined);
 export const readJournal = (file: string) => readJsonFile(file, Journal, { code: 'KILN_STATE_INVALID', what: 'install journal' });
 export const writeState = (file: string, state: InstallState) => writeFileAtomic(file, JSON.stringify(state, null, 2) + '\n');
 export const writeJournal = (file: string, journal: Journal) => writeFileAtomic(file, JSON.stringify(journal) + '\n');

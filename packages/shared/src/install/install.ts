@@ -10,7 +10,7 @@ import { waitHealthy } from '../service/health-check.js';
 import { acquireLock } from './install-lock.js';
 import { appLayout, type AppLayout } from '../release/install-layout.js';
 import { currentVersion, installedRelease, isComplete, loadState, pruneReleases, recoverApp, restoreService } from './install-recover.js';
-import { readState, writeJournal, writeState, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
+import { peekState, writeJournal, writeState, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
 import { KilnError, asKilnError } from '../errors/kiln-error.js';
 import { checkName } from '../release/names.js';
 import { s3Error } from '../s3/s3-errors.js';
@@ -94,7 +94,7 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
 export async function rollback(opts: Omit<InstallOptions, 'target' | 'allowDowngrade'>): Promise<InstallResult> {
   const layout = appLayout(opts.root, opts.app);
   // Read only: the routine re-reads (and, if need be, rebuilds) the state under the lock.
-  const state = await readState(layout.state).catch(() => undefined);
+  const state = await peekState(layout.state);
   if (!state?.previous) throw new KilnError('KILN_NO_PREVIOUS', `${opts.app} has no previous release on ${layout.root} to roll back to`);
   if (!(await isComplete(layout, state.previous.version))) {
     throw new KilnError('KILN_NO_PREVIOUS', `the previous release ${state.previous.version} is no longer on disk; install a version instead`);
@@ -123,7 +123,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
 
   // Before the lock only a read-only peek (a command already done, the accepted pointer seq); every
   // decision is made again under the lock on a fresh read, since another install may run meanwhile.
-  const peek = await readState(layout.state).catch(() => undefined);
+  const peek = await peekState(layout.state);
   const earlier = opts.commandId ? peek?.commands.find((c) => c.commandId === opts.commandId) : undefined;
   if (earlier) return replayed(earlier, app, via);
 

@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { isKilnError } from '../errors/kiln-error.js';
+import { catchOnly } from '../errors/catch-only.js';
+import { ifKilnError, isKilnError } from '../errors/kiln-error.js';
 import { checkName } from './names.js';
 import { ChannelPointer, Manifest } from './release-schema.js';
 import type { ReleaseStore } from './release-store.js';
@@ -26,14 +27,8 @@ export interface ReleaseSummary {
 export async function listReleases(store: ReleaseStore, app: string, keys: PublicKey[]): Promise<ReleaseSummary[]> {
   const versions = await store.listVersions(checkName('app', app));
   const out: ReleaseSummary[] = [];
-  const shown = async (v: string) => {
-    try {
-      return await showRelease(store, app, v, keys);
-    } catch (err) {
-      if (isKilnError(err, 'KILN_RELEASE_NOT_FOUND') || err instanceof SyntaxError || err instanceof z.ZodError) return undefined;
-      throw err;
-    }
-  };
+  const unlisted = (err: unknown) => isKilnError(err, 'KILN_RELEASE_NOT_FOUND') || err instanceof SyntaxError || err instanceof z.ZodError;
+  const shown = (v: string) => catchOnly(showRelease(store, app, v, keys), unlisted, undefined);
   for (let i = 0; i < versions.length; i += 16) {
     const batch = await Promise.all(versions.slice(i, i + 16).map(shown));
     for (const r of batch) if (r) out.push(r.summary);
@@ -104,11 +99,6 @@ export async function readPointer(store: ReleaseStore, app: string, channel: str
  * As readPointer, but undefined when the channel has no pointer. Only an absent pointer is: one that
  * does not verify or parse, or a bucket that fails, is thrown, never read as "no pointer yet".
  */
-export async function findPointer(store: ReleaseStore, app: string, channel: string, keys: PublicKey[]): Promise<ChannelPointer | undefined> {
-  try {
-    return await readPointer(store, app, channel, keys);
-  } catch (err) {
-    if (isKilnError(err, 'KILN_RELEASE_NOT_FOUND')) return undefined;
-    throw err;
-  }
+export function findPointer(store: ReleaseStore, app: string, channel: string, keys: PublicKey[]): Promise<ChannelPointer | undefined> {
+  return ifKilnError(readPointer(store, app, channel, keys), ['KILN_RELEASE_NOT_FOUND'], undefined);
 }

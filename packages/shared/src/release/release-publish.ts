@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { KilnError } from '../errors/kiln-error.js';
+import { KilnError, ifKilnError } from '../errors/kiln-error.js';
+import { ifMissing } from '../system/fs-errors.js';
 import { checkName } from './names.js';
 import { packRelease } from './release-pack.js';
 import { AppSpec, Manifest } from './release-schema.js';
@@ -48,12 +49,16 @@ export async function readAppSpec(dir: string, over: PublishOptions['spec'] = {}
   return parsed.data;
 }
 
-/** Highest seq among the app's published releases (0 when none). */
+/**
+ * Highest seq among the app's published releases (0 when none). A version without a manifest yet
+ * (a push under way) has none; a manifest that cannot be read fails it, or the new seq could be lower.
+ */
 export async function highestSeq(store: ReleaseStore, app: string): Promise<number> {
   let max = 0;
   const versions = await store.listVersions(app);
+  const manifest = (v: string) => ifKilnError(store.getManifest(app, v), ['KILN_RELEASE_NOT_FOUND'], undefined);
   for (let i = 0; i < versions.length; i += 16) {
-    const batch = await Promise.all(versions.slice(i, i + 16).map((v) => store.getManifest(app, v).catch(() => undefined)));
+    const batch = await Promise.all(versions.slice(i, i + 16).map(manifest));
     for (const obj of batch) {
       const seq = obj ? (JSON.parse(obj.bytes.toString('utf8')) as { seq?: unknown }).seq : undefined;
       if (typeof seq === 'number' && seq > max) max = seq;
@@ -78,7 +83,7 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
   const work = await mkdtemp(path.join(tmpdir(), 'kiln-push-'));
   try {
     let dir = path.resolve(opts.source);
-    const st = await stat(dir).catch(() => undefined);
+    const st = await ifMissing(stat(dir), undefined);
     if (!st) throw new KilnError('KILN_USAGE', `${opts.source} does not exist`);
     opts.onPhase?.('scan', dir);
     if (st.isFile()) {

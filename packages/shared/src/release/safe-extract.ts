@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { Parser, type ReadEntry } from 'tar';
 import { KilnError, asKilnError } from '../errors/kiln-error.js';
+import { hasErrno } from '../system/fs-errors.js';
 import type { FileEntry } from './release-schema.js';
 import { checkLinkInside, fileStamp } from './scan-tree.js';
 
@@ -289,11 +290,15 @@ function writeChunk(f: OpenFile, chunk: Buffer): void {
   for (let off = 0; off < chunk.length; ) off += writeSync(f.fd, chunk, off);
 }
 
+/**
+ * Closes the file being written when the extraction has failed already: that failure is the one to
+ * report, and the tree is removed. close(2) can fail only with these; anything else is a bug.
+ */
 function closeQuietly(fd: number): void {
   try {
     closeSync(fd);
-  } catch {
-    // already closed
+  } catch (err) {
+    if (!hasErrno(err, 'EBADF', 'EINTR', 'EIO', 'ENOSPC', 'EDQUOT')) throw err;
   }
 }
 

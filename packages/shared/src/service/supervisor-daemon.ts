@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { backoffDelay } from '../system/backoff.js';
 import { writeFileAtomic } from '../system/fs-atomic.js';
+import { hasErrno } from '../system/fs-errors.js';
 import { isSameProcess, processStart } from '../system/process-alive.js';
 import { ServiceFile, readSupervisorStatus, supervisorPaths, type SupervisorStatus } from './supervisor-files.js';
 
@@ -154,14 +155,16 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
   });
 }
 
+/** Signals the child's process group, or the child alone when it has none; ESRCH: it is gone already. */
 function killGroup(pid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(-pid, signal);
-  } catch {
+  } catch (err) {
+    if (!hasErrno(err, 'ESRCH')) throw err;
     try {
       process.kill(pid, signal);
-    } catch {
-      // already gone
+    } catch (e) {
+      if (!hasErrno(e, 'ESRCH')) throw e;
     }
   }
 }

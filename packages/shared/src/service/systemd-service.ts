@@ -4,6 +4,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from '../system/fs-atomic.js';
+import { ifErrno, ifMissing } from '../system/fs-errors.js';
 import { appLayout } from '../release/install-layout.js';
 import { KilnError } from '../errors/kiln-error.js';
 import type { ServiceSpec } from '../release/release-schema.js';
@@ -59,7 +60,8 @@ export function createSystemdService(opts: SystemdServiceOptions): ServiceManage
 
   async function enable(): Promise<void> {
     await mkdir(path.dirname(wants), { recursive: true });
-    if ((await readlink(wants).catch(() => undefined)) === unitFile) return;
+    // EINVAL: something that is not a link stands there; it is replaced like a wrong link.
+    if ((await ifErrno(readlink(wants), ['ENOENT', 'EINVAL'], undefined)) === unitFile) return;
     await rm(wants, { force: true });
     await symlink(unitFile, wants);
   }
@@ -69,7 +71,7 @@ export function createSystemdService(opts: SystemdServiceOptions): ServiceManage
     async restart(spec: ServiceSpec) {
       const releaseDir = await realpath(layout.current);
       const text = renderAppUnit({ app: opts.app, spec, releaseDir, ...(opts.env ? { env: opts.env } : {}) });
-      const old = await readFile(unitFile, 'utf8').catch(() => undefined);
+      const old = await ifMissing(readFile(unitFile, 'utf8'), undefined);
       if (old !== text) {
         await mkdir(unitDir, { recursive: true });
         await writeFileAtomic(unitFile, text);
@@ -95,7 +97,7 @@ export function createSystemdService(opts: SystemdServiceOptions): ServiceManage
       if (r.code !== 0 && !/not loaded|not found/i.test(r.stderr)) throw new KilnError('KILN_SERVICE_FAILED', `systemctl stop ${unit} failed: ${r.stderr.trim()}`);
     },
     async status(): Promise<ServiceStatus> {
-      const [st, text] = await Promise.all([show(), readFile(unitFile, 'utf8').catch(() => '')]);
+      const [st, text] = await Promise.all([show(), ifMissing(readFile(unitFile, 'utf8'), '')]);
       const active = st.ActiveState === 'active' && st.SubState === 'running';
       const pid = Number(st.MainPID) || null;
       const port = Number(unitEnvironment(text).PORT) || null;

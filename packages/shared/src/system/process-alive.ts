@@ -1,12 +1,17 @@
 import { readFileSync } from 'node:fs';
+import { hasErrno } from './fs-errors.js';
 
-/** Fields of /proc/PID/stat after the command name (which may hold spaces and parentheses), or null. */
+/**
+ * Fields of /proc/PID/stat after the command name (which may hold spaces and parentheses), or null
+ * when there is no such process (ENOENT; ESRCH: it exited while being read) or no /proc (not Linux).
+ */
 function statFields(pid: number): string[] | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return null;
+  } catch (err) {
+    if (hasErrno(err, 'ENOENT', 'ESRCH')) return null;
+    throw err;
   }
 }
 
@@ -16,7 +21,8 @@ export function isAlive(pid: number | null | undefined): boolean {
   try {
     process.kill(pid, 0);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
+    if (hasErrno(err, 'ESRCH')) return false;
+    if (!hasErrno(err, 'EPERM')) throw err; // EPERM: it runs, as another user
   }
   return statFields(pid)?.[0] !== 'Z';
 }

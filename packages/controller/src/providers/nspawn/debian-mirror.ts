@@ -1,5 +1,6 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { ifMissing } from '@kiln/shared';
 
 export const DEFAULT_DEBIAN_MIRROR = 'http://deb.debian.org/debian';
 
@@ -35,11 +36,11 @@ export function mirrorFromAptSources(text: string, suite: string): string | null
 export async function hostDebianMirror(suite = 'bookworm', aptDir = '/etc/apt'): Promise<string> {
   const files = [path.join(aptDir, 'sources.list')];
   const dir = path.join(aptDir, 'sources.list.d');
-  for (const name of (await readdir(dir).catch(() => [])).sort()) {
+  for (const name of (await ifMissing(readdir(dir), [])).sort()) {
     if (name.endsWith('.sources') || name.endsWith('.list')) files.push(path.join(dir, name));
   }
   for (const file of files) {
-    const text = await readFile(file, 'utf8').catch(() => '');
+    const text = await ifMissing(readFile(file, 'utf8'), '');
     const found = mirrorFromAptSources(text, suite);
     if (found) return found;
   }

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rmdir } from 'node:fs/promises';
 import path from 'node:path';
+import { hasErrno, ifMissing } from '@kiln/shared';
 
 const PARENT = 'kiln-machines';
 
@@ -26,10 +27,10 @@ export async function machineCgroupDirs(name: string): Promise<string[]> {
   return [...new Set(dirs)];
 }
 
-/** Every cgroup directory at or below `dir`, deepest first. */
+/** Every cgroup directory at or below `dir`, deepest first (one removed meanwhile has none below it). */
 async function cgroupTree(dir: string): Promise<string[]> {
   const below: string[] = [];
-  for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+  for (const e of await ifMissing(readdir(dir, { withFileTypes: true }), [])) {
     if (e.isDirectory()) below.push(...(await cgroupTree(path.join(dir, e.name))));
   }
   return [...below, dir];
@@ -39,7 +40,7 @@ async function cgroupTree(dir: string): Promise<string[]> {
 export async function cgroupsPopulated(dirs: readonly string[]): Promise<boolean> {
   for (const dir of dirs) {
     for (const d of await cgroupTree(dir)) {
-      const procs = await readFile(path.join(d, 'cgroup.procs'), 'utf8').catch(() => '');
+      const procs = await ifMissing(readFile(path.join(d, 'cgroup.procs'), 'utf8'), '');
       if (procs.trim()) return true;
     }
   }
@@ -57,9 +58,13 @@ export async function removeMachineCgroups(dirs: readonly string[]): Promise<boo
   for (const dir of dirs) {
     if (!existsSync(dir)) continue;
     for (const d of await cgroupTree(dir)) {
-      await rmdir(d).catch(() => {
-        clean = false;
-      });
+      try {
+        await rmdir(d);
+      } catch (err) {
+        // EBUSY: a process is still in it (ENOTEMPTY: a cgroup below it is); ENOENT: it went already.
+        if (hasErrno(err, 'EBUSY', 'ENOTEMPTY')) clean = false;
+        else if (!hasErrno(err, 'ENOENT')) throw err;
+      }
     }
   }
   return clean;

@@ -19,13 +19,18 @@ export function createMachineGroup(): MachineGroup {
     async boot(opts) {
       const m = await bootMachine(opts);
       live.add(m);
-      void m.exited.finally(() => live.delete(m)).catch(() => undefined);
+      // Gone from the group however it ended: a failed end is for whoever awaits `exited`.
+      const forget = () => void live.delete(m);
+      m.exited.then(forget, forget);
       return m;
     },
     running: () => [...live].filter((m) => m.running()),
     async cleanupAll() {
-      await Promise.all([...live].map((m) => m.kill().catch(() => undefined)));
+      // Every machine is asked to stop before any failure is thrown.
+      const kills = await Promise.allSettled([...live].map((m) => m.kill()));
       live.clear();
+      const failed = kills.flatMap((k) => (k.status === 'rejected' ? [k.reason as unknown] : []));
+      if (failed.length) throw new AggregateError(failed, `${failed.length} machine(s) of the group could not be stopped`);
     },
   };
 }

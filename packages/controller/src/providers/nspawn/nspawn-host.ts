@@ -1,6 +1,6 @@
 import { accessSync, constants } from 'node:fs';
 import path from 'node:path';
-import { KilnError } from '@kiln/shared';
+import { KilnError, hasErrno } from '@kiln/shared';
 
 // sbin directories are searched too: a non-login root shell may not have them on PATH.
 const EXTRA_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
@@ -12,8 +12,8 @@ export function findTool(name: string, envPath: string = process.env.PATH ?? '')
     try {
       accessSync(file, constants.X_OK);
       return file;
-    } catch {
-      // not here
+    } catch (err) {
+      if (!hasErrno(err, 'ENOENT', 'EACCES', 'ENOTDIR')) throw err; // else not here
     }
   }
   return null;

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, copyFile, mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, isValidName, writeFileAtomic, type Logger } from '@kiln/shared';
+import { KilnError, ifMissing, isValidName, writeFileAtomic, type Logger } from '@kiln/shared';
 import { z } from 'zod';
 import { buildAgentBundle, type AgentBundle } from '../agent-bundle.js';
 import { freePort } from '../../system/free-port.js';
@@ -158,11 +158,11 @@ export function createNspawnProvider(o: NspawnProviderOptions): NspawnProvider {
     // Empty: each instance gets its own machine id at its first boot.
     await rm(path.join(root, 'etc/machine-id'), { force: true });
     await writeFile(path.join(root, 'etc/machine-id'), '', { mode: 0o444 });
-    for (const name of await readdir(path.join(root, UNITS)).catch(() => [] as string[])) {
+    for (const name of await ifMissing(readdir(path.join(root, UNITS)), [])) {
       if (name.endsWith('.service.d')) await rm(path.join(root, UNITS, name, PORT_DROP_IN), { force: true });
     }
     const journal = path.join(root, 'var/log/journal');
-    for (const name of await readdir(journal).catch(() => [] as string[])) await rm(path.join(journal, name), { recursive: true, force: true });
+    for (const name of await ifMissing(readdir(journal), [])) await rm(path.join(journal, name), { recursive: true, force: true });
   }
 
   const provider: NspawnProvider = {
@@ -232,7 +232,7 @@ export function createNspawnProvider(o: NspawnProviderOptions): NspawnProvider {
       try {
         await mkdir(imageDir(id), { recursive: true });
         await saveImage(rec);
-        await snapshotLayers({ lower: rootOf(r.imageId), upper: upperOf(instanceId), dest: rootOf(id), tools, timeoutMs: opts.timeoutMs });
+        await snapshotLayers({ lower: rootOf(r.imageId), upper: upperOf(instanceId), dest: rootOf(id), tools, timeoutMs: opts.timeoutMs, log });
         await scrubInstanceFiles(rootOf(id));
         rec.state = 'available';
         await saveImage(rec);

@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import { chmod, chown, copyFile, lchown, lstat, lutimes, mkdir, readdir, readlink, rm, rmdir, symlink, utimes } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import path from 'node:path';
-import { KilnError } from '@kiln/shared';
+import { KilnError, ifMissing, type Logger } from '@kiln/shared';
 import type { NspawnTools } from './nspawn-host.js';
 import { runCommand } from '../../system/run-command.js';
 
@@ -16,6 +16,7 @@ export interface SnapshotLayersOptions {
   dest: string;
   tools: Pick<NspawnTools, 'setpriv' | 'unshare'>;
   timeoutMs: number;
+  log: Logger;
 }
 
 // Mounts the two layers read-only in a private mount namespace (the host never sees the mount) and
@@ -40,19 +41,25 @@ export async function snapshotLayers(o: SnapshotLayersOptions): Promise<void> {
   });
   let errText = '';
   holder.stderr.on('data', (c: Buffer) => (errText += c.toString('utf8')));
-  const exited = once(holder, 'exit').catch(() => undefined);
+  // An 'error' (the holder could not start) ends it as an exit does; it is kept for the failure below.
+  let startError: Error | undefined;
+  const exited = once(holder, 'exit').then(
+    () => undefined,
+    (err: Error) => void (startError = err),
+  );
   try {
     const ready = await new Promise<boolean>((resolve) => {
       holder.stdout.once('data', () => resolve(true));
       void exited.then(() => resolve(false));
     });
-    if (!ready) throw new KilnError('KILN_PROVIDER_FAILED', `cannot mount the layers of ${o.upper} to snapshot them: ${errText.trim()}`);
+    if (!ready) throw new KilnError('KILN_PROVIDER_FAILED', `cannot mount the layers of ${o.upper} to snapshot them: ${startError?.message ?? errText.trim()}`, { cause: startError });
     const merged = `/proc/${holder.pid}/root${path.resolve(mnt)}`;
     await applyUpper({ upper: o.upper, merged, dest: o.dest, deadline }, '');
   } finally {
     holder.kill('SIGKILL');
     await exited;
-    await rmdir(mnt).catch(() => undefined);
+    // An empty directory left behind harms nothing, and must not hide how the snapshot went.
+    await ifMissing(rmdir(mnt), undefined).catch((err: unknown) => o.log.warn({ err, mnt }, 'cannot remove the mount point of a snapshot'));
   }
 }
 
@@ -83,7 +90,7 @@ async function applyUpper(w: Walk, rel: string): Promise<void> {
     const p = path.join(rel, name);
     const src = path.join(w.merged, p);
     const dst = path.join(w.dest, p);
-    const m = await lstat(src).catch(() => null);
+    const m = await ifMissing(lstat(src), null);
     if (!m) {
       await rm(dst, { recursive: true, force: true }); // a whiteout
       continue;
@@ -93,7 +100,7 @@ async function applyUpper(w: Walk, rel: string): Promise<void> {
       await copyEntry(src, dst, m);
       continue;
     }
-    const have = await lstat(dst).catch(() => null);
+    const have = await ifMissing(lstat(dst), null);
     if (have && !have.isDirectory()) await rm(dst, { force: true });
     if (!have?.isDirectory()) await mkdir(dst);
     // An opaque directory hides the lower one's entries; whiteouts inside hide single ones.
