@@ -3,7 +3,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isAlive, isKilnError } from '@kiln/shared';
+import { isAlive, isKilnError, pollUntil } from '@kiln/shared';
 import {
   BASE_ROOTFS_RECIPE,
   bootMachine,
@@ -50,15 +50,8 @@ function mountedAnywhere(dir: string): number[] {
   return found;
 }
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 10_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const waitFor = <T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 10_000) =>
+  pollUntil({ check, timeoutMs, intervalMs: 50, timeoutError: () => new Error(`timed out waiting for ${what}`) });
 
 async function get(port: number): Promise<string> {
   const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(2_000) });

@@ -1,9 +1,8 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { createAgent, parseAgentConfig, type Agent, type AgentConfig, type AgentConfigInput, type AgentEvent } from '@kiln/agent';
-import { PROTOCOL_VERSION, appLayout, createProcessSupervisor, type Logger, type Message, type ReleaseStore } from '@kiln/shared';
+import { PROTOCOL_VERSION, appLayout, createProcessSupervisor, pollUntil, type Logger, type Message, type ReleaseStore } from '@kiln/shared';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { freePort, quietLog, tempDir, type Keys } from './release.js';
 import type { S3Fixture } from './s3.js';
@@ -57,13 +56,13 @@ export async function startFakeController(opts: { port?: number; ping?: boolean 
       fc.send(instanceId, { type: 'command', id, instanceId, app, action });
     },
     async waitFor(instanceId, type, pred = () => true, timeoutMs = 20_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const hit = frames.find((f) => f.instanceId === instanceId && 'type' in f.msg && f.msg.type === type && pred(f.msg as never));
-        if (hit) return hit.msg as never;
-        if (Date.now() > deadline) throw new Error(`no ${type} frame from ${instanceId} within ${timeoutMs} ms; got: ${JSON.stringify(frames.filter((f) => f.instanceId === instanceId).map((f) => f.msg)).slice(0, 2000)}`);
-        await sleep(20);
-      }
+      const hit = await pollUntil({
+        check: () => frames.find((f) => f.instanceId === instanceId && 'type' in f.msg && f.msg.type === type && pred(f.msg as never)),
+        timeoutMs,
+        intervalMs: 20,
+        timeoutError: () => new Error(`no ${type} frame from ${instanceId} within ${timeoutMs} ms; got: ${JSON.stringify(frames.filter((f) => f.instanceId === instanceId).map((f) => f.msg)).slice(0, 2000)}`),
+      });
+      return hit.msg as never;
     },
     async close() {
       for (const ws of sockets.values()) ws.terminate();
@@ -162,9 +161,5 @@ export async function servingOn(port: number): Promise<string | undefined> {
 
 /** Polls until `check` holds (or throws with `what`). */
 export async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
+  await pollUntil({ check, timeoutMs, timeoutError: () => new Error(`timed out waiting for ${what}`) });
 }

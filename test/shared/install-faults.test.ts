@@ -7,7 +7,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { appLayout, createS3Client, install, isKilnError, promoteRelease, type InstallOptions, type InstallTarget, type ReleaseStore } from '@kiln/shared';
+import { appLayout, createS3Client, install, isKilnError, isPollTimeout, pollUntil, promoteRelease, type InstallOptions, type InstallTarget, type ReleaseStore } from '@kiln/shared';
 import { startFaultProxy, startSilentServer, type FaultProxy, type SilentServer } from '../helpers/fault-proxy.js';
 import { padGzip, rawBucket, renameTarEntry, replaceInTar, restampGzip, rewriteTarGz, type RawBucket } from '../helpers/fault-s3.js';
 import { collectUncaught, describeUncaught, within } from '../helpers/fault-uncaught.js';
@@ -104,12 +104,11 @@ function expectFailure(f: Failure, code: string | RegExp, maxMs = 3_000): void {
 
 /** GET / until it answers with `version` (after a restart the app needs a moment to listen). */
 async function servingEventually(h: Host, version: string, ms = 5_000): Promise<string | undefined> {
-  const deadline = Date.now() + ms;
-  let body = await h.serving();
-  while (!body?.includes(version) && Date.now() < deadline) {
-    await sleep(50);
-    body = await h.serving();
-  }
+  let body: string | undefined;
+  // Out of time, the last answer is returned all the same: the caller's assertion shows it.
+  await pollUntil({ check: async () => (body = await h.serving())?.includes(version), timeoutMs: ms, intervalMs: 50 }).catch((err) => {
+    if (!isPollTimeout(err)) throw err;
+  });
   return body;
 }
 

@@ -35,5 +35,6 @@ export { s3Objects, type S3Objects } from './s3/s3-objects.js';
 export { formatZodError } from './errors/format-zod-error.js';
 export { peekJsonFile, readJsonFile, type ReadJsonFileOptions } from './system/json-file.js';
 export { backoffDelay, type BackoffOptions } from './system/backoff.js';
+export { isPollTimeout, type PollOptions, pollUntil } from './system/poll-until.js';
 export { AGENT_VERSION } from './protocol/agent-version.js';
 

@@ -1,6 +1,6 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { createS3Client, ifMissing, loadPrivateKey, loadPublicKeys, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
+import { createS3Client, ifMissing, loadPrivateKey, loadPublicKeys, pollUntil, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
 import type { Provider } from '../providers/provider.js';
 import { AGENTS_PATH, buildServer, type KilnServer } from '../server/server.js';
 
@@ -114,7 +114,7 @@ export async function startLocalController(opts: LocalControllerOptions): Promis
     },
     async close() {
       clearInterval(poll);
-      while (busy) await new Promise((r) => setTimeout(r, 20));
+      await pollUntil({ check: () => !busy, timeoutMs: Infinity, intervalMs: 20 });
       await server.close();
     },
   };

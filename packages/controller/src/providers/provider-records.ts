@@ -1,7 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { KilnError, readJsonFile, writeFileAtomic } from '@kiln/shared';
+import { KilnError, pollUntil, readJsonFile, writeFileAtomic } from '@kiln/shared';
 import { z } from 'zod';
 import type { ImageInfo, InstanceInfo, Provider, Tags, WaitOptions } from './provider.js';
 
@@ -100,17 +99,20 @@ export function localInstances<I extends { state: string }>(o: { provider: strin
     return r;
   }
   async function waitFor(ids: string[], want: InstanceInfo['state'], opts: WaitOptions): Promise<InstanceInfo[]> {
-    const deadline = Date.now() + opts.timeoutMs;
-    for (;;) {
-      const infos = await Promise.all(ids.map(async (id) => o.infoOf(await must(id))));
-      if (infos.every((i) => i.state === want)) return infos;
-      if (Date.now() > deadline) {
+    let infos: InstanceInfo[] = [];
+    return pollUntil({
+      check: async () => {
+        infos = await Promise.all(ids.map(async (id) => o.infoOf(await must(id))));
+        return infos.every((i) => i.state === want) && infos;
+      },
+      timeoutMs: opts.timeoutMs,
+      intervalMs: 50,
+      signal: opts.signal,
+      timeoutError: () => {
         const stuck = infos.filter((i) => i.state !== want).map((i) => `${i.id} (${i.state})`);
-        throw new KilnError('KILN_PROVIDER_TIMEOUT', `instances did not become ${want} within ${opts.timeoutMs} ms: ${stuck.join(', ')}`);
-      }
-      opts.signal?.throwIfAborted();
-      await sleep(50);
-    }
+        return new KilnError('KILN_PROVIDER_TIMEOUT', `instances did not become ${want} within ${opts.timeoutMs} ms: ${stuck.join(', ')}`);
+      },
+    });
   }
   return { must, waitFor };
 }

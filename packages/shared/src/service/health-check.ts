@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { KilnError } from '../errors/kiln-error.js';
+import { pollUntil } from '../system/poll-until.js';
 import type { HealthSpec, ServiceSpec } from '../release/release-schema.js';
 
 export interface HealthOptions {
@@ -42,14 +42,16 @@ export async function waitHealthy(opts: HealthOptions): Promise<void> {
     url = `http://127.0.0.1:${port}${health.path}`;
   }
   let last = 'not checked';
-  for (;;) {
-    const left = deadline - Date.now();
-    const perTry = Math.max(50, Math.min(2_000, left));
-    const problem = url ? await probeHttp(url, perTry) : await probeCommand((health as { command: string[] }).command, opts.cwd, perTry);
-    if (problem === undefined) return;
-    last = problem;
-    if (Date.now() + health.intervalMs >= deadline) break;
-    await sleep(health.intervalMs);
-  }
-  throw new KilnError('KILN_HEALTH_FAILED', `health check ${url ?? (health as { command: string[] }).command.join(' ')} did not pass within ${health.timeoutMs} ms (last: ${last})`);
+  await pollUntil({
+    check: async () => {
+      const perTry = Math.max(50, Math.min(2_000, deadline - Date.now()));
+      const problem = url ? await probeHttp(url, perTry) : await probeCommand((health as { command: string[] }).command, opts.cwd, perTry);
+      last = problem ?? last;
+      return problem === undefined;
+    },
+    // No check starts whose pause would already end past the deadline.
+    timeoutMs: health.timeoutMs - health.intervalMs,
+    intervalMs: health.intervalMs,
+    timeoutError: () => new KilnError('KILN_HEALTH_FAILED', `health check ${url ?? (health as { command: string[] }).command.join(' ')} did not pass within ${health.timeoutMs} ms (last: ${last})`),
+  });
 }

@@ -2,9 +2,9 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from '../system/fs-atomic.js';
+import { pollUntil } from '../system/poll-until.js';
 import { isAlive, isSameProcess } from '../system/process-alive.js';
 import { KilnError } from '../errors/kiln-error.js';
 import type { ServiceSpec } from '../release/release-schema.js';
@@ -34,13 +34,8 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
   const log = opts.log.child({ module: 'process-supervisor' });
   const timeoutMs = opts.timeoutMs ?? 15_000;
 
-  async function waitFor(what: string, done: () => Promise<boolean>, ms: number): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!(await done())) {
-      if (Date.now() > deadline) throw new KilnError('KILN_SERVICE_FAILED', `the process supervisor did not ${what} within ${ms} ms; see ${files.log}`);
-      await sleep(25);
-    }
-  }
+  const waitFor = (what: string, done: () => Promise<boolean>, ms: number) =>
+    pollUntil({ check: done, timeoutMs: ms, timeoutError: () => new KilnError('KILN_SERVICE_FAILED', `the process supervisor did not ${what} within ${ms} ms; see ${files.log}`) });
 
   async function liveDaemon(): Promise<number | undefined> {
     const st = await readSupervisorStatus(files.status);

@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
 import { mkdir, readFile, readlink, realpath, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from '../system/fs-atomic.js';
 import { ifErrno, ifMissing } from '../system/fs-errors.js';
+import { pollUntil } from '../system/poll-until.js';
 import { appLayout } from '../release/install-layout.js';
 import { KilnError } from '../errors/kiln-error.js';
 import type { ServiceSpec } from '../release/release-schema.js';
@@ -80,15 +80,18 @@ export function createSystemdService(opts: SystemdServiceOptions): ServiceManage
       await enable();
       log.info({ releaseDir }, 'restarting the app unit');
       await must(['restart', unit]);
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const st = await show();
-        if (st.ActiveState === 'active' && Number(st.MainPID) > 0) return;
-        if (st.ActiveState === 'failed' || Date.now() > deadline) {
-          throw new KilnError('KILN_SERVICE_FAILED', `${unit} did not start (state ${st.ActiveState}/${st.SubState}); see journalctl -u ${unit}`);
-        }
-        await sleep(50);
-      }
+      let st: Record<string, string> = {};
+      const notStarted = () => new KilnError('KILN_SERVICE_FAILED', `${unit} did not start (state ${st.ActiveState}/${st.SubState}); see journalctl -u ${unit}`);
+      await pollUntil({
+        check: async () => {
+          st = await show();
+          if (st.ActiveState === 'failed') throw notStarted();
+          return st.ActiveState === 'active' && Number(st.MainPID) > 0;
+        },
+        timeoutMs,
+        intervalMs: 50,
+        timeoutError: notStarted,
+      });
     },
     async stop() {
       await rm(wants, { force: true });

@@ -1,8 +1,7 @@
 import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentConfigInput } from '@kiln/agent';
-import { KilnError, formatTable } from '@kiln/shared';
+import { KilnError, formatTable, pollUntil } from '@kiln/shared';
 import { openApi, type ApiClient } from '../api-client.js';
 import { API_OPTIONS, JSON_OPTION, S3_OPTIONS, TRUST_OPTIONS, type CommandDef } from '../cli-command.js';
 import { out, printJson, resolveLocation, str, trustedKeyFiles } from '../cli-context.js';
@@ -17,19 +16,23 @@ const CA_IN_ROOT = '/etc/kiln/controller-ca.pem';
 
 /** Waits until every agent shows as connected on the controller; an agent that died is an error with its log. */
 async function waitConnected(api: ApiClient, fleet: string, agents: LocalAgent[], timeoutMs: number): Promise<Map<string, InstanceRow>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const { instances } = await api.get<{ instances: InstanceRow[] }>(`/v1/fleets/${encodeURIComponent(fleet)}/instances`);
-    const rows = new Map(instances.map((r) => [r.instanceId, r]));
-    if (agents.every((a) => rows.get(a.instanceId)?.connected)) return rows;
-    const dead = agents.find((a) => !isRunning(a));
-    if (dead) throw new KilnError('KILN_SERVICE_FAILED', `the agent ${dead.instanceId} exited; the end of ${dead.log}:\n${await logTail(dead.log)}`);
-    if (Date.now() > deadline) {
+  let rows = new Map<string, InstanceRow>();
+  return pollUntil({
+    check: async () => {
+      const { instances } = await api.get<{ instances: InstanceRow[] }>(`/v1/fleets/${encodeURIComponent(fleet)}/instances`);
+      rows = new Map(instances.map((r) => [r.instanceId, r]));
+      if (agents.every((a) => rows.get(a.instanceId)?.connected)) return rows;
+      const dead = agents.find((a) => !isRunning(a));
+      if (dead) throw new KilnError('KILN_SERVICE_FAILED', `the agent ${dead.instanceId} exited; the end of ${dead.log}:\n${await logTail(dead.log)}`);
+      return undefined;
+    },
+    timeoutMs,
+    intervalMs: 100,
+    timeoutError: () => {
       const missing = agents.filter((a) => !rows.get(a.instanceId)?.connected).map((a) => a.instanceId);
-      throw new KilnError('KILN_AGENT_UNREACHABLE', `${missing.join(', ')} did not connect to ${api.agentsUrl} within ${timeoutMs / 1000} s; see ${missing.map((m) => agents.find((a) => a.instanceId === m)!.log).join(', ')}`);
-    }
-    await sleep(100);
-  }
+      return new KilnError('KILN_AGENT_UNREACHABLE', `${missing.join(', ')} did not connect to ${api.agentsUrl} within ${timeoutMs / 1000} s; see ${missing.map((m) => agents.find((a) => a.instanceId === m)!.log).join(', ')}`);
+    },
+  });
 }
 
 async function agentConfig(a: { instanceId: string; root: string; port: number }, shared: Omit<AgentConfigInput, 'instanceId' | 'port'>, ca: string | undefined): Promise<AgentConfigInput> {

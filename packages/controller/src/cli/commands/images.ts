@@ -1,5 +1,4 @@
-import { setTimeout as sleep } from 'node:timers/promises';
-import { KilnError, formatTable } from '@kiln/shared';
+import { KilnError, formatTable, pollUntil } from '@kiln/shared';
 import { openApi } from '../api-client.js';
 import type { BakeRecord } from '../../bakes/bakes.js';
 import { API_OPTIONS, JSON_OPTION, type CommandDef } from '../cli-command.js';
@@ -36,13 +35,19 @@ export const bakeCommand: CommandDef = {
     progress.phase(`bake ${bake.id}: ${app} ${version} from ${baseImage}`);
     const started = Date.now();
     let shown = 0;
-    for (;;) {
-      for (; shown < bake.phases.length; shown++) progress.phase(`  ${bake.phases[shown]!.name.padEnd(10)} ${(bake.phases[shown]!.ms / 1000).toFixed(1).padStart(6)} s`);
-      progress.status(`baking… ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      if (bake.state !== 'running') break;
-      await sleep(250);
-      bake = (await api.get<{ bake: BakeRecord }>(`/v1/bakes/${bake.id}`)).bake;
-    }
+    let asked = false;
+    // No deadline here: the controller ends a bake past its own timeouts.
+    bake = await pollUntil({
+      check: async () => {
+        if (asked) bake = (await api.get<{ bake: BakeRecord }>(`/v1/bakes/${bake.id}`)).bake;
+        asked = true;
+        for (; shown < bake.phases.length; shown++) progress.phase(`  ${bake.phases[shown]!.name.padEnd(10)} ${(bake.phases[shown]!.ms / 1000).toFixed(1).padStart(6)} s`);
+        progress.status(`baking… ${((Date.now() - started) / 1000).toFixed(1)} s`);
+        return bake.state !== 'running' && bake;
+      },
+      timeoutMs: Infinity,
+      intervalMs: 250,
+    });
     progress.done();
     if (ctx.json) printJson(ctx, bake);
     if (bake.state === 'succeeded') {

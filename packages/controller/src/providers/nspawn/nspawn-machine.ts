@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, rmdir } from 'node:fs/promises';
 import path from 'node:path';
-import { acquireLock, isAlive, isKilnError, KilnError, type Lock, type Logger } from '@kiln/shared';
+import { acquireLock, isAlive, isKilnError, isPollTimeout, KilnError, pollUntil, type Lock, type Logger } from '@kiln/shared';
 import { cgroupsPopulated, createMachineCgroups, machineCgroupDirs, removeMachineCgroups } from './machine-cgroup.js';
 import { machineCommand, START_FAILURES, type MachineBind, type MachineLayout } from './nspawn-command.js';
 import { execInMachine, type MachineExecOptions, type MachineExecResult } from './nspawn-exec.js';
@@ -58,8 +58,6 @@ export interface Machine {
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9-]{0,62}$/;
 const CONSOLE_KEEP = 16 * 1024;
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Boots `image` with its own systemd (systemd-nspawn --boot) over an overlay whose upper layer is
@@ -124,8 +122,10 @@ export async function bootMachine(opts: BootMachineOptions): Promise<Machine> {
       // After the start script's unshare is reaped its pid namespace is gone, but a nspawn that was
       // killed may still be a zombie of init: what matters is that nothing is left in the cgroups.
       void (async () => {
-        const until = Date.now() + 5_000;
-        while ((await cgroupsPopulated(cgroups)) && Date.now() < until) await sleep(20);
+        // Up to 5 s for them to empty; what is left then is removed (or warned about) all the same.
+        await pollUntil({ check: async () => !(await cgroupsPopulated(cgroups)), timeoutMs: 5_000, intervalMs: 20 }).catch((err) => {
+          if (!isPollTimeout(err)) throw err;
+        });
         if (!(await removeMachineCgroups(cgroups))) log.warn({ cgroups }, 'machine cgroups still hold processes');
         // systemd-nspawn removes this itself unless it was killed.
         await rmdir(`/run/systemd/nspawn/propagate/${name}`).catch(() => undefined);
@@ -156,33 +156,30 @@ export async function bootMachine(opts: BootMachineOptions): Promise<Machine> {
   };
 
   const deadline = started + opts.bootTimeoutMs;
+  // Each wait of the boot ends the machine when it exits, or when the boot deadline passes.
+  const booting = <T>(check: () => T | undefined | Promise<T | undefined>, intervalMs: number) =>
+    pollUntil({
+      check: () => (done ? failBoot('KILN_MACHINE_FAILED', 'systemd-nspawn exited during boot') : check()),
+      timeoutMs: deadline - Date.now(),
+      intervalMs,
+      timeoutError: () => failBoot('KILN_BOOT_TIMEOUT', `did not boot within ${opts.bootTimeoutMs} ms`),
+    });
   try {
     // setpriv → unshare (waits) → its child in the new pid namespace (sh, then systemd-nspawn) → systemd
-    while (!pid1) {
-      if (done) return await failBoot('KILN_MACHINE_FAILED', 'systemd-nspawn exited during boot');
-      if (Date.now() > deadline) return await failBoot('KILN_BOOT_TIMEOUT', `did not boot within ${opts.bootTimeoutMs} ms`);
+    pid1 = await booting(() => {
       nspawnPid = childPids(child.pid!).find((p) => processName(p) === 'systemd-nspawn') ?? 0;
-      if (nspawnPid) pid1 = childPids(nspawnPid).find((p) => processName(p) === 'systemd') ?? 0;
-      if (!pid1) await sleep(10);
-    }
+      return nspawnPid ? childPids(nspawnPid).find((p) => processName(p) === 'systemd') : undefined;
+    }, 10);
     const root = `/proc/${pid1}/root`;
-    for (;;) {
-      if (done) return await failBoot('KILN_MACHINE_FAILED', 'systemd-nspawn exited during boot');
-      const left = deadline - Date.now();
-      if (left <= 0) return await failBoot('KILN_BOOT_TIMEOUT', `did not boot within ${opts.bootTimeoutMs} ms`);
-      if (!existsSync(`${root}/run/systemd/private`)) {
-        await sleep(10);
-        continue;
-      }
-      const r = await execInMachine({ nsenter: tools.nsenter, pid1, machine: name, argv: ['systemctl', 'is-system-running', '--wait'], timeoutMs: left }).catch(() => null);
+    await booting(() => existsSync(`${root}/run/systemd/private`) || undefined, 10);
+    const state = await booting(async () => {
+      const argv = ['systemctl', 'is-system-running', '--wait'];
+      const r = await execInMachine({ nsenter: tools.nsenter, pid1, machine: name, argv, timeoutMs: Math.max(1, deadline - Date.now()) }).catch(() => null);
       const state = r?.stdout.trim();
-      if (state === 'running' || state === 'degraded') {
-        if (state === 'degraded') log.warn('machine booted degraded (a unit failed)');
-        break;
-      }
-      if (state === 'maintenance' || state === 'stopping' || state === 'offline') return await failBoot('KILN_MACHINE_FAILED', `booted into state ${state}`);
-      await sleep(20);
-    }
+      if (state === 'maintenance' || state === 'stopping' || state === 'offline') return failBoot('KILN_MACHINE_FAILED', `booted into state ${state}`);
+      return state === 'running' || state === 'degraded' ? state : undefined;
+    }, 20);
+    if (state === 'degraded') log.warn('machine booted degraded (a unit failed)');
   } catch (err) {
     killAll();
     await exited.catch(() => null);
@@ -224,16 +221,19 @@ export async function bootMachine(opts: BootMachineOptions): Promise<Machine> {
     async waitUnitActive(unit, timeoutMs) {
       const until = Date.now() + timeoutMs;
       let state = '';
-      for (;;) {
-        const r = await exec(['systemctl', 'is-active', unit], { timeoutMs: Math.max(1_000, until - Date.now()) });
-        state = r.stdout.trim();
-        if (state === 'active') return;
-        if (Date.now() > until) break;
-        await sleep(50);
-      }
-      const status = await exec(['systemctl', 'status', '--no-pager', '-n', '5', unit]).catch(() => null);
-      throw new KilnError('KILN_MACHINE_TIMEOUT', `unit ${unit} in machine ${name} is ${state || 'unknown'}, not active, after ${timeoutMs} ms\n${status?.stdout.trim() ?? ''}`, {
-        details: { machine: name, unit, state },
+      await pollUntil({
+        check: async () => {
+          state = (await exec(['systemctl', 'is-active', unit], { timeoutMs: Math.max(1_000, until - Date.now()) })).stdout.trim();
+          return state === 'active';
+        },
+        timeoutMs,
+        intervalMs: 50,
+        timeoutError: async () => {
+          const status = await exec(['systemctl', 'status', '--no-pager', '-n', '5', unit]).catch(() => null);
+          return new KilnError('KILN_MACHINE_TIMEOUT', `unit ${unit} in machine ${name} is ${state || 'unknown'}, not active, after ${timeoutMs} ms\n${status?.stdout.trim() ?? ''}`, {
+            details: { machine: name, unit, state },
+          });
+        },
       });
     },
     async kill() {

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
-import { acquireLock, isKilnError, KilnError, type Lock, type Logger } from '@kiln/shared';
+import { acquireLock, isKilnError, KilnError, pollUntil, type Lock, type Logger } from '@kiln/shared';
 import { hostDebianMirror } from './debian-mirror.js';
 import { mountsUnder } from './mount-table.js';
 import { checkNspawnHost } from './nspawn-host.js';
@@ -61,15 +61,19 @@ function isBuilt(dir: string): boolean {
 
 /** Takes the build lock, waiting while another live process holds it. */
 async function waitForLock(file: string, waitMs: number): Promise<Lock> {
-  const deadline = Date.now() + waitMs;
-  for (;;) {
-    try {
-      return await acquireLock(file, 'building the base root filesystem');
-    } catch (err) {
-      if (!isKilnError(err, 'KILN_BUSY') || Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
+  let busy: KilnError | undefined;
+  return pollUntil({
+    check: () =>
+      acquireLock(file, 'building the base root filesystem').catch((err) => {
+        if (!isKilnError(err, 'KILN_BUSY')) throw err;
+        busy = err;
+        return undefined;
+      }),
+    timeoutMs: waitMs,
+    intervalMs: 500,
+    // past the wait, the holder's KILN_BUSY (it names the pid) is the answer
+    timeoutError: () => busy!,
+  });
 }
 
 /**
