@@ -62,7 +62,9 @@ const BUILDER_CHECK_MS = 2_000;
 async function builderStops(provider: Provider, builder: string, tags: Tags, signal: AbortSignal): Promise<WaitOutcome> {
   let strikes = 0;
   while (!signal.aborted) {
-    await sleep(BUILDER_CHECK_MS, undefined, { signal, ref: false }).catch(() => undefined);
+    await sleep(BUILDER_CHECK_MS, undefined, { signal, ref: false }).catch((err: unknown) => {
+      if ((err as Error).name !== 'AbortError') throw err; // aborted: the loop ends
+    });
     const seen = await provider.describeInstances(tags).then((list) => ({ inst: list.find((i) => i.id === builder) }), () => undefined);
     if (signal.aborted || !seen) continue; // a failed describe says nothing
     const { inst } = seen;

@@ -1,6 +1,6 @@
 import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { peekJsonFile, readJsonFile, writeFileAtomic } from '@kiln/shared';
+import { ifMissing, peekJsonFile, readJsonFile, writeFileAtomic } from '@kiln/shared';
 import { z } from 'zod';
 import { AgentProcess, agentConfigFile } from '../providers/process/agent-process.js';
 
@@ -19,7 +19,7 @@ const recordFile = (home: string, fleet: string) => path.join(agentsHome(home), 
 export const readLocalAgents = (home: string, fleet: string) => readJsonFile(recordFile(home, fleet), LocalAgents, { code: 'KILN_STATE_INVALID' });
 
 export async function listLocalAgents(home: string): Promise<LocalAgents[]> {
-  const names = (await readdir(agentsHome(home)).catch(() => [] as string[])).filter((n) => n.endsWith('.json')).sort();
+  const names = (await ifMissing(readdir(agentsHome(home)), [])).filter((n) => n.endsWith('.json')).sort();
   const all = await Promise.all(names.map((n) => readLocalAgents(home, n.slice(0, -'.json'.length))));
   return all.filter((r): r is LocalAgents => !!r);
 }
@@ -38,6 +38,6 @@ export const previousPort = async (root: string): Promise<number | undefined> =>
 
 /** The last lines of an agent's log, for an error that says why it died. */
 export async function logTail(file: string, lines = 5): Promise<string> {
-  const text = await readFile(file, 'utf8').catch(() => '');
+  const text = await ifMissing(readFile(file, 'utf8'), '');
   return text.trimEnd().split('\n').slice(-lines).join('\n');
 }

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { writeFileAtomic, type Logger } from '@kiln/shared';
+import { ifKilnError, ifMissing, writeFileAtomic, type Logger } from '@kiln/shared';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.js';
 import { startLocalController, type KeyState, type LocalController } from './local-controller.js';
 import { defaultKeyDir, localControllerFile, localS3File, readLocalController, type LocalController as LocalControllerFile } from './local-files.js';
@@ -37,7 +37,8 @@ export async function startLocalStack(o: {
   tls?: { certFile: string; keyFile: string };
   onKeys?: (k: KeyState) => void;
 }): Promise<LocalStack> {
-  const previous = await readLocalController(o.home).catch(() => undefined);
+  // A controller.json that does not parse is replaced, with a new operator token.
+  const previous = await ifKilnError(readLocalController(o.home), ['KILN_CONFIG_INVALID'], undefined);
   const operatorToken = previous?.operatorToken ?? `kfo_${randomBytes(24).toString('base64url')}`;
   const s3 = await startEmbeddedS3({ directory: o.dataDir, bucket: o.bucket, port: o.s3Port });
   const s3File = localS3File(o.home);
@@ -84,7 +85,7 @@ export async function startLocalStack(o: {
  */
 async function agentSecret(home: string): Promise<Buffer> {
   const file = path.join(home, 'agent-secret');
-  const have = await readFile(file, 'utf8').catch(() => undefined);
+  const have = await ifMissing(readFile(file, 'utf8'), undefined);
   if (have && /^[0-9a-f]{64}$/.test(have.trim())) return Buffer.from(have.trim(), 'hex');
   const secret = randomBytes(32);
   await writeFileAtomic(file, secret.toString('hex') + '\n', 0o600);

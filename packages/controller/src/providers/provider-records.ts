@@ -1,6 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, pollUntil, readJsonFile, writeFileAtomic } from '@kiln/shared';
+import { KilnError, ifMissing, pollUntil, readJsonFile, writeFileAtomic } from '@kiln/shared';
 import { z } from 'zod';
 import type { ImageInfo, InstanceInfo, Provider, Tags, WaitOptions } from './provider.js';
 
@@ -62,7 +62,7 @@ export const writeRecord = (dir: string, name: string, rec: unknown) => writeFil
 
 /** Every record under `dir` whose directory name matches `idPattern`, in name order. */
 export async function listRecords<T>(dir: string, idPattern: RegExp, read: (id: string) => Promise<T | undefined>): Promise<T[]> {
-  const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => idPattern.test(n)).sort();
+  const names = (await ifMissing(readdir(dir), [])).filter((n) => idPattern.test(n)).sort();
   return (await Promise.all(names.map(read))).filter((r): r is Awaited<T> & T => r !== undefined);
 }
 

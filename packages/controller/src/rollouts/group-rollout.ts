@@ -161,7 +161,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     const e = asKilnError(err);
     log.error({ err: e, phase }, 'group rollout failed: removing what it launched');
     await c.provider.terminate(launched).catch((err) => log.error({ err }, 'cannot terminate the launched instances'));
-    if (newGroup) await c.fleets.update(r.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== newGroup) })).catch(() => undefined);
+    if (newGroup) await c.fleets.update(r.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== newGroup) })).catch((err) => log.error({ err, group: newGroup }, 'cannot remove the failed group from the fleet'));
     if (r.previous && r.kind !== 'rollback') await c.movePointer(r.app, r.channel, r.previous).catch((err) => log.error({ err }, 'cannot restore the channel pointer'));
     Object.assign(end, { state: 'failed', verdict: `failed in phase ${phase}: ${e.message}; the live group stays live`, error: { code: e.code, message: e.message } });
   }

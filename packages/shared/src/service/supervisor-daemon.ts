@@ -118,10 +118,12 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
     status.childStart = null;
   };
 
+  // Stopping goes on whatever the service file says: without one that reads, the default timeout.
   const stopTimeout = () => {
     try {
       return ServiceFile.parse(JSON.parse(readFileSync(files.service, 'utf8'))).spec.stopTimeoutMs;
-    } catch {
+    } catch (err) {
+      if (!hasErrno(err, 'ENOENT')) log.warn({ err, file: files.service }, 'cannot read the stop timeout: using 10 s');
       return 10_000;
     }
   };

@@ -77,9 +77,11 @@ export const demoCommand: CommandDef = {
 
       out(ctx, `\nwall time per strategy (fleet of 3, process provider):\n${formatTable(['STRATEGY', 'WHAT', 'SECONDS'], times.map(([s, w, ms]) => [s, w, (ms / 1000).toFixed(1)]))}`);
     } finally {
-      const left = await provider.describeInstances({}).catch(() => []);
-      await provider.terminate(left.map((i) => i.id)).catch(() => undefined);
-      await stack.close().catch(() => undefined);
+      // Whatever happened above stands; a cleanup that fails is logged.
+      const failed = (what: string) => (err: unknown) => void ctx.log.warn({ err }, `demo cleanup: cannot ${what}`);
+      const left = await provider.describeInstances({}).catch((err: unknown) => (failed('list the instances')(err), []));
+      await provider.terminate(left.map((i) => i.id)).catch(failed('terminate the instances'));
+      await stack.close().catch(failed('stop the controller and S3'));
       if (!flags.keep) await rm(work, { recursive: true, force: true });
     }
     out(ctx, `\nstopped ${'every instance'}, the controller and S3${flags.keep ? `; kept ${work}` : ', removed the work dir'}; done in ${((Date.now() - started) / 1000).toFixed(1)} s`);

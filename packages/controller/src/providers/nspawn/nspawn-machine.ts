@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, rmdir } from 'node:fs/promises';
 import path from 'node:path';
-import { acquireLock, isAlive, isKilnError, isPollTimeout, KilnError, pollUntil, type Lock, type Logger } from '@kiln/shared';
+import { acquireLock, hasErrno, ifMissing, isAlive, isKilnError, isPollTimeout, KilnError, pollUntil, type Lock, type Logger } from '@kiln/shared';
 import { cgroupsPopulated, createMachineCgroups, machineCgroupDirs, removeMachineCgroups } from './machine-cgroup.js';
 import { machineCommand, START_FAILURES, type MachineBind, type MachineLayout } from './nspawn-command.js';
 import { execInMachine, type MachineExecOptions, type MachineExecResult } from './nspawn-exec.js';
@@ -128,28 +128,32 @@ export async function bootMachine(opts: BootMachineOptions): Promise<Machine> {
         });
         if (!(await removeMachineCgroups(cgroups))) log.warn({ cgroups }, 'machine cgroups still hold processes');
         // systemd-nspawn removes this itself unless it was killed.
-        await rmdir(`/run/systemd/nspawn/propagate/${name}`).catch(() => undefined);
+        await ifMissing(rmdir(`/run/systemd/nspawn/propagate/${name}`), undefined);
         await layerLock.release();
         log.debug({ code, signal }, 'machine stopped');
         resolve({ code, signal });
       })();
     });
   });
-  exited.catch(() => undefined);
+  // The exit, or null when systemd-nspawn could not start: that failure is the boot's, thrown with its own code.
+  const exitOf = exited.catch((err: unknown) => {
+    log.debug({ err }, 'systemd-nspawn could not start');
+    return null;
+  });
 
   const killAll = () => {
     for (const p of [pid1, nspawnPid, child.pid ?? 0]) {
       if (!p) continue;
       try {
         process.kill(p, 'SIGKILL');
-      } catch {
-        // gone already
+      } catch (err) {
+        if (!hasErrno(err, 'ESRCH')) throw err; // else gone already
       }
     }
   };
   const failBoot = async (code: 'KILN_BOOT_TIMEOUT' | 'KILN_MACHINE_FAILED', message: string): Promise<never> => {
     killAll();
-    const exit = await exited.catch(() => null);
+    const exit = await exitOf;
     const why = exit?.code != null ? START_FAILURES[exit.code] : undefined;
     const tail = consoleText.trim().split('\n').slice(-10).join('\n');
     throw new KilnError(code, `machine ${name}: ${why ?? message}${tail ? `\n${tail}` : ''}`, { details: { name, exit } });
@@ -182,7 +186,7 @@ export async function bootMachine(opts: BootMachineOptions): Promise<Machine> {
     if (state === 'degraded') log.warn('machine booted degraded (a unit failed)');
   } catch (err) {
     killAll();
-    await exited.catch(() => null);
+    await exitOf;
     throw err;
   }
   log.debug({ ms: Date.now() - started, pid: nspawnPid, pid1 }, 'machine running');
@@ -229,7 +233,8 @@ export async function bootMachine(opts: BootMachineOptions): Promise<Machine> {
         timeoutMs,
         intervalMs: 50,
         timeoutError: async () => {
-          const status = await exec(['systemctl', 'status', '--no-pager', '-n', '5', unit]).catch(() => null);
+          // The status only adds detail to the timeout: without it the timeout still says what it knows.
+          const status = await exec(['systemctl', 'status', '--no-pager', '-n', '5', unit]).catch((err: unknown) => void log.debug({ err, unit }, 'cannot read the unit status'));
           return new KilnError('KILN_MACHINE_TIMEOUT', `unit ${unit} in machine ${name} is ${state || 'unknown'}, not active, after ${timeoutMs} ms\n${status?.stdout.trim() ?? ''}`, {
             details: { machine: name, unit, state },
           });

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
-import { acquireLock, isKilnError, KilnError, pollUntil, type Lock, type Logger } from '@kiln/shared';
+import { acquireLock, ifMissing, isKilnError, KilnError, pollUntil, type Lock, type Logger } from '@kiln/shared';
 import { hostDebianMirror } from './debian-mirror.js';
 import { mountsUnder } from './mount-table.js';
 import { checkNspawnHost } from './nspawn-host.js';
@@ -94,7 +94,7 @@ async function prepare(root: string): Promise<void> {
     await symlink('/dev/null', path.join(units, unit));
   }
   // Drop the enablement links of what is masked, so systemd does not warn about them at boot.
-  for (const wants of await readdir(units).catch(() => [])) {
+  for (const wants of await ifMissing(readdir(units), [])) {
     if (!wants.endsWith('.wants')) continue;
     for (const link of await readdir(path.join(units, wants))) {
       if (MASKED_UNITS.includes(link) || /^getty@/.test(link)) await rm(path.join(units, wants, link), { force: true });
