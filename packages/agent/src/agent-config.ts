@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { InstanceId, KilnError, S3Location, formatZodError, isValidName, parsePublicKey, readJsonFile, type PublicKey } from '@kiln/shared';
+import { AppName, ChannelName, InstanceId, KilnError, S3Location, formatZodError, parsePublicKey, readJsonFile, type PublicKey } from '@kiln/shared';
 import { z } from 'zod';
 
 const ms = (min: number, max: number, dflt: number) => z.number().int().min(min).max(max).default(dflt);
@@ -9,8 +9,8 @@ const ms = (min: number, max: number, dflt: number) => z.number().int().min(min)
 export const AgentConfig = z.strictObject({
   instanceId: InstanceId,
   imageId: InstanceId,
-  app: z.string().refine((v) => isValidName('app', v), 'invalid app name'),
-  channel: z.string().refine((v) => isValidName('channel', v), 'invalid channel name'),
+  app: AppName,
+  channel: ChannelName,
   s3: S3Location,
   /** absent: the agent runs from the channel pointer alone (boot + polling) */
   controller: z

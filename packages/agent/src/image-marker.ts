@@ -1,14 +1,14 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, isValidName, readJsonFile, writeFileAtomic, type ReleaseRef } from '@kiln/shared';
+import { AppName, KilnError, ReleaseRef, readJsonFile, writeFileAtomic } from '@kiln/shared';
 import { z } from 'zod';
 
 /** `/etc/kiln/image.json`: written when an image is baked, read by every instance launched from it. */
 export const ImageMarker = z.strictObject({
   schema: z.literal(1),
-  app: z.string().refine((v) => isValidName('app', v), 'invalid app name'),
+  app: AppName,
   /** the release baked into the image */
-  release: z.strictObject({ version: z.string().refine((v) => isValidName('version', v), 'invalid version name'), seq: z.number().int().min(1), manifestSha256: z.string().regex(/^[0-9a-f]{64}$/) }).nullable(),
+  release: ReleaseRef.nullable(),
   bakedAt: z.string(),
 });
 export type ImageMarker = z.infer<typeof ImageMarker>;

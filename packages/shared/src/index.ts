@@ -10,14 +10,14 @@ export { currentVersion, installedRelease, isComplete, loadState, pruneReleases,
 export { emptyState, type InstalledRelease, InstallState, Journal, JournalStep, Operation, readJournal, readState, Via, writeJournal, writeState } from './install/install-state.js';
 export { asKilnError, describeCode, ifKilnError, isKilnError, KilnError } from './errors/kiln-error.js';
 export { createLogger, type Logger, type LoggerOptions } from './system/logger.js';
-export { checkName, isValidName, type NameKind } from './release/names.js';
+export { AppName, ChannelName, checkName, isValidName, type NameKind, VersionName } from './release/names.js';
 export { isAlive, isSameProcess, processStart } from './system/process-alive.js';
 export { createProcessSupervisor, type ProcessSupervisorOptions } from './service/process-supervisor.js';
 export { findPointer, listReleases, type PromoteOptions, promoteRelease, readPointer, type ReleaseSummary, showRelease } from './release/release-catalog.js';
 export { packRelease } from './release/release-pack.js';
 export { highestSeq, type PublishOptions, publishRelease, type PublishResult, readAppSpec } from './release/release-publish.js';
 export { fetchPointer, type InstallTarget, readLocalManifest, targetName, type VerifiedManifest, type VerifiedPointer, verifyManifest } from './release/release-resolve.js';
-export { AppSpec, ChannelPointer, FileEntry, HealthSpec, Manifest, ServiceSpec, SignatureFile } from './release/release-schema.js';
+export { AppSpec, ChannelPointer, FileEntry, HealthSpec, Manifest, ReleaseRef, ServiceSpec, Sha256, SignatureFile } from './release/release-schema.js';
 export { createReleaseStore, type ReleaseStore, type SignedObject } from './release/release-store.js';
 export { createS3Client, type S3ClientOptions, S3Location } from './s3/s3-client.js';
 export { s3Error, TRANSIENT_S3_CODES } from './s3/s3-errors.js';
@@ -27,7 +27,7 @@ export { type ServiceManager, type ServiceStatus } from './service/service-manag
 export { generateReleaseKeyPair, keyIdOf, loadPrivateKey, loadPublicKeys, parsePrivateKey, parsePublicKey, type PrivateKey, type PublicKey, sha256Hex, signBytes, verifyBytes } from './release/signing.js';
 export { readServiceFile, readSupervisorStatus, ServiceFile, supervisorPaths, SupervisorStatus } from './service/supervisor-files.js';
 export { formatBytes, formatTable, parseDuration } from './system/text-table.js';
-export { AgentReport, CommandAction, CommandOutcome, CommandResult, frame, InstanceId, MAX_FRAME_BYTES, MAX_INLINE_MANIFEST, Message, type MessageOf, type Outgoing, parseFrame, PROTOCOL_VERSION, type ReleaseRef, TreeCheck } from './protocol/agent-protocol.js';
+export { AgentReport, CommandAction, CommandOutcome, CommandResult, frame, InstanceId, MAX_FRAME_BYTES, MAX_INLINE_MANIFEST, Message, type MessageOf, type Outgoing, parseFrame, PROTOCOL_VERSION, TreeCheck } from './protocol/agent-protocol.js';
 export { createSystemdService, type Systemctl, type SystemdServiceOptions } from './service/systemd-service.js';
 export { appUnitName, type AppUnitOptions, renderAppUnit, unitEnvironment, unitWord } from './service/systemd-unit.js';
 export { createDocStore, type DocStore } from './s3/doc-store.js';

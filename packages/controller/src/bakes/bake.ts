@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { KilnError, asKilnError, promoteRelease, sha256Hex, showRelease, type Logger, type PrivateKey, type PublicKey, type ReleaseStore, TRANSIENT_S3_CODES } from '@kiln/shared';
-import type { ReleaseRef } from '../fleets/fleet-model.js';
+import { KilnError, asKilnError, promoteRelease, sha256Hex, showRelease, type Logger, type PrivateKey, type PublicKey, type ReleaseRef, type ReleaseStore, TRANSIENT_S3_CODES } from '@kiln/shared';
 import { TAG, type BootData, type ImageInfo, type Provider, type Tags } from '../providers/provider.js';
 import type { RolloutWaiter, WaitOutcome } from '../fleets/rollout-wait.js';
 

@@ -1,13 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { KilnError, asKilnError, type DocStore, type Logger, type ReleaseStore } from '@kiln/shared';
+import { AppName, KilnError, VersionName, asKilnError, type DocStore, type Logger, type ReleaseStore } from '@kiln/shared';
 import { z } from 'zod';
 import { baseImageOf, reapBakes, type BakeResult } from './bake.js';
-import { appName, versionName } from '../fleets/fleet-model.js';
 import { TAG, type Provider } from '../providers/provider.js';
 
 export const BakeCreate = z.strictObject({
-  app: appName,
-  version: versionName,
+  app: AppName,
+  version: VersionName,
   baseImage: z.string().min(1).max(256),
   regions: z.array(z.string().regex(/^[a-z0-9-]{2,32}$/, 'a region name')).max(20).default([]),
 });

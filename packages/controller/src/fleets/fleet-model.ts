@@ -1,14 +1,7 @@
-import { KilnError, formatZodError, isValidName } from '@kiln/shared';
+import { AppName, ChannelName, KilnError, ReleaseRef, Sha256, VersionName, formatZodError } from '@kiln/shared';
 import { z } from 'zod';
 
 export const fleetName = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lower-case letters, digits and -, at most 63');
-export const appName = z.string().refine((v) => isValidName('app', v), 'invalid app name');
-const channelName = z.string().refine((v) => isValidName('channel', v), 'invalid channel name');
-export const versionName = z.string().refine((v) => isValidName('version', v), 'invalid version name');
-const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
-
-export const ReleaseRef = z.strictObject({ version: versionName, seq: z.number().int().min(1), manifestSha256: sha256 });
-export type ReleaseRef = z.infer<typeof ReleaseRef>;
 
 /** Instances launched together from one image (`web-v003`): the unit bake and relaunch replace. */
 export const Group = z.strictObject({
@@ -26,8 +19,8 @@ export type Group = z.infer<typeof Group>;
 /** A fleet: the instances of one app following one channel. Kept in the bucket; its agent credential only as a digest. */
 export const Fleet = z.strictObject({
   name: fleetName,
-  app: appName,
-  channel: channelName,
+  app: AppName,
+  channel: ChannelName,
   provider: z.enum(['none', 'process', 'nspawn', 'ec2']),
   image: z.string().max(256).nullable(),
   size: z.number().int().min(0).max(100_000),
@@ -35,7 +28,7 @@ export const Fleet = z.strictObject({
   desired: ReleaseRef.nullable(),
   /** earlier desired releases, newest last: `kiln rollback FLEET` goes to the one before `desired` */
   history: z.array(ReleaseRef.extend({ at: z.string() })).max(50),
-  agentCredentialSha256: sha256,
+  agentCredentialSha256: Sha256,
   /** with the controller's agent secret, derives the agent credential its launches give instances */
   credentialSalt: z.string().max(64).optional(),
   /** ec2: the ELBv2 target group a live group is registered in (with connection draining when it retires) */
@@ -50,8 +43,8 @@ export type Fleet = z.infer<typeof Fleet>;
 
 export const FleetCreate = z.strictObject({
   name: fleetName,
-  app: appName,
-  channel: channelName.default('stable'),
+  app: AppName,
+  channel: ChannelName.default('stable'),
   provider: z.enum(['none', 'process', 'nspawn', 'ec2']).default('none'),
   image: z.string().max(256).nullable().default(null),
   size: z.number().int().min(0).max(100_000).default(0),
@@ -70,7 +63,7 @@ export type BatchSpec = z.infer<typeof BatchSpec>;
 
 export const DeploymentCreate = z.strictObject({
   fleet: fleetName,
-  version: versionName,
+  version: VersionName,
   strategy: Strategy.default('hotfix'),
   batch: BatchSpec.default({ percent: 25 }),
   maxFailures: z.number().int().min(0).default(0),
@@ -85,8 +78,8 @@ export const InstanceStep = z.enum(['pending', 'sent', 'healthy', 'failed', 'rol
 export const Deployment = z.strictObject({
   id: z.string(),
   fleet: fleetName,
-  app: appName,
-  channel: channelName,
+  app: AppName,
+  channel: ChannelName,
   strategy: Strategy,
   /** `deploy`; `rollback` (the previous good release, or the standby group brought back); `heal` (drifted instances replaced) */
   kind: z.enum(['deploy', 'rollback', 'heal']),

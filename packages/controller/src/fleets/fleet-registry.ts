@@ -1,6 +1,6 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { KilnError, sha256Hex, type DocStore, type Logger } from '@kiln/shared';
-import { Fleet, FleetCreate, type ReleaseRef } from './fleet-model.js';
+import { KilnError, sha256Hex, type DocStore, type Logger, type ReleaseRef } from '@kiln/shared';
+import { Fleet, FleetCreate } from './fleet-model.js';
 import type { z } from 'zod';
 
 export interface FleetRegistry {

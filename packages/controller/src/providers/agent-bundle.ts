@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Message, Plugin } from 'esbuild';
-import { KilnError, checkName, createDocStore, s3Objects, writeFileAtomic, type Logger } from '@kiln/shared';
+import { KilnError, Sha256, checkName, createDocStore, s3Objects, writeFileAtomic, type Logger } from '@kiln/shared';
 import { z } from 'zod';
 
 /** What `kiln agent bundle` writes: the agent as one executable file, and its systemd unit beside it. */
@@ -134,8 +134,8 @@ export const PublishedAgentRecord = z.object({
   /** object keys, with the prefix */
   key: z.string(),
   unitKey: z.string(),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
-  unitSha256: z.string().regex(/^[0-9a-f]{64}$/),
+  sha256: Sha256,
+  unitSha256: Sha256,
   bytes: z.number().int().nonnegative(),
   publishedAt: z.string(),
 });

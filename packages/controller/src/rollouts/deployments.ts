@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { KilnError, findPointer, promoteRelease, showRelease, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseStore } from '@kiln/shared';
+import { KilnError, findPointer, promoteRelease, showRelease, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseRef, type ReleaseStore } from '@kiln/shared';
 import type { AgentHub } from '../fleets/agent-hub.js';
-import { Deployment, type DeploymentCreate, type ReleaseRef } from '../fleets/fleet-model.js';
+import { Deployment, type DeploymentCreate } from '../fleets/fleet-model.js';
 import type { FleetRegistry } from '../fleets/fleet-registry.js';
 import { reapBakes } from '../bakes/bake.js';
 import { runGroupRollout, type GroupRolloutContext } from './group-rollout.js';

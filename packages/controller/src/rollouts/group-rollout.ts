@@ -1,7 +1,7 @@
-import { KilnError, TRANSIENT_S3_CODES, asKilnError, type Logger } from '@kiln/shared';
+import { KilnError, TRANSIENT_S3_CODES, asKilnError, type Logger, type ReleaseRef } from '@kiln/shared';
 import type { AgentHub, HubInstance } from '../fleets/agent-hub.js';
 import type { BakeResult } from '../bakes/bake.js';
-import type { Deployment, Fleet, Group, ReleaseRef } from '../fleets/fleet-model.js';
+import type { Deployment, Fleet, Group } from '../fleets/fleet-model.js';
 import type { FleetRegistry } from '../fleets/fleet-registry.js';
 import { fleetRows } from '../fleets/fleet-view.js';
 import { TAG, type BootData, type Provider } from '../providers/provider.js';

@@ -1,6 +1,6 @@
-import { CommandAction, MAX_INLINE_MANIFEST, asKilnError, type Logger, type SignedObject } from '@kiln/shared';
+import { CommandAction, MAX_INLINE_MANIFEST, asKilnError, type Logger, type ReleaseRef, type SignedObject } from '@kiln/shared';
 import type { AgentHub } from '../fleets/agent-hub.js';
-import type { BatchSpec, Deployment, ReleaseRef } from '../fleets/fleet-model.js';
+import type { BatchSpec, Deployment } from '../fleets/fleet-model.js';
 import type { RolloutWaiter } from '../fleets/rollout-wait.js';
 
 export interface RolloutContext {

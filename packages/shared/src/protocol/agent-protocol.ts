@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { Via } from '../install/install-state.js';
 import { KilnError } from '../errors/kiln-error.js';
-import { isValidName } from '../release/names.js';
+import { AppName, ChannelName, VersionName } from '../release/names.js';
+import { ReleaseRef, Sha256 } from '../release/release-schema.js';
 import { formatZodError } from '../errors/format-zod-error.js';
 
 /** Bumped on any change a peer of the previous version would misread; every frame carries it as `v`. */
@@ -9,8 +10,6 @@ export const PROTOCOL_VERSION = 1;
 /** A frame past this is refused with KILN_FRAME_TOO_LARGE (the socket itself closes past 4×). */
 export const MAX_FRAME_BYTES = 1024 * 1024;
 
-const name = (kind: 'app' | 'version' | 'channel') => z.string().refine((v) => isValidName(kind, v), `invalid ${kind} name`);
-const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
 /** Manifests up to this size (bytes) travel in install commands; larger ones are fetched from the bucket. */
 export const MAX_INLINE_MANIFEST = 64 * 1024;
 const base64 = (maxBytes: number) => z.string().max(Math.ceil(maxBytes / 3) * 4).regex(/^[A-Za-z0-9+/]*={0,2}$/, 'base64');
@@ -33,16 +32,13 @@ export const TreeCheck = z.strictObject({
 });
 export type TreeCheck = z.infer<typeof TreeCheck>;
 
-const ReleaseRef = z.strictObject({ version: name('version'), seq: z.number().int().min(1), manifestSha256: sha256 });
-export type ReleaseRef = z.infer<typeof ReleaseRef>;
-
 export const CommandOutcome = z.enum(['installed', 'unchanged', 'rolled-back', 'failed', 'interrupted', 'reported']);
 export type CommandOutcome = z.infer<typeof CommandOutcome>;
 
 export const CommandResult = z.strictObject({
   commandId: id,
   outcome: CommandOutcome,
-  version: name('version').optional(),
+  version: VersionName.optional(),
   error: ErrorInfo.optional(),
   finishedAt: time,
 });
@@ -52,15 +48,15 @@ export type CommandResult = z.infer<typeof CommandResult>;
 export const AgentReport = z.strictObject({
   instanceId: id,
   imageId: id,
-  app: name('app'),
-  channel: name('channel'),
+  app: AppName,
+  channel: ChannelName,
   agentVersion: z.string().max(64),
   /** the release the image was baked with, from the image marker */
   image: ReleaseRef.nullable(),
-  installed: ReleaseRef.extend({ artifactSha256: sha256, via: Via, installedAt: time }).nullable(),
+  installed: ReleaseRef.extend({ artifactSha256: Sha256, via: Via, installedAt: time }).nullable(),
   service: z.strictObject({ active: z.boolean() }),
   tree: TreeCheck,
-  operation: z.strictObject({ commandId: id.optional(), op: z.enum(['install', 'rollback']), version: name('version'), step: z.string().max(32), startedAt: time }).nullable(),
+  operation: z.strictObject({ commandId: id.optional(), op: z.enum(['install', 'rollback']), version: VersionName, step: z.string().max(32), startedAt: time }).nullable(),
   lastError: ErrorInfo.extend({ at: time }).nullable(),
   /** how many commands wait behind the running one */
   queued: z.number().int().min(0),
@@ -71,14 +67,14 @@ export type AgentReport = z.infer<typeof AgentReport>;
 export const CommandAction = z.discriminatedUnion('kind', [
   z.strictObject({
     kind: z.literal('install'),
-    version: name('version'),
+    version: VersionName,
     seq: z.number().int().min(1),
-    manifestSha256: sha256,
+    manifestSha256: Sha256,
     /** the signed manifest (base64 of manifest.json and of its .sig), verified like a downloaded one: the agent skips two GETs */
     manifest: z.strictObject({ bytes: base64(MAX_INLINE_MANIFEST), sig: base64(4096) }).optional(),
   }),
   /** back to the previous release on disk, or to an explicit older one */
-  z.strictObject({ kind: z.literal('rollback'), version: name('version').optional(), manifestSha256: sha256.optional() }),
+  z.strictObject({ kind: z.literal('rollback'), version: VersionName.optional(), manifestSha256: Sha256.optional() }),
   z.strictObject({ kind: z.literal('report') }),
 ]);
 export type CommandAction = z.infer<typeof CommandAction>;
@@ -91,7 +87,7 @@ export const Message = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('hello'), v, report: AgentReport, results: z.array(CommandResult).max(50) }),
   z.strictObject({ type: z.literal('report'), v, report: AgentReport }),
   /** controller → agent */
-  z.strictObject({ type: z.literal('command'), v, id, instanceId: id, app: name('app'), action: CommandAction }),
+  z.strictObject({ type: z.literal('command'), v, id, instanceId: id, app: AppName, action: CommandAction }),
   /** agent → controller: a command was accepted (queued or started) or reached an install step */
   z.strictObject({ type: z.literal('progress'), v, commandId: id, stage: z.string().max(32), bytes: z.number().int().min(0).optional(), total: z.number().int().min(0).optional() }),
   z.strictObject({ type: z.literal('result'), v, result: CommandResult }),

@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import { KilnError } from '../errors/kiln-error.js';
 
 // Names become S3 keys and directory names: a strict pattern before they touch any path.
@@ -21,3 +22,9 @@ export function checkName(kind: NameKind, value: string): string {
   }
   return value;
 }
+
+// The same rules as schema pieces, for every message and record that carries a name.
+const nameOf = (kind: NameKind) => z.string().refine((v) => isValidName(kind, v), `invalid ${kind} name`);
+export const AppName = nameOf('app');
+export const ChannelName = nameOf('channel');
+export const VersionName = nameOf('version');

@@ -1,10 +1,13 @@
 import { z } from 'zod';
-import { isValidName } from './names.js';
+import { AppName, ChannelName, VersionName } from './names.js';
 
-const appName = z.string().refine((v) => isValidName('app', v), 'invalid app name');
-const channelName = z.string().refine((v) => isValidName('channel', v), 'invalid channel name');
-const versionName = z.string().refine((v) => isValidName('version', v), 'invalid version name');
-const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
+/** A sha256 digest as kiln writes it everywhere: 64 lower-case hex digits. */
+export const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
+
+/** A release as fleets, agents and images name it: its version, its seq and its manifest's digest. */
+export const ReleaseRef = z.strictObject({ version: VersionName, seq: z.number().int().min(1), manifestSha256: Sha256 });
+export type ReleaseRef = z.infer<typeof ReleaseRef>;
+
 const relPath = z.string().min(1).max(4096);
 
 export const ServiceSpec = z.strictObject({
@@ -46,7 +49,7 @@ export const AppSpec = z.strictObject({
 export type AppSpec = z.infer<typeof AppSpec>;
 
 export const FileEntry = z.discriminatedUnion('type', [
-  z.strictObject({ path: relPath, type: z.literal('file'), size: z.number().int().min(0), sha256, mode: z.number().int().min(0).max(0o777) }),
+  z.strictObject({ path: relPath, type: z.literal('file'), size: z.number().int().min(0), sha256: Sha256, mode: z.number().int().min(0).max(0o777) }),
   z.strictObject({ path: relPath, type: z.literal('dir'), mode: z.number().int().min(0).max(0o777) }),
   z.strictObject({ path: relPath, type: z.literal('symlink'), target: z.string().min(1).max(4096) }),
 ]);
@@ -54,12 +57,12 @@ export type FileEntry = z.infer<typeof FileEntry>;
 
 export const Manifest = z.strictObject({
   schema: z.literal(1),
-  app: appName,
-  version: versionName,
+  app: AppName,
+  version: VersionName,
   /** grows strictly per app with every published release */
   seq: z.number().int().min(1),
   createdAt: z.string(),
-  artifact: z.strictObject({ key: z.string().min(1), sha256, size: z.number().int().min(1) }),
+  artifact: z.strictObject({ key: z.string().min(1), sha256: Sha256, size: z.number().int().min(1) }),
   /** sum of file sizes */
   unpackedSize: z.number().int().min(0),
   /** each path once: an install keys the list by path, so a second entry would silently win over the first */
@@ -78,12 +81,12 @@ export type Manifest = z.infer<typeof Manifest>;
 
 export const ChannelPointer = z.strictObject({
   schema: z.literal(1),
-  app: appName,
-  channel: channelName,
-  version: versionName,
+  app: AppName,
+  channel: ChannelName,
+  version: VersionName,
   /** grows strictly per app and channel with every promote; an older pointer is a replay */
   seq: z.number().int().min(1),
-  manifestSha256: sha256,
+  manifestSha256: Sha256,
   createdAt: z.string(),
   expires: z.string(),
 });

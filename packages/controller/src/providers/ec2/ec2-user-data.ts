@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { KilnError } from '@kiln/shared';
+import { KilnError, Sha256 } from '@kiln/shared';
 import type { BootData } from '../provider.js';
 
 /** EC2 refuses user data over 16 KiB, counted before base64. */
@@ -78,7 +78,7 @@ export function renderUserData(boot: BootData, opts: UserDataOptions = {}): stri
 }
 
 function bundleLines(bundle: NonNullable<BootData['agentBundle']>, unit: string): string[] {
-  if (!/^[0-9a-f]{64}$/.test(bundle.sha256)) {
+  if (!Sha256.safeParse(bundle.sha256).success) {
     throw new KilnError('KILN_PROVIDER_FAILED', `the agent bundle sha256 is not 64 lower-case hex digits: ${JSON.stringify(bundle.sha256)}`);
   }
   if (unit.split('\n').includes(UNIT_EOF)) throw new Error(`the agent unit contains the heredoc delimiter ${UNIT_EOF}`);

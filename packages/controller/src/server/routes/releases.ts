@@ -1,10 +1,10 @@
-import { isValidName, listReleases, showRelease, type PublicKey, type ReleaseStore } from '@kiln/shared';
+import { AppName, VersionName, listReleases, showRelease, type PublicKey, type ReleaseStore } from '@kiln/shared';
 import type { FastifyPluginAsync } from 'fastify';
 import { z } from 'zod';
 import { parseInput } from '../../fleets/fleet-model.js';
 
-const App = z.strictObject({ app: z.string().refine((v) => isValidName('app', v), 'invalid app name') });
-const AppVersion = App.extend({ version: z.string().refine((v) => isValidName('version', v), 'invalid version name') });
+const App = z.strictObject({ app: AppName });
+const AppVersion = App.extend({ version: VersionName });
 
 export const releaseRoutes: FastifyPluginAsync<{ store: ReleaseStore; keys: PublicKey[] }> = async (app, { store, keys }) => {
   app.get('/v1/releases/:app', async (req) => ({ releases: await listReleases(store, parseInput(App, req.params, 'the app').app, keys) }));
