@@ -66,8 +66,10 @@ export function runCommand(file: string, args: readonly string[], opts: RunComma
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr, timedOut });
     });
-    // A child that exits without reading its input must not crash us with EPIPE.
-    child.stdin.on('error', () => undefined);
+    // A child that exits without reading its input must not crash us with EPIPE: its exit says what happened.
+    child.stdin.on('error', (err) => {
+      if (!hasErrno(err, 'EPIPE', 'ECONNRESET')) reject(err);
+    });
     child.stdin.end(opts.input ?? '');
   });
 }
