@@ -9,7 +9,7 @@ import { CREDENTIAL, startFakeController, until, type FakeController } from '../
 import { freePort, makeKeys, pushApp, quietLog, tempDir } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url));
+const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const AGENT_UNIT = path.join(REPO, 'packages/agent/units/kiln-agent.service');
 const problem = nspawnHostProblem();
 const INSTANCE = 'm-systemd-1';
