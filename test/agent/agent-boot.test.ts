@@ -9,28 +9,26 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sealImage } from '@kiln/agent';
-import { AgentReport, InstallState, appLayout, createLogger, createProcessSupervisor, promoteRelease, readJournal, type Logger, type Via } from '@kiln/shared';
-import { makeAgent, startFakeController, until, writeAgentConfig, type TestAgent } from '../helpers/agent.js';
+import { AgentReport, InstallState, appLayout, createLogger, createProcessSupervisor, promoteRelease, readJournal, type Logger, type ReleaseRef, type Via } from '@kiln/shared';
+import { installAction, makeAgent, startFakeController, until, writeAgentConfig, type TestAgent } from '../helpers/agent.js';
 import { finished, kilnAgent, startKilnAgent, type CliResult } from '../helpers/cli.js';
 import { startFaultProxy, startSilentServer } from '../helpers/fault-proxy.js';
-import { freePort, leftovers, makeKeys, pushApp, quietLog, tempDir } from '../helpers/release.js';
+import { freePort, leftovers, makeKeys, pushReleases, quietLog, tempDir } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 const keys = makeKeys();
 const cleanups: Array<() => Promise<unknown>> = [];
-let seq1: number;
-let seq2: number;
-let sha2: string;
+let v1: ReleaseRef;
+let v2: ReleaseRef;
 /** short periods so that retries and polls show within a test */
 const FAST = { backoffCapMs: 300, pollIntervalMs: 1_000 };
 
 beforeAll(async () => {
   s3 = await startS3();
-  seq1 = (await pushApp({ store: s3.store, keys, version: '1.0.0' })).manifest.seq;
-  const r2 = await pushApp({ store: s3.store, keys, version: '2.0.0' });
-  seq2 = r2.manifest.seq;
-  sha2 = r2.manifestSha256;
+  // on no channel: each case promotes to a channel of its own
+  const rel = await pushReleases({ store: s3.store, keys }, ['1.0.0', '2.0.0']);
+  [v1, v2] = [rel['1.0.0']!, rel['2.0.0']!];
 });
 afterAll(() => s3.close());
 afterEach(async () => {
@@ -171,6 +169,7 @@ describe('agent boot: the bucket and the channel pointer', () => {
   it('S3 unreachable at boot: starts the installed release, retries within the backoff cap, converges once S3 is back', async () => {
     const host = await rebootedHost('down', '1.0.0');
     await promote('2.0.0', 'down');
+    // Known before anything listens there: S3 comes back on this very endpoint later in the case.
     const deadPort = await freePort();
     const a = await boot(host, { config: { s3: { ...s3.s3.location, endpoint: `http://127.0.0.1:${deadPort}` } } });
     // the release installed before the "reboot" serves while the channel cannot be read
@@ -371,8 +370,8 @@ describe('agent boot: relaunch and hotfix', () => {
     const a = await boot(host);
     await a.agent.idle();
     const r = await expectServing(a, '2.0.0', 'boot');
-    expect(r.image).toMatchObject({ version: '1.0.0', seq: seq1 });
-    expect(r.installed?.seq).toBe(seq2);
+    expect(r.image).toMatchObject({ version: '1.0.0', seq: v1.seq });
+    expect(r.installed?.seq).toBe(v2.seq);
   });
 
   it('a hotfixed instance keeps its hotfix when its agent restarts, though the accepted pointer names the older release', async () => {
@@ -381,7 +380,7 @@ describe('agent boot: relaunch and hotfix', () => {
     cleanups.push(() => ctl.close());
     const live = await boot(host, { controller: ctl });
     await live.agent.idle();
-    ctl.command(live.instanceId, 'hotfix-1', { kind: 'install', version: '2.0.0', seq: seq2, manifestSha256: sha2 });
+    ctl.command(live.instanceId, 'hotfix-1', installAction(v2));
     expect((await ctl.waitFor(live.instanceId, 'result')).result).toMatchObject({ outcome: 'installed', version: '2.0.0' });
     await live.stop();
 
@@ -408,7 +407,7 @@ describe('kiln-agent status and seal', () => {
       /^\s+web on channel status$/,
       new RegExp(`^instance\\s+${a.instanceId}$`),
       /^image\s+img-test, baked with none$/,
-      new RegExp(`^installed\\s+1\\.0\\.0 \\(seq ${seq1}\\) via boot at \\S+$`),
+      new RegExp(`^installed\\s+1\\.0\\.0 \\(seq ${v1.seq}\\) via boot at \\S+$`),
       /^service\s+running$/,
       /^tree\s+ok$/,
       /^last error\s+none$/,
@@ -435,7 +434,7 @@ describe('kiln-agent status and seal', () => {
     const sealed = await kilnAgent(['seal', '--root', host.root, '--json']);
     expect(sealed.code, sealed.stderr).toBe(0);
     const marker = JSON.parse(await readFile(path.join(host.root, 'etc/kiln/image.json'), 'utf8'));
-    expect(marker).toMatchObject({ schema: 1, app: 'web', release: { version: '1.0.0', seq: seq1 } });
+    expect(marker).toMatchObject({ schema: 1, app: 'web', release: { version: '1.0.0', seq: v1.seq } });
     expect(JSON.parse(sealed.stdout)).toEqual(marker);
     expect((await stateOf(host.root)).current).toMatchObject({ version: '1.0.0', via: 'baked' });
     // the per-instance files are gone from the image

@@ -3,6 +3,7 @@
 // that the agent goes on (it still answers a command afterwards).
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
 import { readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -19,10 +20,11 @@ import {
   readState,
   type Message,
   type MessageOf,
+  type ReleaseRef,
 } from '@kiln/shared';
-import { CREDENTIAL, makeAgent, servingOn, startFakeController, until, writeAgentConfig, type FakeController, type TestAgent } from '../helpers/agent.js';
+import { CREDENTIAL, agentPool, installAction, makeAgent, servingOn, startFakeController, until, writeAgentConfig, type FakeController, type TestAgent } from '../helpers/agent.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
-import { freePort, leftovers, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from '../helpers/release.js';
+import { freePort, leftovers, makeKeys, pushApp, pushReleases, quietLog, tempDir, gatedSpec } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 const AGENT_MAIN = fileURLToPath(new URL('../../packages/agent/dist/main.js', import.meta.url));
@@ -30,22 +32,19 @@ const AGENT_MAIN = fileURLToPath(new URL('../../packages/agent/dist/main.js', im
 let s3: S3Fixture;
 let ctl: FakeController;
 const keys = makeKeys();
-const agents: TestAgent[] = [];
-const rel: Record<string, { version: string; seq: number; manifestSha256: string }> = {};
+const agents = agentPool(() => ({ s3, keys, controller: ctl }));
+const booted = agents.booted;
+let rel: Record<string, ReleaseRef>;
 /** 3.0.0's health check passes only once this file exists: an install held at its health step for as long as a test wants */
 let gate: string;
 const openGate = () => writeFile(gate, '');
-const install = (version: string) => ({ kind: 'install', ...rel[version] });
+const install = (version: string) => installAction(rel[version]!);
 
 beforeAll(async () => {
   s3 = await startS3();
   ctl = await startFakeController();
   gate = path.join(await tempDir('kiln-test-gate-'), 'open');
-  const gated = gatedSpec(gate);
-  for (const [version, extra] of [['1.0.0', { channel: 'stable' }], ['2.0.0', {}], ['3.0.0', { kilnJson: gated }], ['4.0.0', {}]] as const) {
-    const r = await pushApp({ store: s3.store, keys, version, ...extra });
-    rel[version] = { version, seq: r.manifest.seq, manifestSha256: r.manifestSha256 };
-  }
+  rel = await pushReleases({ store: s3.store, keys }, { '1.0.0': { channel: 'stable' }, '2.0.0': {}, '3.0.0': { kilnJson: gatedSpec(gate) }, '4.0.0': {} });
 });
 afterAll(async () => {
   await ctl.close();
@@ -53,16 +52,8 @@ afterAll(async () => {
 });
 afterEach(async () => {
   await rm(gate, { force: true });
-  await Promise.all(agents.splice(0).map((a) => a.stop()));
+  await agents.stopAll();
 });
-
-async function booted(args: Partial<Parameters<typeof makeAgent>[0]> = {}): Promise<TestAgent> {
-  const a = await makeAgent({ s3, keys, controller: ctl, ...args });
-  agents.push(a);
-  await a.agent.start();
-  await a.agent.idle();
-  return a;
-}
 
 /** A predicate true only for frames recorded after this call. */
 function fresh(c: FakeController = ctl): (m: object) => boolean {
@@ -229,8 +220,7 @@ describe('agent live path: commands while an install runs', () => {
 
 describe('agent live path: the controller or the agent goes away', () => {
   it('the controller vanishes mid-command: the install finishes and the next hello reports it installed', async () => {
-    const port = await freePort();
-    const first = await startFakeController({ port });
+    const first = await startFakeController();
     const a = await booted({ controller: first });
     first.command(a.instanceId, 'gone-1', install('3.0.0'));
     await first.waitFor(a.instanceId, 'progress', (m) => m.commandId === 'gone-1' && m.stage === 'health');
@@ -239,7 +229,8 @@ describe('agent live path: the controller or the agent goes away', () => {
     await openGate();
     await until('the install commits', async () => (await readState(appLayout(a.root, 'web').state))?.current?.version === '3.0.0');
     await sleep(1_200); // a few failed attempts: the backoff climbs to its cap
-    const second = await startFakeController({ port });
+    // The agent's config names the first one's address: the controller comes back where it was.
+    const second = await startFakeController({ port: first.port });
     try {
       const back = Date.now();
       const hello = await second.waitFor(a.instanceId, 'hello', undefined, 5_000);
@@ -343,9 +334,9 @@ describe('agent live path: the signed manifest sent with an install command', ()
 describe('agent live path: heartbeat, polling, the log', () => {
   it('a controller that stops answering pings is dropped within a few heartbeat periods and reconnected', async () => {
     // ws answers pings by itself; this server answers them only while `answering`.
-    const port = await freePort();
-    const wss = new WebSocketServer({ host: '127.0.0.1', port, autoPong: false });
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, autoPong: false });
     await new Promise((resolve) => wss.once('listening', resolve));
+    const { port } = wss.address() as AddressInfo;
     let answering = true;
     const conns: Array<{ at: number; closedAt?: number; pings: number }> = [];
     wss.on('connection', (ws: WebSocket) => {
@@ -379,6 +370,7 @@ describe('agent live path: heartbeat, polling, the log', () => {
 
   it('with the controller unreachable the agent polls the channel and installs a newly promoted release', async () => {
     await promote('1.0.0', 'poll-away');
+    // A port nothing listens on: every connect is refused.
     const refusing = `ws://127.0.0.1:${await freePort()}/agents`;
     const a = await booted({ config: { channel: 'poll-away', pollIntervalMs: 1_000, controller: { url: refusing, credential: CREDENTIAL } } });
     await intact(a.root, a.port, '1.0.0');

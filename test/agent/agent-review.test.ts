@@ -1,6 +1,7 @@
 // Regression tests for agent bugs found in review: each test is named after the bug it pins.
 import { execFile, spawn } from 'node:child_process';
 import { createServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -8,30 +9,27 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { createAgent, sealImage } from '@kiln/agent';
-import { AgentReport, appLayout, createProcessSupervisor, type ServiceManager } from '@kiln/shared';
-import { CREDENTIAL, makeAgent, startFakeController, until, writeAgentConfig, type FakeController, type TestAgent } from '../helpers/agent.js';
-import { freePort, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from '../helpers/release.js';
+import { AgentReport, appLayout, createProcessSupervisor, type ReleaseRef, type ServiceManager } from '@kiln/shared';
+import { CREDENTIAL, agentPool, installAction, startFakeController, until, writeAgentConfig, type FakeController } from '../helpers/agent.js';
+import { makeKeys, pushReleases, quietLog, tempDir, gatedSpec } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 let ctl: FakeController;
 const keys = makeKeys();
-const agents: TestAgent[] = [];
-const rel: Record<string, { version: string; seq: number; manifestSha256: string }> = {};
+const agents = agentPool(() => ({ s3, keys, controller: ctl }));
+const booted = agents.booted;
+let rel: Record<string, ReleaseRef>;
 /** 3.0.0's health check passes only once this file exists: an install held at its health step */
 let gate: string;
 const openGate = () => writeFile(gate, '');
-const install = (version: string) => ({ kind: 'install', ...rel[version] });
+const install = (version: string) => installAction(rel[version]!);
 
 beforeAll(async () => {
   s3 = await startS3();
   ctl = await startFakeController();
   gate = path.join(await tempDir('kiln-test-gate-'), 'open');
-  const gated = gatedSpec(gate);
-  for (const [version, extra] of [['1.0.0', { channel: 'stable' }], ['3.0.0', { kilnJson: gated }], ['4.0.0', {}]] as const) {
-    const r = await pushApp({ store: s3.store, keys, version, ...extra });
-    rel[version] = { version, seq: r.manifest.seq, manifestSha256: r.manifestSha256 };
-  }
+  rel = await pushReleases({ store: s3.store, keys }, { '1.0.0': { channel: 'stable' }, '3.0.0': { kilnJson: gatedSpec(gate) }, '4.0.0': {} });
 });
 afterAll(async () => {
   await ctl.close();
@@ -39,16 +37,8 @@ afterAll(async () => {
 });
 afterEach(async () => {
   await rm(gate, { force: true });
-  await Promise.all(agents.splice(0).map((a) => a.stop()));
+  await agents.stopAll();
 });
-
-async function booted(args: Partial<Parameters<typeof makeAgent>[0]> = {}): Promise<TestAgent> {
-  const a = await makeAgent({ s3, keys, controller: ctl, ...args });
-  agents.push(a);
-  await a.agent.start();
-  await a.agent.idle();
-  return a;
-}
 
 async function resultOf(instanceId: string, commandId: string, c = ctl, timeoutMs?: number) {
   return (await c.waitFor(instanceId, 'result', (m) => m.result.commandId === commandId, timeoutMs)).result;
@@ -67,15 +57,13 @@ describe('agent review: commands are never lost', () => {
     const inbox = JSON.parse(await readFile(path.join(a.root, 'var/lib/kiln/agent/inbox.json'), 'utf8')) as Array<{ id: string }>;
     expect(inbox.map((c) => c.id)).toEqual(['stop-b']);
     // The same instance restarts: the waiting command runs.
-    const b = await makeAgent({ s3, keys, controller: ctl, root: a.root, instanceId: a.instanceId, config: { port: a.port } });
-    agents.push(b);
+    const b = await agents.make({ root: a.root, instanceId: a.instanceId, config: { port: a.port } });
     await b.agent.start();
     expect(await resultOf(a.instanceId, 'stop-b')).toMatchObject({ outcome: 'installed', version: '4.0.0' });
   });
 
   it('a command that failed before the install lock while the controller was away was missing from the next hello', async () => {
-    const port = await freePort();
-    const first = await startFakeController({ port });
+    const first = await startFakeController();
     const a = await booted({ controller: first });
     first.command(a.instanceId, 'away-a', install('3.0.0'));
     await first.waitFor(a.instanceId, 'progress', (m) => m.commandId === 'away-a' && m.stage === 'health');
@@ -86,7 +74,8 @@ describe('agent review: commands are never lost', () => {
     await until('the agent notices', () => !a.agent.connected, 5_000);
     await openGate();
     await a.agent.idle();
-    const second = await startFakeController({ port });
+    // The agent's config names the first one's address: the controller comes back where it was.
+    const second = await startFakeController({ port: first.port });
     try {
       const hello = await second.waitFor(a.instanceId, 'hello', undefined, 5_000);
       expect(hello.results).toContainEqual(expect.objectContaining({ commandId: 'away-a', outcome: 'installed' }));
@@ -160,8 +149,8 @@ describe('agent review: the connection', () => {
     const wss = new WebSocketServer({ server });
     const hellos: string[] = [];
     wss.on('connection', (ws: WebSocket) => ws.on('message', (data) => hellos.push(JSON.parse(data.toString()).type)));
-    const port = await freePort();
-    await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
     try {
       const root = await tempDir('kiln-test-agent-');
       await mkdir(path.join(root, 'etc/kiln/ssl'), { recursive: true });
@@ -176,9 +165,9 @@ describe('agent review: the connection', () => {
   });
 
   it('an invalid frame reset the reconnect backoff: a controller that answers garbage and hangs up was redialled every half second', async () => {
-    const port = await freePort();
-    const wss = new WebSocketServer({ host: '127.0.0.1', port });
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
     await new Promise((resolve) => wss.once('listening', resolve));
+    const { port } = wss.address() as AddressInfo;
     let connections = 0;
     wss.on('connection', (ws: WebSocket) => {
       connections++;

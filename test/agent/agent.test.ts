@@ -2,40 +2,33 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sealImage } from '@kiln/agent';
-import { appLayout, createReleaseStore, createS3Client, type MessageOf } from '@kiln/shared';
-import { makeAgent, startFakeController, until, type FakeController, type TestAgent } from '../helpers/agent.js';
+import { appLayout, createReleaseStore, createS3Client, type MessageOf, type ReleaseRef } from '@kiln/shared';
+import { agentPool, installAction, startFakeController, until, type FakeController } from '../helpers/agent.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
-import { makeKeys, pushApp, quietLog } from '../helpers/release.js';
+import { STANDARD_RELEASES, makeKeys, pushReleases, quietLog } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
 let ctl: FakeController;
 const keys = makeKeys();
-const agents: TestAgent[] = [];
-let v1: { manifestSha256: string; seq: number };
-let v2: { manifestSha256: string; seq: number };
+const agents = agentPool(() => ({ s3, keys, controller: ctl }));
+const agent = agents.make;
+let v1: ReleaseRef;
+let v2: ReleaseRef;
 
 beforeAll(async () => {
   s3 = await startS3();
   ctl = await startFakeController();
-  const r1 = await pushApp({ store: s3.store, keys, version: '1.0.0', channel: 'stable' });
-  const r2 = await pushApp({ store: s3.store, keys, version: '2.0.0' });
-  v1 = { manifestSha256: r1.manifestSha256, seq: r1.manifest.seq };
-  v2 = { manifestSha256: r2.manifestSha256, seq: r2.manifest.seq };
+  const rel = await pushReleases({ store: s3.store, keys }, STANDARD_RELEASES);
+  [v1, v2] = [rel['1.0.0']!, rel['2.0.0']!];
 });
 afterAll(async () => {
   await ctl.close();
   await s3.close();
 });
 afterEach(async () => {
-  await Promise.all(agents.splice(0).map((a) => a.stop()));
+  await agents.stopAll();
 });
-
-async function agent(args: Partial<Parameters<typeof makeAgent>[0]> = {}): Promise<TestAgent> {
-  const a = await makeAgent({ s3, keys, controller: ctl, ...args });
-  agents.push(a);
-  return a;
-}
 
 describe('agent: boot path', () => {
   it('installs the channel at boot with no controller, via boot, and serves it', async () => {
@@ -80,7 +73,7 @@ describe('agent: live path', () => {
     const hello = await ctl.waitFor(a.instanceId, 'hello');
     expect(hello.report.instanceId).toBe(a.instanceId);
     await a.agent.idle();
-    ctl.command(a.instanceId, 'cmd-1', { kind: 'install', version: '2.0.0', seq: v2.seq, manifestSha256: v2.manifestSha256 });
+    ctl.command(a.instanceId, 'cmd-1', installAction(v2));
     const result = await ctl.waitFor(a.instanceId, 'result', (m) => m.result.commandId === 'cmd-1');
     expect(result.result).toMatchObject({ outcome: 'installed', version: '2.0.0' });
     const stages = ctl.frames.filter((f) => f.instanceId === a.instanceId && 'type' in f.msg && f.msg.type === 'progress').map((f) => (f.msg as MessageOf<'progress'>).stage);
@@ -89,7 +82,7 @@ describe('agent: live path', () => {
     const report = await ctl.waitFor(a.instanceId, 'report', (m) => m.report.installed?.version === '2.0.0' && m.report.operation === null);
     expect(report.report.installed?.via).toBe('hotfix');
     // The same command id again is one install: the recorded result comes back.
-    ctl.command(a.instanceId, 'cmd-1', { kind: 'install', version: '2.0.0', seq: v2.seq, manifestSha256: v2.manifestSha256 });
+    ctl.command(a.instanceId, 'cmd-1', installAction(v2));
     await until('a second result', () => ctl.frames.filter((f) => f.instanceId === a.instanceId && 'type' in f.msg && f.msg.type === 'result').length === 2);
     const layout = appLayout(a.root, 'web');
     const state = JSON.parse(await readFile(layout.state, 'utf8'));

@@ -62,6 +62,7 @@ describe('a session against `kiln up`', () => {
 
   beforeAll(async () => {
     cwd = await tempDir('kiln-cli-');
+    // Picked before the app starts: `kiln host install --port` hands it to the app.
     port = await freePort();
     up = startKiln(['up'], { cwd });
     await outputHolds(up, 'press Ctrl-C');

@@ -8,12 +8,12 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { Deployment, buildServer } from '@kiln/controller';
-import { MAX_FRAME_BYTES, createDocStore, createLogger, createS3Client, readPointer, type AgentReport } from '@kiln/shared';
+import { Deployment } from '@kiln/controller';
+import { MAX_FRAME_BYTES, createDocStore, createLogger, createS3Client, readPointer, type AgentReport, type ReleaseRef } from '@kiln/shared';
 import { OPERATOR, startController, startFleet, type TestController } from '../helpers/controller.js';
 import { startControllerProcess } from '../helpers/controller-process.js';
 import { makeAgent, until, type TestAgent } from '../helpers/agent.js';
-import { freePort, makeKeys, pushApp, quietLog, tempDir, gatedSpec } from '../helpers/release.js';
+import { STANDARD_RELEASES, makeKeys, pushApp, pushReleases, tempDir, gatedSpec } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 const keys = makeKeys();
@@ -24,7 +24,7 @@ const lines: string[] = [];
 let web: { agents: TestAgent[]; credential: string };
 /** fleet "raw" (app web): raw WebSocket clients only, so no rollout of "web" counts them */
 let rawCredential: string;
-const rel: Record<string, { version: string; seq: number; manifestSha256: string }> = {};
+let rel: Record<string, ReleaseRef>;
 /** releases whose health check passes only once their gate file exists: a rollout held as long as a test wants */
 let gate: string;
 const cleanup: Array<() => unknown> = [];
@@ -32,10 +32,7 @@ const cleanup: Array<() => unknown> = [];
 beforeAll(async () => {
   s3 = await startS3();
   gate = path.join(await tempDir('kiln-test-gate-'), 'open');
-  for (const [version, extra] of [['1.0.0', { channel: 'stable' }], ['2.0.0', { kilnJson: gatedSpec(gate) }], ['3.0.0', {}]] as const) {
-    const r = await pushApp({ store: s3.store, keys, version, ...extra });
-    rel[version] = { version, seq: r.manifest.seq, manifestSha256: r.manifestSha256 };
-  }
+  rel = await pushReleases({ store: s3.store, keys }, { '1.0.0': { channel: 'stable' }, '2.0.0': { kilnJson: gatedSpec(gate) }, '3.0.0': {} });
   ctl = await startController({ s3, keys, log: createLogger({ level: 'trace', destination: { write: (l: string) => void lines.push(l) } }) });
   web = await startFleet({ s3, keys, ctl, count: 2 });
   rawCredential = (await ctl.api('POST', '/v1/fleets', { name: 'raw', app: 'web' })).body.agentCredential;
@@ -281,8 +278,7 @@ describe('a deployment that has finished', () => {
   it('regression: no longer holds its fleet busy while its last record write is still on the way', async () => {
     const s3f = await startS3();
     cleanup.push(() => s3f.close());
-    await pushApp({ store: s3f.store, keys, version: '1.0.0', channel: 'stable' });
-    for (const version of ['2.0.0', '3.0.0']) await pushApp({ store: s3f.store, keys, version });
+    await pushReleases({ store: s3f.store, keys }, { ...STANDARD_RELEASES, '3.0.0': {} });
     // a bucket slow to take deployment records: the verdict is in memory well before it is written
     const client = createS3Client(s3f.s3.location);
     client.middlewareStack.add(
@@ -406,10 +402,8 @@ describe('durability: a controller killed mid-rollout', () => {
     const dir = await tempDir('kiln-test-controller-');
     cleanup.push(() => rm(dir, { recursive: true, force: true }));
     const gateD = path.join(dir, 'open');
-    await pushApp({ store: s3d.store, keys, version: '1.0.0', channel: 'stable' });
-    await pushApp({ store: s3d.store, keys, version: '2.0.0', kilnJson: gatedSpec(gateD) });
-    const port = await freePort();
-    let proc = await startControllerProcess({ s3: s3d, keys, port, dir });
+    await pushReleases({ store: s3d.store, keys }, { ...STANDARD_RELEASES, '2.0.0': { kilnJson: gatedSpec(gateD) } });
+    let proc = await startControllerProcess({ s3: s3d, keys, dir });
     cleanup.push(() => proc.kill());
     const fleet = await startFleet({ s3: s3d, keys, ctl: proc, name: 'dur', count: 3 });
     cleanup.push(() => Promise.all(fleet.agents.map((a) => a.stop())));
@@ -423,7 +417,8 @@ describe('durability: a controller killed mid-rollout', () => {
     // dur-3, in the last batch, goes away while no controller runs
     await fleet.agents[2]!.stop();
     await until('the agents notice', () => !fleet.agents[0]!.agent.connected && !fleet.agents[1]!.agent.connected, 5_000);
-    proc = await startControllerProcess({ s3: s3d, keys, port, dir });
+    // The agents' config names the killed one's address: the new controller comes back where it was.
+    proc = await startControllerProcess({ s3: s3d, keys, port: proc.port, dir });
     expect((await proc.api('GET', `/v1/deployments/${created.id}`)).body.deployment).toMatchObject({ id: created.id, state: 'running', createdAt: created.createdAt });
     await until('dur-1 and dur-2 reconnect by themselves', async () => (await rows('dur', proc)).filter((r) => r.connected).length === 2, 10_000);
     await writeFile(gateD, '');
@@ -444,10 +439,8 @@ describe('durability: a controller killed mid-rollout', () => {
     cleanup.push(() => s3g.close());
     const gateG = path.join(await tempDir('kiln-test-gate-'), 'open');
     cleanup.push(() => rm(path.dirname(gateG), { recursive: true, force: true }));
-    await pushApp({ store: s3g.store, keys, version: '1.0.0', channel: 'stable' });
-    const r2 = await pushApp({ store: s3g.store, keys, version: '2.0.0', kilnJson: gatedSpec(gateG) });
-    const port = await freePort();
-    const first = await startController({ s3: s3g, keys, port });
+    const r2 = (await pushReleases({ store: s3g.store, keys }, { ...STANDARD_RELEASES, '2.0.0': { kilnJson: gatedSpec(gateG) } }))['2.0.0']!;
+    const first = await startController({ s3: s3g, keys });
     const fleet = await startFleet({ s3: s3g, keys, ctl: first, name: 'grace', count: 1 });
     cleanup.push(() => fleet.agents[0]!.stop());
     await until('grace-1 on 1.0.0', async () => (await rows('grace', first))[0]?.installed === '1.0.0');
@@ -463,7 +456,8 @@ describe('durability: a controller killed mid-rollout', () => {
     expect((await readPointer(s3g.store, 'web', 'stable', keys.keys)).manifestSha256).toBe(r2.manifestSha256);
 
     await writeFile(gateG, '');
-    const second = await startController({ s3: s3g, keys, port });
+    // The agent's config names the closed one's address: the next controller comes back where it was.
+    const second = await startController({ s3: s3g, keys, port: first.port });
     cleanup.push(() => second.close());
     const d = await finished(created.id, second);
     expect(d.state, d.verdict).toBe('succeeded');
@@ -498,14 +492,11 @@ describe('TLS', () => {
     const s3t = await startS3();
     cleanup.push(() => s3t.close());
     await pushApp({ store: s3t.store, keys, version: '1.0.0', channel: 'stable' });
-    const server = await buildServer({ log: quietLog(), s3: createS3Client(s3t.s3.location), bucket: s3t.s3.location.bucket, operatorTokens: [OPERATOR], signingKey: keys.key, trustedKeys: keys.keys, heartbeatMs: 1_000, https: { cert, key } });
-    await server.listen({ host: '127.0.0.1', port: 0 });
-    cleanup.push(() => server.close());
-    const { port } = server.server.address() as { port: number };
-    const api = httpsApi(`https://127.0.0.1:${port}`, cert);
+    const { port, url, agentsUrl, close } = await startController({ s3: s3t, keys, https: { cert, key } });
+    cleanup.push(close);
+    const api = httpsApi(url, cert);
     const created = await api('POST', '/v1/fleets', { name: 'tls', app: 'web' });
     expect(created.status).toBe(201);
-    const agentsUrl = `wss://127.0.0.1:${port}/v1/agents`;
     const a = await makeAgent({ s3: s3t, keys, instanceId: 'tls-1', config: { controller: { url: agentsUrl, credential: created.body.agentCredential, ca: '/etc/kiln/controller-ca.pem' } } });
     cleanup.push(() => a.stop());
     await writeFile(path.join(a.root, 'etc/kiln/controller-ca.pem'), cert);

@@ -2,7 +2,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startController, startFleet, type TestController } from '../helpers/controller.js';
 import { until, type TestAgent } from '../helpers/agent.js';
 import { promoteRelease, readPointer, signBytes } from '@kiln/shared';
-import { makeKeys, pushApp } from '../helpers/release.js';
+import { STANDARD_RELEASES, makeKeys, pushApp, pushReleases, unhealthySpec } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
@@ -12,9 +12,7 @@ const agents: TestAgent[] = [];
 
 beforeAll(async () => {
   s3 = await startS3();
-  await pushApp({ store: s3.store, keys, version: '1.0.0', channel: 'stable' });
-  await pushApp({ store: s3.store, keys, version: '2.0.0' });
-  await pushApp({ store: s3.store, keys, version: '3.0.0', kilnJson: { service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['false'], timeoutMs: 1500 } } });
+  await pushReleases({ store: s3.store, keys }, { ...STANDARD_RELEASES, '3.0.0': { kilnJson: unhealthySpec(1_500) } });
   ctl = await startController({ s3, keys });
 });
 afterAll(async () => {

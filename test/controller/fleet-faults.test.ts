@@ -10,7 +10,8 @@ import { createProcessProvider, type LaunchOptions, type LaunchSpec, type Provid
 import { KilnError, PROTOCOL_VERSION, createDocStore, createS3Client, readPointer, showRelease } from '@kiln/shared';
 import { startController, type TestController } from '../helpers/controller.js';
 import { makeAgent, until } from '../helpers/agent.js';
-import { makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
+import { FAST_LAUNCHED_AGENT } from '../helpers/fast-agent.js';
+import { gatedSpec, makeKeys, pushApp, pushReleases, quietLog, tempDir, unhealthySpec, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
@@ -18,7 +19,6 @@ let keys: Keys;
 let ctl: TestController;
 let real: Provider;
 let dir: string;
-let port: number;
 const agentSecret = randomBytes(32);
 /** calls of the provider that fail on demand, after doing their work (like a wait that gives up late) */
 const faults = { createImage: false, terminate: false };
@@ -41,17 +41,14 @@ function withFaults(p: Provider): Provider {
   };
 }
 
-const FAST_AGENT = { heartbeatMs: 500, backoffCapMs: 500, pollIntervalMs: 2_000 };
 const launchOptions = (): LaunchOptions => ({
   provider: withFaults(real),
   agentSecret,
   s3: s3.s3.location,
-  agentSettings: FAST_AGENT,
+  agentSettings: FAST_LAUNCHED_AGENT,
   bakeTimeouts: { launchMs: 15_000, installMs: 30_000, imageMs: 15_000 },
   launchTimeoutMs: 15_000,
 });
-/** A health check that passes while `gate` exists. */
-const gated = (gate: string, timeoutMs: number) => ({ service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['test', '-e', gate], timeoutMs, intervalMs: 50 } });
 
 beforeAll(async () => {
   s3 = await startS3();
@@ -59,10 +56,7 @@ beforeAll(async () => {
   dir = await tempDir('kiln-fleet-faults-');
   real = createProcessProvider({ dir, log: quietLog() });
   ctl = await startController({ s3, keys, launch: launchOptions() });
-  port = Number(new URL(ctl.url).port);
-  for (const v of ['1.0.0', '2.0.0']) await pushApp({ store: s3.store, keys, version: v });
-  // Its health check never passes.
-  await pushApp({ store: s3.store, keys, version: '3.0.0', kilnJson: { service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['false'], timeoutMs: 1_000, intervalMs: 100 } } });
+  await pushReleases({ store: s3.store, keys }, { '1.0.0': {}, '2.0.0': {}, '3.0.0': { kilnJson: unhealthySpec(1_000) } });
 }, 60_000);
 
 afterAll(async () => {
@@ -185,7 +179,7 @@ describe('fleet faults on the process provider', () => {
 
   it('a builder that crashes mid-install (its processes killed): KILN_BAKE_FAILED naming phase install as soon as the provider sees it stopped; reaped', async () => {
     // Slow to be healthy: the builder sits in its health check until it is killed.
-    await pushApp({ store: s3.store, keys, version: '6.0.0', kilnJson: gated(path.join(dir, 'gate-crash'), 60_000) });
+    await pushApp({ store: s3.store, keys, version: '6.0.0', kilnJson: gatedSpec(path.join(dir, 'gate-crash'), 60_000) });
     const { id } = await started('/v1/bakes', { app: 'web', version: '6.0.0', baseImage: 'img-base' });
     let builder = '';
     await until('the builder at its health check', async () => {
@@ -259,7 +253,7 @@ describe('fleet faults on the process provider', () => {
   it('--strategy bake whose new group fails its health gate: the group is removed, the old one stays live, the pointer goes back', async () => {
     const gate = path.join(dir, 'gate-4');
     await writeFile(gate, '');
-    await pushApp({ store: s3.store, keys, version: '4.0.0', kilnJson: gated(gate, 1_500) });
+    await pushApp({ store: s3.store, keys, version: '4.0.0', kilnJson: gatedSpec(gate, 1_500) });
     const before = await fleet();
     const run = await started('/v1/deployments', { fleet: 'web', version: '4.0.0', strategy: 'bake', healthTimeoutMs: 10_000 });
     // Healthy on the builder; not on the instances launched from its image.
@@ -279,7 +273,7 @@ describe('fleet faults on the process provider', () => {
   it('a controller stopped mid-relaunch and mid-bake, unable to reap: the next one marks them KILN_INTERRUPTED and reaps; the live group stays live', async () => {
     expect((await ctl.api('POST', '/v1/fleets', { name: 'edge', app: 'web', channel: 'edge', provider: 'process', size: 1 })).status).toBe(201);
     // Never healthy, but slow to say so: the health phase lasts until the controller is gone.
-    await pushApp({ store: s3.store, keys, version: '5.0.0', kilnJson: gated(path.join(dir, 'gate-never'), 6_000) });
+    await pushApp({ store: s3.store, keys, version: '5.0.0', kilnJson: gatedSpec(path.join(dir, 'gate-never'), 6_000) });
     const relaunch = await started('/v1/deployments', { fleet: 'web', version: '5.0.0', strategy: 'relaunch', healthTimeoutMs: 30_000 });
     const baking = await started('/v1/deployments', { fleet: 'edge', version: '5.0.0', strategy: 'bake', healthTimeoutMs: 30_000 });
     const standalone = await started('/v1/bakes', { app: 'web', version: '5.0.0', baseImage: 'img-base' });
@@ -298,7 +292,7 @@ describe('fleet faults on the process provider', () => {
     expect(await pointer()).toBe('2.0.0');
 
     // Same port: the agents find the new controller where the old one was. It reaps after it listens.
-    ctl = await startController({ s3, keys, port, launch: launchOptions() });
+    ctl = await startController({ s3, keys, port: ctl.port, launch: launchOptions() });
     for (const [kind, id] of [['bakes', standalone.id], ['deployments', baking.id], ['deployments', relaunch.id]] as const) {
       const rec = await finished(kind, id);
       expect([rec.state, rec.error?.code], JSON.stringify(rec)).toEqual(['failed', 'KILN_INTERRUPTED']);

@@ -6,7 +6,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, type Provider } from '@kiln/controller';
 import { startController, type TestController } from '../helpers/controller.js';
-import { makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
+import { FAST_LAUNCHED_AGENT } from '../helpers/fast-agent.js';
+import { makeKeys, pushApp, pushReleases, quietLog, tempDir, unhealthySpec, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 import { until } from '../helpers/agent.js';
 
@@ -16,8 +17,6 @@ let ctl: TestController;
 let provider: Provider;
 let dir: string;
 
-const FAST_AGENT = { heartbeatMs: 500, backoffCapMs: 500, pollIntervalMs: 2_000 };
-
 beforeAll(async () => {
   s3 = await startS3();
   keys = makeKeys();
@@ -26,9 +25,9 @@ beforeAll(async () => {
   ctl = await startController({
     s3,
     keys,
-    launch: { provider, agentSecret: randomBytes(32), s3: s3.s3.location, agentSettings: FAST_AGENT, bakeTimeouts: { launchMs: 20_000, installMs: 30_000, imageMs: 30_000 }, launchTimeoutMs: 20_000 },
+    launch: { provider, agentSecret: randomBytes(32), s3: s3.s3.location, agentSettings: FAST_LAUNCHED_AGENT, bakeTimeouts: { launchMs: 20_000, installMs: 30_000, imageMs: 30_000 }, launchTimeoutMs: 20_000 },
   });
-  for (const v of ['1.0.0', '2.0.0', '3.0.0']) await pushApp({ store: s3.store, keys, version: v });
+  await pushReleases({ store: s3.store, keys }, ['1.0.0', '2.0.0', '3.0.0']);
 }, 60_000);
 
 afterAll(async () => {
@@ -131,7 +130,7 @@ describe('fleet strategies on the process provider', () => {
 
   it('a new group that fails its health gate is removed; the live group stays live and the pointer goes back', async () => {
     // Its health check never passes: every agent swaps back to what it had and reports the failure.
-    await pushApp({ store: s3.store, keys, version: '4.0.0', kilnJson: { service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['false'], timeoutMs: 1_000, intervalMs: 100 } } });
+    await pushApp({ store: s3.store, keys, version: '4.0.0', kilnJson: unhealthySpec(1_000) });
     const rec = await deploy({ version: '4.0.0', strategy: 'relaunch', healthTimeoutMs: 8_000 });
     expect(rec.state).toBe('failed');
     expect(rec.error.code).toBe('KILN_GROUP_UNHEALTHY');

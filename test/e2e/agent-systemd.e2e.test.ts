@@ -4,9 +4,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMachineGroup, ensureBaseRootfs, kilnCacheDir, nspawnHostProblem, type Machine } from '@kiln/controller';
-import { AgentReport } from '@kiln/shared';
-import { CREDENTIAL, startFakeController, until, type FakeController } from '../helpers/agent.js';
-import { freePort, makeKeys, pushApp, quietLog, tempDir } from '../helpers/release.js';
+import { AgentReport, type ReleaseRef } from '@kiln/shared';
+import { CREDENTIAL, installAction, startFakeController, until, type FakeController } from '../helpers/agent.js';
+import { STANDARD_RELEASES, freePort, makeKeys, pushReleases, quietLog, tempDir } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
@@ -19,7 +19,7 @@ let s3: S3Fixture;
 let ctl: FakeController;
 let machine: Machine;
 let appPort: number;
-let v2: { manifestSha256: string; seq: number };
+let v2: ReleaseRef;
 const group = createMachineGroup();
 const keys = makeKeys();
 
@@ -75,10 +75,9 @@ describe.skipIf(!!problem)(`the agent under a real systemd (nspawn)${problem ? `
     const base = await ensureBaseRootfs({ cacheDir: kilnCacheDir(process.env.KILN_CACHE_DIR), log: quietLog() });
     s3 = await startS3();
     ctl = await startFakeController();
+    // Picked before the machine boots: its agent config tells the app this port (the machine shares the host's network).
     appPort = await freePort();
-    await pushApp({ store: s3.store, keys, version: '1.0.0', channel: 'stable' });
-    const r2 = await pushApp({ store: s3.store, keys, version: '2.0.0' });
-    v2 = { manifestSha256: r2.manifestSha256, seq: r2.manifest.seq };
+    v2 = (await pushReleases({ store: s3.store, keys }, STANDARD_RELEASES))['2.0.0']!;
     const upper = path.join(await tempDir('kiln-test-machine-'), 'upper');
     await prepareInstance(upper);
     machine = await group.boot({ image: base, upperDir: upper, name: 'kiln-agent-test', binds: [{ host: REPO, container: '/opt/kiln', readOnly: true }], log: quietLog(), bootTimeoutMs: 30_000 });
@@ -119,7 +118,7 @@ describe.skipIf(!!problem)(`the agent under a real systemd (nspawn)${problem ? `
   it('a hotfix from the controller restarts the app through systemctl', async () => {
     const before = await show('kiln-app-web.service', 'MainPID');
     await ctl.waitFor(INSTANCE, 'hello');
-    ctl.command(INSTANCE, 'hotfix-1', { kind: 'install', version: '2.0.0', seq: v2.seq, manifestSha256: v2.manifestSha256 });
+    ctl.command(INSTANCE, 'hotfix-1', installAction(v2));
     const result = await ctl.waitFor(INSTANCE, 'result', (m) => m.result.commandId === 'hotfix-1', 40_000);
     expect(result.result).toMatchObject({ outcome: 'installed', version: '2.0.0' });
     expect(await serving()).toContain('kiln-demo 2.0.0');

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isAlive } from '@kiln/shared';
 import { until, servingOn } from '../helpers/agent.js';
 import { kiln, outputHolds, startKiln, stopKiln, type CliResult } from '../helpers/cli.js';
-import { makeApp, tempDir } from '../helpers/release.js';
+import { gatedSpec, makeApp, tempDir, unhealthySpec } from '../helpers/release.js';
 
 const json = (r: CliResult) => {
   expect(r.code, r.stderr).toBe(0);
@@ -197,9 +197,8 @@ describe('the operator story against `kiln up`', { timeout: 90_000 }, () => {
   it('one deployment per fleet at a time; a cancelled or failed one ends the CLI with exit 1 and its code', async () => {
     // 3.0.0 turns healthy only once the test opens the gate: its deployment is held in batch 1 meanwhile.
     const gate = path.join(cwd, 'gate');
-    const service = { command: ['node', 'server.js'], port: 8080 };
-    const held = await makeApp('3.0.0', {}, { service, health: { type: 'command', command: ['test', '-e', gate], timeoutMs: 30_000, intervalMs: 50 } });
-    const failing = await makeApp('4.0.0', {}, { service, health: { type: 'command', command: ['false'], timeoutMs: 500 } });
+    const held = await makeApp('3.0.0', {}, gatedSpec(gate));
+    const failing = await makeApp('4.0.0', {}, unhealthySpec(500));
     expect((await k('release', 'push', held, '--app', 'web', '--version', '3.0.0')).code).toBe(0);
     expect((await k('release', 'push', failing, '--app', 'web', '--version', '4.0.0')).code).toBe(0);
 

@@ -2,7 +2,6 @@
 // up. The provider keeps its images and its instances' layers on a small filesystem of their own
 // (an ext4 image file on a loop device), so "disk full" is the real ENOSPC of a real filesystem.
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readlink, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -11,7 +10,7 @@ import { createNspawnProvider, findTool, kilnCacheDir, nspawnHostProblem, type N
 import { startController, type TestController } from '../helpers/controller.js';
 import { until } from '../helpers/agent.js';
 import { answers, nspawnLaunch, stopMachines } from '../helpers/nspawn.js';
-import { gatedSpec, makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
+import { gatedSpec, incompressible, makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 const problem = nspawnHostProblem() ?? (existsSync('/dev/loop-control') && findTool('mkfs.ext4') && findTool('mount') ? null : 'no loop devices or mkfs.ext4');
@@ -93,7 +92,7 @@ describe.skipIf(!!problem)(`faults on real machines (nspawn)${problem ? ` (skipp
     const machine = provider.machineOf(inst!.id)!;
     expect(await answers(inst!.address!)).toContain('kiln-demo 1.0.0');
 
-    await pushApp({ store: s3.store, keys, version: '4.0.0', extra: { 'data/blob.bin': randomBytes(40 * 1024 * 1024) } });
+    await pushApp({ store: s3.store, keys, version: '4.0.0', extra: incompressible(40) });
     // Fill the machine's layer (the loop filesystem) but for 8 MiB.
     const free = Number(execFileSync('df', ['--output=avail', '-B1', dir], { encoding: 'utf8' }).split('\n')[1]);
     const filled = await machine.exec(['fallocate', '-l', String(free - 8 * 1024 * 1024), '/var/tmp/filler']);

@@ -169,6 +169,7 @@ describe.skipIf(problem !== null)(`nspawn machines${problem ? ` (skipped: ${prob
 
   it('a unit serves HTTP on a host port and systemd restarts it after kill -9', async () => {
     const m = await boot('kiln-restart');
+    // Picked before the unit starts: its script listens on it, again after systemd restarts it (the machine shares the host's network).
     const port = await freePort();
     await installHello(m, port);
     expect(await waitFor('the app to answer', () => get(port).catch(() => undefined))).toBe('kiln-restart');
@@ -193,6 +194,7 @@ describe.skipIf(problem !== null)(`nspawn machines${problem ? ` (skipped: ${prob
     const hostCgroup = (m: Machine) => readFileSync(`/proc/${m.pid1}/cgroup`, 'utf8').split('\n').find((l) => l.startsWith('0::'));
     expect(hostCgroup(a!)).toBeTruthy();
     expect(hostCgroup(a!)).not.toBe(hostCgroup(b!));
+    // Picked before the units start: each one's script listens on its own (the machines share the host's network).
     const [pa, pb] = [await freePort(), await freePort()];
     await installHello(a!, pa);
     await installHello(b!, pb);

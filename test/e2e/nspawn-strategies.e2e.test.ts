@@ -1,7 +1,6 @@
 // Bake, hotfix, heal, relaunch and rollback on real machines: the nspawn provider boots Debian with
 // systemd as PID 1, the agent starts from its unit and runs the app as a systemd unit. A real
 // controller and real S3 (s3rver) listen on the host's 127.0.0.1, which the machines share.
-import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { readdir, readlink, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -11,7 +10,7 @@ import { isKilnError } from '@kiln/shared';
 import { startController, type TestController } from '../helpers/controller.js';
 import { until } from '../helpers/agent.js';
 import { answers, nspawnLaunch, stopMachines } from '../helpers/nspawn.js';
-import { gatedSpec, makeKeys, pushApp, quietLog, tempDir, type Keys } from '../helpers/release.js';
+import { gatedSpec, incompressible, makeKeys, pushApp, pushReleases, quietLog, tempDir, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 const problem = nspawnHostProblem();
@@ -93,7 +92,7 @@ describe.skipIf(!!problem)(`fleet strategies on real machines (nspawn)${problem 
     dir = await tempDir('kiln-nspawn-');
     provider = createNspawnProvider({ dir, log: quietLog(), cacheDir: kilnCacheDir(process.env.KILN_CACHE_DIR), bootTimeoutMs: 60_000 });
     ctl = await startController({ s3, keys, launch: nspawnLaunch(provider, s3) });
-    for (const v of ['1.0.0', '2.0.0', '3.0.0']) await pushApp({ store: s3.store, keys, version: v });
+    await pushReleases({ store: s3.store, keys }, ['1.0.0', '2.0.0', '3.0.0']);
     // The base image (cached Debian tree + the agent bundle); a first run also debootstraps the tree.
     baseImage = (await provider.defaultImage!()).id;
   }, 600_000);
@@ -199,7 +198,7 @@ describe.skipIf(!!problem)(`fleet strategies on real machines (nspawn)${problem 
   }, 90_000);
 
   it('power cut mid-install (the machine killed): after the next boot, current is a complete old or new release and serves', async () => {
-    const big = await pushApp({ store: s3.store, keys, version: '5.0.0', extra: { 'data/blob.bin': randomBytes(40 * 1024 * 1024) } });
+    const big = await pushApp({ store: s3.store, keys, version: '5.0.0', extra: incompressible(40) });
     const [inst] = await groupOf('web-v002');
     const id = inst!.id;
     const machine = provider.machineOf(id)!;

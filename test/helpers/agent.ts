@@ -2,8 +2,10 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import { createAgent, parseAgentConfig, type Agent, type AgentConfig, type AgentConfigInput, type AgentEvent } from '@kiln/agent';
-import { PROTOCOL_VERSION, appLayout, createProcessSupervisor, pollUntil, type Logger, type Message, type ReleaseStore } from '@kiln/shared';
+import { PROTOCOL_VERSION, appLayout, createProcessSupervisor, pollUntil, type Logger, type Message, type ReleaseRef, type ReleaseStore } from '@kiln/shared';
+import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
+import { FAST_AGENT } from './fast-agent.js';
 import { freePort, quietLog, tempDir, type Keys } from './release.js';
 import type { S3Fixture } from './s3.js';
 
@@ -12,6 +14,7 @@ export const CREDENTIAL = 'agent-credential-for-tests-0123456789';
 /** A stand-in for the controller's agent endpoint: a real WebSocket server that records every frame. */
 export interface FakeController {
   url: string;
+  port: number;
   frames: Array<{ instanceId: string; msg: Message | { raw: string } }>;
   sockets: Map<string, WebSocket>;
   /** sends a JSON value (protocol version added unless given) or raw text to an instance */
@@ -23,10 +26,11 @@ export interface FakeController {
   close(): Promise<void>;
 }
 
-export async function startFakeController(opts: { port?: number; ping?: boolean } = {}): Promise<FakeController> {
-  const port = opts.port ?? (await freePort());
-  const wss = new WebSocketServer({ host: '127.0.0.1', port, maxPayload: 8 * 1024 * 1024 });
+/** A fake controller on a port the kernel picks, or on `port` (where one that went away comes back). */
+export async function startFakeController(opts: { port?: number } = {}): Promise<FakeController> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: opts.port ?? 0, maxPayload: 8 * 1024 * 1024 });
   await new Promise<void>((resolve) => wss.once('listening', resolve));
+  const { port } = wss.address() as AddressInfo;
   const frames: FakeController['frames'] = [];
   const sockets = new Map<string, WebSocket>();
   wss.on('connection', (ws: WebSocket, req: IncomingMessage) => {
@@ -45,6 +49,7 @@ export async function startFakeController(opts: { port?: number; ping?: boolean 
   });
   const fc: FakeController = {
     url: `ws://127.0.0.1:${port}/agents`,
+    port,
     frames,
     sockets,
     send(instanceId, value) {
@@ -72,6 +77,9 @@ export async function startFakeController(opts: { port?: number; ping?: boolean 
   return fc;
 }
 
+/** The install action a controller sends for a published release. */
+export const installAction = (ref: ReleaseRef) => ({ kind: 'install', ...ref });
+
 export interface TestAgent {
   agent: Agent;
   root: string;
@@ -95,6 +103,7 @@ export interface AgentConfigArgs {
 export async function writeAgentConfig(args: AgentConfigArgs): Promise<{ root: string; instanceId: string; port: number; config: AgentConfig }> {
   const root = args.root ?? (await tempDir('kiln-test-agent-'));
   const instanceId = args.instanceId ?? `i-${path.basename(root).slice(-6)}`;
+  // Picked before the agent starts: the agent hands it to the app it starts (PORT), and tests dial it.
   const port = args.config?.port ?? (await freePort());
   const raw: AgentConfigInput = {
     instanceId,
@@ -104,8 +113,7 @@ export async function writeAgentConfig(args: AgentConfigArgs): Promise<{ root: s
     s3: args.s3.s3.location,
     keys: [args.keys.publicPem],
     port,
-    heartbeatMs: 500,
-    backoffCapMs: 1_000,
+    ...FAST_AGENT,
     ...(args.controller ? { controller: { url: args.controller.url, credential: CREDENTIAL } } : {}),
     ...args.config,
   };
@@ -114,15 +122,15 @@ export async function writeAgentConfig(args: AgentConfigArgs): Promise<{ root: s
   return { root, instanceId, port, config: parseAgentConfig(raw, 'test config') };
 }
 
+export type MakeAgentArgs = AgentConfigArgs & {
+  store?: ReleaseStore;
+  maxQueued?: number;
+  /** the agent's root logger (default: quiet) */
+  log?: Logger;
+};
+
 /** Writes an agent config and makes an agent on it with the process supervisor. */
-export async function makeAgent(
-  args: AgentConfigArgs & {
-    store?: ReleaseStore;
-    maxQueued?: number;
-    /** the agent's root logger (default: quiet) */
-    log?: Logger;
-  },
-): Promise<TestAgent> {
+export async function makeAgent(args: MakeAgentArgs): Promise<TestAgent> {
   const { root, instanceId, port, config } = await writeAgentConfig(args);
   const log = args.log ?? quietLog();
   const events: AgentEvent[] = [];
@@ -147,6 +155,37 @@ export async function makeAgent(
       await service.stop();
     },
   };
+}
+
+export interface AgentPool {
+  /** makes an agent on the file's defaults (`args` on top) and keeps it for stopAll */
+  make(args?: Partial<MakeAgentArgs>): Promise<TestAgent>;
+  /** the same, started and idle: its boot install done */
+  booted(args?: Partial<MakeAgentArgs>): Promise<TestAgent>;
+  /** stops every agent made so far (after each test) */
+  stopAll(): Promise<void>;
+}
+
+/** The agents of a test file, made on `defaults` (read when an agent is made: after beforeAll has set them). */
+export function agentPool(defaults: () => MakeAgentArgs): AgentPool {
+  const agents: TestAgent[] = [];
+  const pool: AgentPool = {
+    async make(args = {}) {
+      const a = await makeAgent({ ...defaults(), ...args });
+      agents.push(a);
+      return a;
+    },
+    async booted(args = {}) {
+      const a = await pool.make(args);
+      await a.agent.start();
+      await a.agent.idle();
+      return a;
+    },
+    async stopAll() {
+      await Promise.all(agents.splice(0).map((a) => a.stop()));
+    },
+  };
+  return pool;
 }
 
 /** What the app on `port` answers, or undefined when nothing serves there. */

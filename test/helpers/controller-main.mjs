@@ -1,5 +1,5 @@
 // A controller in a process of its own, for tests that kill it: `node controller-main.mjs OPTIONS.json`.
-// Prints "listening" once it serves.
+// Prints "listening PORT" once it serves (port 0 in the options: the kernel picks one).
 import { readFile } from 'node:fs/promises';
 import { buildServer } from '@kiln/controller';
 import { createLogger, createS3Client, parsePrivateKey, parsePublicKey } from '@kiln/shared';
@@ -15,4 +15,4 @@ const server = await buildServer({
   heartbeatMs: o.heartbeatMs,
 });
 await server.listen({ host: '127.0.0.1', port: o.port });
-process.stdout.write('listening\n');
+process.stdout.write(`listening ${server.server.address().port}\n`);

@@ -2,6 +2,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { buildServer, type KilnServer, type LaunchOptions } from '@kiln/controller';
 import { createS3Client, type Logger } from '@kiln/shared';
 import { makeAgent, type TestAgent } from './agent.js';
+import { FAST_CONTROLLER_HEARTBEAT_MS } from './fast-agent.js';
 import { quietLog, type Keys } from './release.js';
 import type { S3Fixture } from './s3.js';
 
@@ -10,6 +11,7 @@ export const OPERATOR = 'operator-token-for-tests-0123456789';
 export interface TestController {
   server: KilnServer;
   url: string;
+  port: number;
   /** ws:// URL of the agents' endpoint */
   agentsUrl: string;
   /** an operator API call; returns status and parsed body */
@@ -17,8 +19,20 @@ export interface TestController {
   close(): Promise<void>;
 }
 
-/** A real controller (buildServer) listening on 127.0.0.1, on the fixture's bucket. */
-export async function startController(args: { s3: S3Fixture; keys: Keys; log?: Logger; port?: number; heartbeatMs?: number; client?: S3Client; launch?: LaunchOptions }): Promise<TestController> {
+/**
+ * A real controller (buildServer) listening on 127.0.0.1, on the fixture's bucket: on a port the
+ * kernel picks, or on `port` (where one that went away comes back); over https when given a
+ * certificate (then `api` does not trust it: the test brings its own client).
+ */
+export async function startController(args: {
+  s3: S3Fixture;
+  keys: Keys;
+  log?: Logger;
+  port?: number;
+  client?: S3Client;
+  launch?: LaunchOptions;
+  https?: { cert: string; key: string };
+}): Promise<TestController> {
   const server = await buildServer({
     log: args.log ?? quietLog(),
     s3: args.client ?? createS3Client(args.s3.s3.location),
@@ -26,16 +40,18 @@ export async function startController(args: { s3: S3Fixture; keys: Keys; log?: L
     operatorTokens: [OPERATOR],
     signingKey: args.keys.key,
     trustedKeys: args.keys.keys,
-    heartbeatMs: args.heartbeatMs ?? 1_000,
+    heartbeatMs: FAST_CONTROLLER_HEARTBEAT_MS,
     ...(args.launch ? { launch: args.launch } : {}),
+    ...(args.https ? { https: args.https } : {}),
   });
   await server.listen({ host: '127.0.0.1', port: args.port ?? 0 });
   const { port } = server.server.address() as { port: number };
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${args.https ? 'https' : 'http'}://127.0.0.1:${port}`;
   return {
     server,
     url,
-    agentsUrl: `ws://127.0.0.1:${port}/v1/agents`,
+    port,
+    agentsUrl: `${args.https ? 'wss' : 'ws'}://127.0.0.1:${port}/v1/agents`,
     api: apiClient(url),
     close: () => server.close(),
   };

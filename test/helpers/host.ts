@@ -23,6 +23,7 @@ export interface Host {
 export async function makeHost(args: { store?: ReleaseStore; keys: Keys; app?: string }): Promise<Host> {
   const root = await tempDir('kiln-test-root-');
   const app = args.app ?? 'web';
+  // Picked before anything starts: the supervisor hands it to the app (PORT) and the health check dials it.
   const port = await freePort();
   const layout = appLayout(root, app);
   const log = quietLog();

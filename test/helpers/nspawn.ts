@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { LaunchOptions, NspawnProvider } from '@kiln/controller';
+import { FAST_LAUNCHED_AGENT } from './fast-agent.js';
 import type { S3Fixture } from './s3.js';
 
 /** What a test controller launches nspawn machines with: systemd inside, quick agents, one-minute deadlines. */
@@ -9,7 +10,7 @@ export function nspawnLaunch(provider: NspawnProvider, s3: S3Fixture): LaunchOpt
     agentSecret: randomBytes(32),
     s3: s3.s3.location,
     serviceManager: 'systemd',
-    agentSettings: { heartbeatMs: 500, backoffCapMs: 1_000, pollIntervalMs: 2_000 },
+    agentSettings: FAST_LAUNCHED_AGENT,
     bakeTimeouts: { launchMs: 60_000, installMs: 60_000, imageMs: 60_000 },
     launchTimeoutMs: 60_000,
   };

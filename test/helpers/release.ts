@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,6 +13,7 @@ import {
   type Logger,
   type PrivateKey,
   type PublicKey,
+  type ReleaseRef,
   type ReleaseStore,
 } from '@kiln/shared';
 
@@ -40,7 +42,6 @@ export async function tempDir(prefix = 'kiln-test-'): Promise<string> {
   return mkdtemp(path.join(tmpdir(), prefix));
 }
 
-
 /** A copy of the demo HTTP app that answers with `version`; extra files may be added. */
 export async function makeApp(version: string, extra: Record<string, string | Buffer> = {}, kilnJson?: unknown): Promise<string> {
   const dir = await tempDir('kiln-test-app-');
@@ -54,13 +55,36 @@ export async function makeApp(version: string, extra: Record<string, string | Bu
   return dir;
 }
 
-/** kiln.json of the demo app whose health check waits for the file `gate`: an install held at its health step until a test creates it. */
-export function gatedSpec(gate: string) {
-  return { service: { command: ['node', 'server.js'], port: 8080 }, health: { type: 'command', command: ['test', '-e', gate], timeoutMs: 30_000, intervalMs: 50 } };
+/** How the demo app runs (server.js reads PORT; 8080 when run by hand). */
+const DEMO_SERVICE = { command: ['node', 'server.js'], port: 8080 };
+
+/** kiln.json of the demo app whose health check waits for the file `gate`: an install held at its health step until a test creates it (or for `timeoutMs`). */
+export function gatedSpec(gate: string, timeoutMs = 30_000) {
+  return { service: DEMO_SERVICE, health: { type: 'command', command: ['test', '-e', gate], timeoutMs, intervalMs: 50 } };
+}
+
+/** kiln.json of the demo app whose health check never passes: an install that fails its health gate after `timeoutMs` and swaps back. */
+export function unhealthySpec(timeoutMs: number) {
+  return { service: DEMO_SERVICE, health: { type: 'command', command: ['false'], timeoutMs, intervalMs: 100 } };
+}
+
+/** Extra files for a big release: `mib` MiB of random bytes (incompressible, so the artifact is as big), in `files` files under data/. */
+export function incompressible(mib: number, files = 1): Record<string, Buffer> {
+  const each = (mib * 1024 * 1024) / files;
+  if (files === 1) return { 'data/blob.bin': randomBytes(each) };
+  return Object.fromEntries(Array.from({ length: files }, (_, i) => [`data/blob-${i}.bin`, randomBytes(each)]));
+}
+
+export interface PushOptions {
+  app?: string;
+  /** a channel to promote the release to */
+  channel?: string;
+  extra?: Record<string, string | Buffer>;
+  kilnJson?: unknown;
 }
 
 /** Publishes (and optionally promotes) the demo app at `version`. */
-export async function pushApp(args: { store: ReleaseStore; keys: Keys; app?: string; version: string; channel?: string; extra?: Record<string, string | Buffer>; kilnJson?: unknown }) {
+export async function pushApp(args: PushOptions & { store: ReleaseStore; keys: Keys; version: string }) {
   const dir = await makeApp(args.version, args.extra, args.kilnJson);
   try {
     const app = args.app ?? 'web';
@@ -70,6 +94,19 @@ export async function pushApp(args: { store: ReleaseStore; keys: Keys; app?: str
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** The releases most tests start from: 1.0.0 on `stable` (what a host boots into) and 2.0.0 published (what a hotfix moves it to). */
+export const STANDARD_RELEASES: Record<string, PushOptions> = { '1.0.0': { channel: 'stable' }, '2.0.0': {} };
+
+/** Publishes the demo app at each version in order (a list, or versions with their options); what a command names each one by. */
+export async function pushReleases(args: { store: ReleaseStore; keys: Keys }, versions: string[] | Record<string, PushOptions>): Promise<Record<string, ReleaseRef>> {
+  const refs: Record<string, ReleaseRef> = {};
+  for (const [version, opts] of Array.isArray(versions) ? versions.map((v) => [v, {}] as const) : Object.entries(versions)) {
+    const r = await pushApp({ ...args, ...opts, version });
+    refs[version] = { version, seq: r.manifest.seq, manifestSha256: r.manifestSha256 };
+  }
+  return refs;
 }
 
 /** Every file or directory under `dir` whose name marks it temporary or staging. */

@@ -1,13 +1,12 @@
 // SIGKILL of the installing process (the real CLI) at every step of the routine: start-up
 // recovery must leave `current` on a complete old or new release, with nothing left behind.
-import { randomBytes } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appLayout, swapSymlink } from '@kiln/shared';
 import { kiln, startKiln } from '../helpers/cli.js';
 import { makeHost, type Host } from '../helpers/host.js';
-import { leftovers, makeKeys, pushApp, tempDir } from '../helpers/release.js';
+import { incompressible, leftovers, makeKeys, pushApp, tempDir } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
@@ -22,7 +21,7 @@ beforeAll(async () => {
   await writeFile(pubFile, keys.publicPem);
   await pushApp({ store: s3.store, keys, version: '1.0.0' });
   // Big enough (16 MiB, incompressible) that a kill lands while the download is under way.
-  await pushApp({ store: s3.store, keys, version: '2.0.0', extra: { 'data/blob.bin': randomBytes(16 * 1024 * 1024) } });
+  await pushApp({ store: s3.store, keys, version: '2.0.0', extra: incompressible(16) });
 }, 60_000);
 afterAll(() => s3.close());
 afterEach(async () => {

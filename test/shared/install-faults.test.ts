@@ -12,7 +12,7 @@ import { startFaultProxy, startSilentServer, type FaultProxy, type SilentServer 
 import { padGzip, rawBucket, renameTarEntry, replaceInTar, restampGzip, rewriteTarGz, type RawBucket } from '../helpers/fault-s3.js';
 import { collectUncaught, describeUncaught, within } from '../helpers/fault-uncaught.js';
 import { makeHost, type Host } from '../helpers/host.js';
-import { freePort, leftovers, makeKeys, pushApp, tempDir } from '../helpers/release.js';
+import { freePort, incompressible, leftovers, makeKeys, pushApp, pushReleases, tempDir } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 // Every case: 1.0.0 is installed and serving, a bad 2.0.0 (or a bad pointer) is offered, and
@@ -38,8 +38,7 @@ beforeAll(async () => {
   s3 = await startS3();
   client = createS3Client(s3.s3.location);
   bucket = rawBucket(client, s3.s3.location.bucket);
-  await pushApp({ store: s3.store, keys, version: '1.0.0' });
-  await pushApp({ store: s3.store, keys, version: '2.0.0' });
+  await pushReleases({ store: s3.store, keys }, ['1.0.0', '2.0.0']);
 });
 afterEach(async () => {
   await Promise.all(hosts.splice(0).map((h) => h.stop()));
@@ -309,6 +308,7 @@ describe('install faults: the network', () => {
   });
 
   it('fails when the S3 endpoint is down: KILN_S3_UNREACHABLE', async () => {
+    // A port nothing listens on: every connect is refused.
     const down = s3.storeVia(`http://127.0.0.1:${await freePort()}`, { maxAttempts: 1, connectTimeoutMs: 500 });
     const h = await hostOn1();
     expectFailure(await failInstall(h, { version: '2.0.0' }, { store: down }), 'KILN_S3_UNREACHABLE');
@@ -507,8 +507,7 @@ describe(`install faults: a full disk${TMPFS.ok ? '' : ` (skipped: ${TMPFS.reaso
     await install({ ...h.opts({ reserveBytes: 0 }), target: { version: '1.0.0' } });
     if (!bigPublished) {
       // ~6 MiB that does not compress: passes the free-space check on an almost empty 8 MiB disk.
-      const extra = Object.fromEntries([0, 1, 2].map((i) => [`data/blob-${i}.bin`, randomBytes(2 * MIB)]));
-      await pushApp({ store: s3.store, keys, version: '2.0.0-big', extra });
+      await pushApp({ store: s3.store, keys, version: '2.0.0-big', extra: incompressible(6, 3) });
       bigPublished = true;
     }
     return h;

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appLayout, install, isKilnError, rollback, type KilnError, type ReleaseStore } from '@kiln/shared';
 import { makeHost, type Host } from '../helpers/host.js';
-import { leftovers, makeKeys, pushApp } from '../helpers/release.js';
+import { STANDARD_RELEASES, leftovers, makeKeys, pushApp, pushReleases } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 let s3: S3Fixture;
@@ -12,8 +12,7 @@ const hosts: Host[] = [];
 
 beforeAll(async () => {
   s3 = await startS3();
-  await pushApp({ store: s3.store, keys, version: '1.0.0', channel: 'stable' });
-  await pushApp({ store: s3.store, keys, version: '2.0.0' });
+  await pushReleases({ store: s3.store, keys }, STANDARD_RELEASES);
 });
 afterAll(() => s3.close());
 afterEach(async () => {

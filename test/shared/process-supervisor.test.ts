@@ -17,6 +17,7 @@ async function setup() {
   await mkdir(path.join(appDir, 'releases/1'), { recursive: true });
   await writeFile(path.join(appDir, 'releases/1/app.js'), APP);
   await symlink('releases/1', path.join(appDir, 'current'));
+  // Picked before the app starts: the supervisor hands it to the app (PORT).
   const port = await freePort();
   const service = createProcessSupervisor({ appDir, log: quietLog(), env: { PORT: String(port) } });
   managers.push(service);
