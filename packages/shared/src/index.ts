@@ -36,5 +36,6 @@ export { formatZodError } from './errors/format-zod-error.js';
 export { peekJsonFile, readJsonFile, type ReadJsonFileOptions } from './system/json-file.js';
 export { backoffDelay, type BackoffOptions } from './system/backoff.js';
 export { isPollTimeout, type PollOptions, pollUntil } from './system/poll-until.js';
+export { phaseStopwatch, type PhaseStopwatch } from './system/phase-stopwatch.js';
 export { AGENT_VERSION } from './protocol/agent-version.js';
 

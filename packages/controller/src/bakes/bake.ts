@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { KilnError, asKilnError, promoteRelease, sha256Hex, showRelease, type Logger, type PrivateKey, type PublicKey, type ReleaseRef, type ReleaseStore, TRANSIENT_S3_CODES } from '@kiln/shared';
+import { KilnError, asKilnError, phaseStopwatch, promoteRelease, sha256Hex, showRelease, type Logger, type PrivateKey, type PublicKey, type ReleaseRef, type ReleaseStore, TRANSIENT_S3_CODES } from '@kiln/shared';
 import { TAG, type BootData, type ImageInfo, type Provider, type Tags } from '../providers/provider.js';
 import type { RolloutWaiter, WaitOutcome } from '../fleets/rollout-wait.js';
 
@@ -119,15 +119,12 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
   const log = o.log.child({ bakeId, app: o.app, version: o.version });
   const channel = bakeChannel(bakeId);
   const phases: Array<{ name: string; ms: number }> = [];
-  let phase = 'prepare';
-  let started = Date.now();
+  const watch = phaseStopwatch('prepare');
   const done = (next: string) => {
-    const ms = Date.now() - started;
-    phases.push({ name: phase, ms });
-    o.onPhase?.(phase, ms);
-    log.info({ phase, ms }, 'bake phase done');
-    phase = next;
-    started = Date.now();
+    const { name, ms } = watch.next(next);
+    phases.push({ name, ms });
+    o.onPhase?.(name, ms);
+    log.info({ phase: name, ms }, 'bake phase done');
   };
   const lineage: Tags = {
     [TAG.app]: o.app,
@@ -177,7 +174,7 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
     return { image, copies, release, skipped: false, bakeId, phases };
   } catch (err) {
     const e = asKilnError(err);
-    log.error({ err: e, phase }, 'bake failed: reaping what it created');
+    log.error({ err: e, phase: watch.phase }, 'bake failed: reaping what it created');
     await reap();
     // An image that appeared after a wait gave up is found by its tag.
     const left = await o.provider.describeImages({ tags: { [TAG.bakeId]: bakeId } }).catch((err: unknown) => {
@@ -187,7 +184,7 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
     for (const img of left) {
       await o.provider.deleteImage(img.id).catch((err) => log.error({ err, image: img.id }, 'cannot delete an image of a failed bake'));
     }
-    throw new KilnError('KILN_BAKE_FAILED', `baking ${o.app} ${o.version} failed in phase ${phase}: ${e.code}: ${e.message}`, { cause: e });
+    throw new KilnError('KILN_BAKE_FAILED', `baking ${o.app} ${o.version} failed in phase ${watch.phase}: ${e.code}: ${e.message}`, { cause: e });
   }
 
   async function reap(): Promise<void> {

@@ -1,4 +1,4 @@
-import { KilnError, TRANSIENT_S3_CODES, asKilnError, type Logger, type ReleaseRef } from '@kiln/shared';
+import { KilnError, TRANSIENT_S3_CODES, asKilnError, phaseStopwatch, type Logger, type ReleaseRef } from '@kiln/shared';
 import type { AgentHub, HubInstance } from '../fleets/agent-hub.js';
 import type { BakeResult } from '../bakes/bake.js';
 import type { Deployment, Fleet, Group } from '../fleets/fleet-model.js';
@@ -45,13 +45,11 @@ export async function bakeBase(provider: Provider, f: Fleet): Promise<string> {
 export async function runGroupRollout(c: GroupRolloutContext): Promise<Deployment> {
   const r = c.record;
   const log = c.log.child({ deployment: r.id, fleet: r.fleet, strategy: r.strategy, kind: r.kind });
-  let phase = 'start';
-  let started = Date.now();
+  const watch = phaseStopwatch('start');
   // Records the phase that ends (the opening moment before the first phase is none).
   const step = async (next: string) => {
-    if (phase !== 'start') r.phases.push({ name: phase, ms: Date.now() - started });
-    phase = next;
-    started = Date.now();
+    const ended = watch.next(next);
+    if (ended.name !== 'start') r.phases.push(ended);
     r.updatedAt = c.now().toISOString();
     await c.save(structuredClone(r));
   };
@@ -159,11 +157,11 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     Object.assign(end, { state: error ? 'failed' : 'succeeded', verdict: verdictOf(unreachable), error });
   } catch (err) {
     const e = asKilnError(err);
-    log.error({ err: e, phase }, 'group rollout failed: removing what it launched');
+    log.error({ err: e, phase: watch.phase }, 'group rollout failed: removing what it launched');
     await c.provider.terminate(launched).catch((err) => log.error({ err }, 'cannot terminate the launched instances'));
     if (newGroup) await c.fleets.update(r.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== newGroup) })).catch((err) => log.error({ err, group: newGroup }, 'cannot remove the failed group from the fleet'));
     if (r.previous && r.kind !== 'rollback') await c.movePointer(r.app, r.channel, r.previous).catch((err) => log.error({ err }, 'cannot restore the channel pointer'));
-    Object.assign(end, { state: 'failed', verdict: `failed in phase ${phase}: ${e.message}; the live group stays live`, error: { code: e.code, message: e.message } });
+    Object.assign(end, { state: 'failed', verdict: `failed in phase ${watch.phase}: ${e.message}; the live group stays live`, error: { code: e.code, message: e.message } });
   }
   Object.assign(r, end, { finishedAt: c.now().toISOString(), updatedAt: c.now().toISOString() });
   await c.save(structuredClone(r));

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { artifactMeter } from './artifact-meter.js';
 import { fsyncDir, swapSymlink, writeFileAtomic } from '../system/fs-atomic.js';
 import { backoffDelay } from '../system/backoff.js';
+import { phaseStopwatch } from '../system/phase-stopwatch.js';
 import { waitHealthy } from '../service/health-check.js';
 import { acquireLock } from './install-lock.js';
 import { appLayout, type AppLayout } from '../release/install-layout.js';
@@ -112,12 +113,13 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   const via: Via = opts.via ?? 'manual';
   const timings: InstallResult['timings'] = {};
   const started = now().toISOString();
-  let stepStart = Date.now();
-  let stepName: InstallStep = 'resolve';
+  const watch = phaseStopwatch<InstallStep>('resolve');
+  const timed = (next?: InstallStep) => {
+    const ended = watch.next(next);
+    timings[ended.name] = (timings[ended.name] ?? 0) + ended.ms;
+  };
   const step = (name: InstallStep, version: string) => {
-    timings[stepName] = (timings[stepName] ?? 0) + Date.now() - stepStart;
-    stepName = name;
-    stepStart = Date.now();
+    timed(name);
     log.debug({ step: name, version }, 'install step');
   };
 
@@ -242,7 +244,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: installedAt, outcome });
     await rm(layout.journal, { force: true });
     await pruneReleases(layout, state, opts.keep ?? 2, log);
-    timings[stepName] = (timings[stepName] ?? 0) + Date.now() - stepStart;
+    timed();
     log.info({ version, previous: from, timings }, op === 'rollback' ? 'rolled back' : 'installed');
     return { outcome, app, version, previous: from, via, downloaded, timings };
   } catch (err) {

@@ -11,6 +11,7 @@ import { packRelease } from './release-pack.js';
 import { AppSpec, Manifest } from './release-schema.js';
 import { formatZodError } from '../errors/format-zod-error.js';
 import { readJsonFile } from '../system/json-file.js';
+import { phaseStopwatch } from '../system/phase-stopwatch.js';
 import type { ReleaseStore } from './release-store.js';
 import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits } from './safe-extract.js';
 import { scanTree } from './scan-tree.js';
@@ -73,10 +74,10 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
   const version = checkName('version', opts.version);
   const log = opts.log.child({ module: 'publish', app, version });
   const timings: Record<string, number> = {};
-  let t = Date.now();
-  const lap = (name: string) => {
-    timings[name] = Date.now() - t;
-    t = Date.now();
+  const watch = phaseStopwatch('scan');
+  const nextPhase = (next?: string) => {
+    const { name, ms } = watch.next(next);
+    timings[name] = ms;
   };
   if (await opts.store.manifestExists(app, version)) throw new KilnError('KILN_RELEASE_EXISTS', `${app} ${version} was already published: releases are immutable, push a new version`);
 
@@ -94,11 +95,11 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
     }
     const spec = await readAppSpec(dir, opts.spec);
     const files = await scanTree(dir, { allowLinks: spec.allowLinks });
-    lap('scan');
+    nextPhase('pack');
     opts.onPhase?.('pack');
     const artifactFile = path.join(work, 'artifact.tar.gz');
     const artifact = await packRelease(dir, files, artifactFile);
-    lap('pack');
+    nextPhase('upload');
     const seq = (await highestSeq(opts.store, app)) + 1;
     const manifest: Manifest = {
       schema: 1,
@@ -118,11 +119,11 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
     if (!checked.success) throw new KilnError('KILN_MANIFEST_INVALID', `the manifest of ${app} ${version} would be invalid: ${formatZodError(checked.error)}`);
     opts.onPhase?.('upload', `${artifact.size} bytes`);
     await opts.store.putArtifact(manifest.artifact.key, createReadStream(artifactFile), (n) => opts.onUploadProgress?.(n, artifact.size));
-    lap('upload');
+    nextPhase('sign');
     opts.onPhase?.('sign');
     const bytes = Buffer.from(JSON.stringify(manifest, null, 2) + '\n');
     await opts.store.putManifest(app, version, { bytes, sig: signBytes(bytes, opts.key) });
-    lap('sign');
+    nextPhase();
     log.info({ seq, size: artifact.size, files: files.length, timings }, 'release published');
     return { manifest, manifestSha256: sha256Hex(bytes), timings };
   } finally {
