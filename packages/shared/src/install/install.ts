@@ -14,7 +14,7 @@ import { currentVersion, installedRelease, isComplete, loadState, pruneReleases,
 import { peekState, writeJournal, writeState, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
 import { KilnError, asKilnError } from '../errors/kiln-error.js';
 import { checkName } from '../release/names.js';
-import { s3Error } from '../s3/s3-errors.js';
+import { s3Error, TRANSIENT_S3_CODES } from '../s3/s3-errors.js';
 import { fetchPointer, readLocalManifest, targetName, verifyManifest, type InstallTarget, type VerifiedManifest } from '../release/release-resolve.js';
 import type { ReleaseStore, SignedObject } from '../release/release-store.js';
 import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits, type ExtractedFile } from '../release/safe-extract.js';
@@ -305,8 +305,6 @@ async function checkFreeSpace(layout: AppLayout, verified: VerifiedManifest, res
 
 const mib = (n: number) => (n / 1024 / 1024).toFixed(1);
 
-const RETRYABLE = new Set(['KILN_S3_UNREACHABLE', 'KILN_S3_TIMEOUT', 'KILN_S3_ERROR']);
-
 /** Streams the artifact from S3 through the meter into the extractor; retries a failed transfer from scratch. */
 async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedManifest; staging: string; limits: ExtractLimits; log: Logger }): Promise<ExtractedFile[]> {
   const { opts, verified, staging, limits, log } = args;
@@ -353,7 +351,7 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
       if ((err as NodeJS.ErrnoException).code === 'ENOSPC' || (e.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC') {
         e = new KilnError('KILN_NO_SPACE', `the disk filled up while extracting ${manifest.app} ${manifest.version}`, { cause: err });
       }
-      if (!RETRYABLE.has(e.code) || attempt >= attempts) throw e;
+      if (!TRANSIENT_S3_CODES.has(e.code) || attempt >= attempts) throw e;
       log.warn({ err: e, attempt }, 'artifact download failed; retrying');
       await sleep(backoffDelay(attempt, { baseMs: 200, capMs: 5_000 }));
     }
