@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { KilnError, isKilnError, type ErrorCode } from '@kiln/shared';
 import type { ApiClient } from './api-client.js';
 import { note, out, printJson, type CliContext } from './cli-context.js';
-import type { Deployment } from '../fleets/fleet-model.js';
+import type { Deployment, DeploymentBody } from '../server/api-types.js';
 import { createProgress } from './progress.js';
 
 type Step = Deployment['instances'][string]['step'];
@@ -87,7 +87,7 @@ export async function followDeployment(ctx: CliContext, api: ApiClient, first: D
     if (d.state !== 'running') break;
     await sleep(pollMs);
     try {
-      d = (await api.get<{ deployment: Deployment }>(`/v1/deployments/${d.id}`)).deployment;
+      d = (await api.get<DeploymentBody>(`/v1/deployments/${d.id}`)).deployment;
       lastReached = Date.now();
     } catch (err) {
       // A controller restarting is back within seconds; the deployment goes on without us meanwhile.

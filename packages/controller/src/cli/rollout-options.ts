@@ -1,7 +1,7 @@
 import { KilnError, parseDuration } from '@kiln/shared';
 import type { OptionDef } from './cli-command.js';
 import { str, type Flags } from './cli-context.js';
-import type { BatchSpec } from '../fleets/fleet-model.js';
+import type { RolloutFields } from '../server/api-types.js';
 
 /** The options of every command that starts a rollout (deploy, rollback, heal). */
 export const ROLLOUT_OPTIONS: Record<string, OptionDef> = {
@@ -12,8 +12,8 @@ export const ROLLOUT_OPTIONS: Record<string, OptionDef> = {
 };
 
 /** --batch, --max-failures and --health-timeout as the API's fields (absent ones take the API's defaults). */
-export function rolloutBody(flags: Flags): { batch?: BatchSpec; maxFailures?: number; healthTimeoutMs?: number } {
-  const body: { batch?: BatchSpec; maxFailures?: number; healthTimeoutMs?: number } = {};
+export function rolloutBody(flags: Flags): RolloutFields {
+  const body: RolloutFields = {};
   const batch = str(flags, 'batch');
   if (batch !== undefined) {
     const m = /^(\d+)(%?)$/.exec(batch);

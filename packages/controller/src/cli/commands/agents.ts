@@ -5,9 +5,8 @@ import { KilnError, formatTable, pollUntil } from '@kiln/shared';
 import { openApi, type ApiClient } from '../api-client.js';
 import { API_OPTIONS, JSON_OPTION, S3_OPTIONS, TRUST_OPTIONS, type CommandDef } from '../cli-command.js';
 import { out, printJson, resolveLocation, str, trustedKeyFiles } from '../cli-context.js';
-import type { PublicFleet } from '../../server/api-types.js';
+import type { FleetBody, FleetInstances, InstanceRow } from '../../server/api-types.js';
 import { readFleetCredential } from '../../local/local-files.js';
-import type { InstanceRow } from '../../fleets/fleet-view.js';
 import { freePort } from '../../system/free-port.js';
 import { agentsHome, listLocalAgents, logTail, previousPort, readLocalAgents, removeLocalAgents, writeLocalAgents, type LocalAgent, type LocalAgents } from '../../local/local-agents.js';
 import { isRunning, spawnLocalAgent, stopLocalAgent } from '../../providers/process/agent-process.js';
@@ -19,7 +18,7 @@ async function waitConnected(api: ApiClient, fleet: string, agents: LocalAgent[]
   let rows = new Map<string, InstanceRow>();
   return pollUntil({
     check: async () => {
-      const { instances } = await api.get<{ instances: InstanceRow[] }>(`/v1/fleets/${encodeURIComponent(fleet)}/instances`);
+      const { instances } = await api.get<FleetInstances>(`/v1/fleets/${encodeURIComponent(fleet)}/instances`);
       rows = new Map(instances.map((r) => [r.instanceId, r]));
       if (agents.every((a) => rows.get(a.instanceId)?.connected)) return rows;
       const dead = agents.find((a) => !isRunning(a));
@@ -68,7 +67,7 @@ export const agentsStart: CommandDef = {
     const timeoutText = str(flags, 'connect-timeout') ?? '30';
     if (!/^\d+$/.test(timeoutText)) throw new KilnError('KILN_USAGE', `--connect-timeout ${timeoutText}: a number of seconds`);
     const api = await openApi(flags, ctx);
-    const { fleet } = await api.get<{ fleet: PublicFleet }>(`/v1/fleets/${encodeURIComponent(fleetName!)}`);
+    const { fleet } = await api.get<FleetBody>(`/v1/fleets/${encodeURIComponent(fleetName!)}`);
     const credential = await readFleetCredential(ctx.home, fleet.name);
     const keys = await Promise.all((await trustedKeyFiles(flags, ctx)).map((f) => readFile(f, 'utf8')));
     const shared: Omit<AgentConfigInput, 'instanceId' | 'port'> = {

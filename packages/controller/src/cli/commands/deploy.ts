@@ -3,7 +3,7 @@ import { openApi } from '../api-client.js';
 import { API_OPTIONS, JSON_OPTION, type CommandDef, type OptionDef } from '../cli-command.js';
 import { out, printJson, str, type CliContext, type Flags } from '../cli-context.js';
 import { followDeployment, tally } from '../deploy-watch.js';
-import type { Deployment } from '../../fleets/fleet-model.js';
+import type { Deployment, DeploymentBody, DeploymentList } from '../../server/api-types.js';
 import { ROLLOUT_OPTIONS, rolloutBody } from '../rollout-options.js';
 
 const STRATEGIES = ['hotfix', 'bake', 'relaunch'];
@@ -32,7 +32,7 @@ export const deployCommand: CommandDef = {
     if (!STRATEGIES.includes(strategy)) throw new KilnError('KILN_USAGE', `--strategy ${strategy}: one of ${STRATEGIES.join(', ')}`);
     const body = rolloutBody(flags);
     const api = await openApi(flags, ctx);
-    const { deployment } = await api.post<{ deployment: Deployment }>('/v1/deployments', { fleet, version, strategy, ...body });
+    const { deployment } = await api.post<DeploymentBody>('/v1/deployments', { fleet, version, strategy, ...body });
     if (flags['no-wait']) return printCreated(ctx, deployment);
     return followDeployment(ctx, api, deployment);
   },
@@ -51,7 +51,7 @@ export const fleetRollback: CommandDef = {
   async run(ctx, flags, [fleet]) {
     const body = rolloutBody(flags);
     const api = await openApi(flags, ctx);
-    const { deployment } = await api.post<{ deployment: Deployment }>(`/v1/fleets/${encodeURIComponent(fleet!)}/rollback`, body);
+    const { deployment } = await api.post<DeploymentBody>(`/v1/fleets/${encodeURIComponent(fleet!)}/rollback`, body);
     if (flags['no-wait']) return printCreated(ctx, deployment);
     return followDeployment(ctx, api, deployment);
   },
@@ -75,7 +75,7 @@ export const deploymentsList: CommandDef = {
   positionals: [0, 1],
   async run(ctx, flags, [fleet]) {
     const api = await openApi(flags, ctx);
-    const { deployments } = await api.get<{ deployments: Deployment[] }>(`/v1/deployments${fleet ? `?fleet=${encodeURIComponent(fleet)}` : ''}`);
+    const { deployments } = await api.get<DeploymentList>(`/v1/deployments${fleet ? `?fleet=${encodeURIComponent(fleet)}` : ''}`);
     if (ctx.json) return printJson(ctx, deployments);
     if (!deployments.length) return out(ctx, fleet ? `no deployments of fleet ${fleet} yet` : 'no deployments yet');
     out(ctx, formatTable(['ID', 'FLEET', 'KIND', 'RELEASE', 'STATE', 'CREATED', 'VERDICT'], deployments.map((d) => [d.id, d.fleet, d.kind, d.release.version, d.state, d.createdAt, summaryOf(d)])));
@@ -90,7 +90,7 @@ export const deploymentsShow: CommandDef = {
   positionals: [1, 1],
   async run(ctx, flags, [id]) {
     const api = await openApi(flags, ctx);
-    const { deployment: d } = await api.get<{ deployment: Deployment }>(`/v1/deployments/${encodeURIComponent(id!)}`);
+    const { deployment: d } = await api.get<DeploymentBody>(`/v1/deployments/${encodeURIComponent(id!)}`);
     if (flags.follow) return followDeployment(ctx, api, d);
     if (ctx.json) return printJson(ctx, d);
     out(ctx, `deployment ${d.id}: ${d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (from ${d.previous?.version ?? '-'}), ${d.state}\n${summaryOf(d)}\n`);
@@ -107,7 +107,7 @@ export const deploymentsCancel: CommandDef = {
   positionals: [1, 1],
   async run(ctx, flags, [id]) {
     const api = await openApi(flags, ctx);
-    const { deployment: d } = await api.post<{ deployment: Deployment }>(`/v1/deployments/${encodeURIComponent(id!)}/cancel`);
+    const { deployment: d } = await api.post<DeploymentBody>(`/v1/deployments/${encodeURIComponent(id!)}/cancel`);
     if (ctx.json) return printJson(ctx, d);
     out(ctx, d.state === 'running' ? `cancel requested: ${d.id} stops after the batch in flight (\`kiln deployments show ${d.id} --follow\`)` : `${d.id} already ended: ${d.verdict ?? d.state}`);
   },

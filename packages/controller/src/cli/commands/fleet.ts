@@ -4,7 +4,7 @@ import { KilnError, formatTable, writeFileAtomic } from '@kiln/shared';
 import { openApi } from '../api-client.js';
 import { API_OPTIONS, JSON_OPTION, type CommandDef } from '../cli-command.js';
 import { out, printJson, str } from '../cli-context.js';
-import type { PublicFleet } from '../../server/api-types.js';
+import type { FleetCreated, FleetList, PublicFleet } from '../../server/api-types.js';
 import { fleetCredentialFile } from '../../local/local-files.js';
 
 const TARGET_GROUP_ARN = /^arn:[\w-]+:elasticloadbalancing:[\w-]+:\d{12}:targetgroup\/[\w-]{1,32}\/[0-9a-f]+$/;
@@ -43,7 +43,7 @@ export const fleetCreate: CommandDef = {
     const size = str(flags, 'size');
     if (size !== undefined && !/^\d{1,5}$/.test(size)) throw new KilnError('KILN_USAGE', `--size ${size}: a whole number of instances`);
     const image = str(flags, 'image');
-    const res = await api.post<{ fleet: PublicFleet; agentCredential: string }>('/v1/fleets', {
+    const res = await api.post<FleetCreated>('/v1/fleets', {
       name,
       app,
       channel: str(flags, 'channel') ?? 'stable',
@@ -78,7 +78,7 @@ export const fleetList: CommandDef = {
   options: { ...API_OPTIONS, ...JSON_OPTION },
   positionals: [0, 0],
   async run(ctx, flags) {
-    const { fleets } = await (await openApi(flags, ctx)).get<{ fleets: PublicFleet[] }>('/v1/fleets');
+    const { fleets } = await (await openApi(flags, ctx)).get<FleetList>('/v1/fleets');
     if (ctx.json) return printJson(ctx, fleets);
     if (!fleets.length) return out(ctx, 'no fleets yet: `kiln fleet create NAME --app APP`');
     const live = (f: PublicFleet) => f.groups.find((g) => g.state === 'live');

@@ -1,12 +1,10 @@
 import { KilnError, formatTable, pollUntil } from '@kiln/shared';
 import { openApi } from '../api-client.js';
-import type { BakeRecord } from '../../bakes/bakes.js';
 import { API_OPTIONS, JSON_OPTION, type CommandDef } from '../cli-command.js';
 import { note, out, printJson, str } from '../cli-context.js';
 import { rolloutBody } from '../rollout-options.js';
 import { followDeployment } from '../deploy-watch.js';
-import type { Deployment } from '../../fleets/fleet-model.js';
-import type { ImageInfo, InstanceInfo } from '../../providers/provider.js';
+import type { BakeBody, DeploymentBody, ImageInfo, ImageList, InstanceInfo, InstanceList } from '../../server/api-types.js';
 import { createProgress } from '../progress.js';
 
 export const bakeCommand: CommandDef = {
@@ -30,7 +28,7 @@ export const bakeCommand: CommandDef = {
     if (!baseImage) throw new KilnError('KILN_USAGE', 'bake needs --from BASE_IMAGE (`kiln images` lists them)');
     const regions = str(flags, 'regions')?.split(',').filter(Boolean) ?? [];
     const api = await openApi(flags, ctx);
-    let { bake } = await api.post<{ bake: BakeRecord }>('/v1/bakes', { app, version, baseImage, regions });
+    let { bake } = await api.post<BakeBody>('/v1/bakes', { app, version, baseImage, regions });
     const progress = createProgress(ctx.json ? ctx.io.stderr : ctx.io.stdout);
     progress.phase(`bake ${bake.id}: ${app} ${version} from ${baseImage}`);
     const started = Date.now();
@@ -39,7 +37,7 @@ export const bakeCommand: CommandDef = {
     // No deadline here: the controller ends a bake past its own timeouts.
     bake = await pollUntil({
       check: async () => {
-        if (asked) bake = (await api.get<{ bake: BakeRecord }>(`/v1/bakes/${bake.id}`)).bake;
+        if (asked) bake = (await api.get<BakeBody>(`/v1/bakes/${bake.id}`)).bake;
         asked = true;
         for (; shown < bake.phases.length; shown++) progress.phase(`  ${bake.phases[shown]!.name.padEnd(10)} ${(bake.phases[shown]!.ms / 1000).toFixed(1).padStart(6)} s`);
         progress.status(`baking… ${((Date.now() - started) / 1000).toFixed(1)} s`);
@@ -79,7 +77,7 @@ export const healCommand: CommandDef = {
     // heal has no --batch: its instances are gated all at once
     const body = rolloutBody(flags);
     const api = await openApi(flags, ctx);
-    const { deployment } = await api.post<{ deployment: Deployment }>(`/v1/fleets/${encodeURIComponent(fleet!)}/heal`, body);
+    const { deployment } = await api.post<DeploymentBody>(`/v1/fleets/${encodeURIComponent(fleet!)}/heal`, body);
     if (flags['no-wait']) {
       if (ctx.json) return printJson(ctx, deployment);
       return out(ctx, `heal ${deployment.id} started; follow it with \`kiln deployments show ${deployment.id} --follow\``);
@@ -97,7 +95,7 @@ export const instancesCommand: CommandDef = {
   async run(ctx, flags) {
     const api = await openApi(flags, ctx);
     const fleet = str(flags, 'fleet');
-    const { instances, provider } = await api.get<{ instances: InstanceInfo[]; provider: string }>(`/v1/instances${fleet ? `?fleet=${encodeURIComponent(fleet)}` : ''}`);
+    const { instances, provider } = await api.get<InstanceList>(`/v1/instances${fleet ? `?fleet=${encodeURIComponent(fleet)}` : ''}`);
     if (ctx.json) return printJson(ctx, instances);
     if (!instances.length) return out(ctx, `no instances on the ${provider} provider${fleet ? ` for fleet ${fleet}` : ''}`);
     const t = (i: InstanceInfo, k: string) => i.tags[`kiln:${k}`] ?? '-';
@@ -113,7 +111,7 @@ export const imagesCommand: CommandDef = {
   positionals: [0, 0],
   async run(ctx, flags) {
     const api = await openApi(flags, ctx);
-    const { images, provider } = await api.get<{ images: ImageInfo[]; provider: string }>('/v1/images');
+    const { images, provider } = await api.get<ImageList>('/v1/images');
     if (ctx.json) return printJson(ctx, images);
     if (!images.length) return out(ctx, `no images on the ${provider} provider`);
     const t = (i: ImageInfo, k: string) => i.tags[`kiln:${k}`] ?? '-';

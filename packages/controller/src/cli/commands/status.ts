@@ -2,8 +2,7 @@ import { formatTable } from '@kiln/shared';
 import { openApi } from '../api-client.js';
 import { API_OPTIONS, JSON_OPTION, type CommandDef } from '../cli-command.js';
 import { out, printJson } from '../cli-context.js';
-import type { PublicFleet } from '../../server/api-types.js';
-import type { FleetSummary, InstanceRow } from '../../fleets/fleet-view.js';
+import type { FleetDrift, FleetInstances, InstanceRow } from '../../server/api-types.js';
 
 const dash = (v: string | null) => v ?? '-';
 /** the image and the release baked into it: "img-1 (1.0.0)" */
@@ -19,7 +18,7 @@ export const statusCommand: CommandDef = {
   options: { ...API_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [fleet]) {
-    const body = await (await openApi(flags, ctx)).get<{ fleet: PublicFleet; instances: InstanceRow[]; summary: FleetSummary }>(fleetPath(fleet!, 'instances'));
+    const body = await (await openApi(flags, ctx)).get<FleetInstances>(fleetPath(fleet!, 'instances'));
     if (ctx.json) return printJson(ctx, body);
     const f = body.fleet;
     out(ctx, `fleet ${f.name}: ${f.app} on channel ${f.channel}, desired ${f.desired?.version ?? '-'}\n`);
@@ -42,7 +41,7 @@ export const driftCommand: CommandDef = {
   options: { ...API_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [fleet]) {
-    const body = await (await openApi(flags, ctx)).get<{ fleet: PublicFleet; drifted: InstanceRow[]; summary: FleetSummary }>(fleetPath(fleet!, 'drift'));
+    const body = await (await openApi(flags, ctx)).get<FleetDrift>(fleetPath(fleet!, 'drift'));
     if (ctx.json) return printJson(ctx, body);
     if (body.drifted.length) {
       const rows = body.drifted.map((r) => [r.instanceId, r.drift, imageOf(r), dash(r.desired), dash(r.installed), dash(r.via), r.tree]);

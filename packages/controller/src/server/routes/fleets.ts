@@ -7,7 +7,7 @@ import { fleetRows, summarize } from '../../fleets/fleet-view.js';
 import type { AgentHub } from '../../fleets/agent-hub.js';
 import type { Provider } from '../../providers/provider.js';
 import { KilnError } from '@kiln/shared';
-import type { PublicFleet } from '../api-types.js';
+import type { DeploymentBody, FleetBody, FleetCreated, FleetDrift, FleetInstances, FleetList, PublicFleet } from '../api-types.js';
 
 const Params = z.strictObject({ name: fleetName });
 
@@ -20,7 +20,7 @@ export function publicFleet(f: Fleet): PublicFleet {
 export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: AgentHub; deployments: Deployments; provider?: Provider }> = async (app, { fleets, hub, deployments, provider }) => {
   const fleetOf = (params: unknown) => fleets.get(parseInput(Params, params, 'the fleet name').name);
 
-  app.post('/v1/fleets', async (req, reply) => {
+  app.post<{ Reply: FleetCreated }>('/v1/fleets', async (req, reply) => {
     const input = parseInput(FleetCreate, req.body, 'the fleet');
     if (input.provider !== 'none') {
       if (provider?.name !== input.provider) throw new KilnError('KILN_REQUEST_INVALID', `provider: this controller runs ${provider ? `the ${provider.name} provider` : 'no provider'}, not ${input.provider}`);
@@ -34,19 +34,19 @@ export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: Agent
     const { fleet, agentCredential } = await fleets.create(input, await deployments.pointed(input.app, input.channel));
     return reply.status(201).send({ fleet: publicFleet(fleet), agentCredential });
   });
-  app.get('/v1/fleets', async () => ({ fleets: fleets.list().map(publicFleet) }));
-  app.get('/v1/fleets/:name', async (req) => ({ fleet: publicFleet(fleetOf(req.params)) }));
-  app.get('/v1/fleets/:name/instances', async (req) => {
+  app.get<{ Reply: FleetList }>('/v1/fleets', async () => ({ fleets: fleets.list().map(publicFleet) }));
+  app.get<{ Reply: FleetBody }>('/v1/fleets/:name', async (req) => ({ fleet: publicFleet(fleetOf(req.params)) }));
+  app.get<{ Reply: FleetInstances }>('/v1/fleets/:name/instances', async (req) => {
     const fleet = fleetOf(req.params);
     const rows = fleetRows(fleet, hub);
     return { fleet: publicFleet(fleet), instances: rows, summary: summarize(rows) };
   });
-  app.get('/v1/fleets/:name/drift', async (req) => {
+  app.get<{ Reply: FleetDrift }>('/v1/fleets/:name/drift', async (req) => {
     const fleet = fleetOf(req.params);
     const rows = fleetRows(fleet, hub);
     return { fleet: publicFleet(fleet), drifted: rows.filter((r) => r.drift !== 'in-sync'), summary: summarize(rows) };
   });
-  app.post('/v1/fleets/:name/rollback', async (req, reply) => {
+  app.post<{ Reply: DeploymentBody }>('/v1/fleets/:name/rollback', async (req, reply) => {
     const fleet = fleetOf(req.params);
     const opts = parseInput(RollbackCreate, req.body, 'the rollback');
     return reply.status(201).send({ deployment: await deployments.rollback(fleet.name, opts) });
