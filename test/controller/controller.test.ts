@@ -62,7 +62,9 @@ describe('controller: hotfix rollouts over the agents', () => {
   }, 60_000);
 
   it('stops at the failure limit, rolls the touched instances back and restores the pointer', async () => {
-    const fleet = await startFleet({ s3, keys, ctl, count: 2, name: 'api' });
+    // Its own channel: fleet web follows stable, and two fleets of an app never share one.
+    await promoteRelease({ store: s3.store, app: 'web', version: '1.0.0', channel: 'api', key: keys.key, keys: keys.keys, ttlMs: 3_600_000 });
+    const fleet = await startFleet({ s3, keys, ctl, count: 2, name: 'api', channel: 'api' });
     agents.push(...fleet.agents);
     await until('2 agents', async () => (await ctl.api('GET', '/v1/fleets/api/instances')).body.instances.filter((r: any) => r.installed === '1.0.0').length === 2);
     const first = await ctl.api('POST', '/v1/deployments', { fleet: 'api', version: '2.0.0', batch: { percent: 100 } });
@@ -82,11 +84,12 @@ describe('controller: hotfix rollouts over the agents', () => {
 
   it('refuses a release signed by a key it does not trust with 422, before the pointer moves', async () => {
     await pushApp({ store: s3.store, keys: makeKeys(), version: '9.0.0' });
-    await ctl.api('POST', '/v1/fleets', { name: 'signed', app: 'web', channel: 'stable' });
-    const before = await readPointer(s3.store, 'web', 'stable', keys.keys);
+    await promoteRelease({ store: s3.store, app: 'web', version: '1.0.0', channel: 'signed', key: keys.key, keys: keys.keys, ttlMs: 3_600_000 });
+    expect((await ctl.api('POST', '/v1/fleets', { name: 'signed', app: 'web', channel: 'signed' })).status).toBe(201);
+    const before = await readPointer(s3.store, 'web', 'signed', keys.keys);
     const r = await ctl.api('POST', '/v1/deployments', { fleet: 'signed', version: '9.0.0' });
     expect([r.status, r.body.error.code]).toEqual([422, 'KILN_SIGNATURE_INVALID']);
-    expect(await readPointer(s3.store, 'web', 'stable', keys.keys)).toEqual(before);
+    expect(await readPointer(s3.store, 'web', 'signed', keys.keys)).toEqual(before);
   });
 
   it('a pointer with a bad signature is not read as no pointer: the deployment is refused with its code, nothing moves', async () => {

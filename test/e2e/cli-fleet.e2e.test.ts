@@ -85,7 +85,7 @@ describe('the operator story against `kiln up`', { timeout: 90_000 }, () => {
   });
 
   it('creates a fleet, prints its agent credential once and saves it (0600)', async () => {
-    const created = await k('fleet', 'create', 'web', '--app', 'web');
+    const created = await k('fleet', 'create', 'web', '--app', 'web', '--channel', 'stable');
     expect(created.code, created.stderr).toBe(0);
     const credential = /agent credential\s+(\S+)/.exec(created.stdout)?.[1];
     const file = path.join(cwd, '.kiln/fleets/web.credential');

@@ -1,5 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import { runCli } from '@kiln/controller';
 
 export const KILN_MAIN = fileURLToPath(new URL('../../packages/controller/dist/main.js', import.meta.url));
 export const KILN_AGENT_MAIN = fileURLToPath(new URL('../../packages/agent/dist/main.js', import.meta.url));
@@ -18,6 +20,19 @@ export interface CliOptions {
 /** Runs the built `kiln` CLI as a user would: a real child process. */
 export const kiln = (args: string[], opts: CliOptions = {}): Promise<CliResult> => finished(startKiln(args, opts));
 export const startKiln = (args: string[], opts: CliOptions = {}): ChildProcess => startMain(KILN_MAIN, args, opts);
+
+/**
+ * Runs one kiln command in this process: the same runCli the binary runs, its output collected,
+ * without a Node start per command (the environment is `opts.env` alone).
+ */
+export async function kilnHere(args: string[], opts: CliOptions = {}): Promise<CliResult> {
+  let stdout = '';
+  let stderr = '';
+  const sink = (add: (d: string) => void) => new Writable({ write: (d, _e, cb) => (add(String(d)), cb()) });
+  const io = { stdout: sink((d) => (stdout += d)), stderr: sink((d) => (stderr += d)), env: opts.env ?? {}, cwd: opts.cwd ?? process.cwd() };
+  const code = await runCli(args, { io });
+  return { code, stdout, stderr };
+}
 
 /** Runs the built `kiln-agent` the same way. */
 export const kilnAgent = (args: string[], opts: CliOptions = {}): Promise<CliResult> => finished(startKilnAgent(args, opts));

@@ -70,15 +70,19 @@ export function apiClient(url: string): TestController['api'] {
   };
 }
 
-/** A fleet and `count` real agents (process supervisor, own roots and ports) connected to it. */
-export async function startFleet(args: { s3: S3Fixture; keys: Keys; ctl: Pick<TestController, 'api' | 'agentsUrl'>; name?: string; count: number; app?: string }): Promise<{ agents: TestAgent[]; credential: string; name: string }> {
+/**
+ * A fleet and `count` real agents (process supervisor, own roots and ports) connected to it, on
+ * `channel` (default stable, where STANDARD_RELEASES puts 1.0.0; two fleets of an app need two channels).
+ */
+export async function startFleet(args: { s3: S3Fixture; keys: Keys; ctl: Pick<TestController, 'api' | 'agentsUrl'>; name?: string; count: number; app?: string; channel?: string }): Promise<{ agents: TestAgent[]; credential: string; name: string }> {
   const name = args.name ?? 'web';
-  const created = await args.ctl.api('POST', '/v1/fleets', { name, app: args.app ?? 'web', channel: 'stable' });
+  const channel = args.channel ?? 'stable';
+  const created = await args.ctl.api('POST', '/v1/fleets', { name, app: args.app ?? 'web', channel });
   if (created.status !== 201) throw new Error(`fleet create: ${JSON.stringify(created.body)}`);
   const credential = created.body.agentCredential as string;
   const agents: TestAgent[] = [];
   for (let i = 0; i < args.count; i++) {
-    const a = await makeAgent({ s3: args.s3, keys: args.keys, instanceId: `${name}-${i + 1}`, config: { controller: { url: args.ctl.agentsUrl, credential } } });
+    const a = await makeAgent({ s3: args.s3, keys: args.keys, instanceId: `${name}-${i + 1}`, config: { channel, controller: { url: args.ctl.agentsUrl, credential } } });
     agents.push(a);
   }
   await Promise.all(agents.map((a) => a.agent.start()));

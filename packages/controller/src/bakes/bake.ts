@@ -100,14 +100,17 @@ export async function reapBakes(o: { provider: Provider; store: ReleaseStore; ta
  * Bakes an image holding `app@version`: builder from the base image → its agent installs the
  * release at boot through the shared routine and seals the root → stop → create image → copy →
  * tag with lineage. The builder, the bake's private channel and, on failure, every image tagged
- * with the bake id are reaped. A bake key (base image, artifact sha256, agent version) finds an
+ * with the bake id are reaped. A bake key (base image, manifest sha256, agent version) finds an
  * image baked before: then nothing is built.
  */
 export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
   const t = { ...DEFAULT_BAKE_TIMEOUTS, ...o.timeouts };
   const { manifest, manifestSha256 } = await showRelease(o.store, o.app, o.version, o.trustedKeys);
   const release = { version: manifest.version, seq: manifest.seq, manifestSha256 };
-  const bakeKey = sha256Hex(Buffer.from(`${o.baseImage}\n${manifest.artifact.sha256}\n${o.agentVersion}`)).slice(0, 32);
+  // The manifest's digest, not the artifact's: two versions of one tree differ in version, seq, command,
+  // env or health check, and the image marker names the release by this digest (a shared image would
+  // boot the other release, then download this one at boot).
+  const bakeKey = sha256Hex(Buffer.from(`${o.baseImage}\n${manifestSha256}\n${o.agentVersion}`)).slice(0, 32);
   const base = await baseImageOf(o.provider, o.baseImage);
   const earlier = (await o.provider.describeImages({ tags: { [TAG.bakeKey]: bakeKey } })).find((i) => i.state === 'available');
   if (earlier) {

@@ -41,15 +41,19 @@ export const Fleet = z.strictObject({
 });
 export type Fleet = z.infer<typeof Fleet>;
 
-export const FleetCreate = z.strictObject({
-  name: fleetName,
-  app: AppName,
-  channel: ChannelName.default('stable'),
-  provider: z.enum(['none', 'process', 'nspawn', 'ec2']).default('none'),
-  image: z.string().max(256).nullable().default(null),
-  size: z.number().int().min(0).max(100_000).default(0),
-  targetGroup: z.string().max(2048).nullable().default(null),
-});
+export const FleetCreate = z
+  .strictObject({
+    name: fleetName,
+    app: AppName,
+    channel: ChannelName.optional(),
+    provider: z.enum(['none', 'process', 'nspawn', 'ec2']).default('none'),
+    image: z.string().max(256).nullable().default(null),
+    size: z.number().int().min(0).max(100_000).default(0),
+    targetGroup: z.string().max(2048).nullable().default(null),
+  })
+  // The fleet's own name by default: a channel shared by two fleets moves both (a deployment of one
+  // points the channel the other's instances boot from), so each fleet gets its own unless told.
+  .transform((f) => ({ ...f, channel: f.channel ?? f.name }));
 
 export const Strategy = z.enum(['hotfix', 'relaunch', 'bake']);
 export type Strategy = z.infer<typeof Strategy>;

@@ -9,7 +9,10 @@ export interface FleetRegistry {
   list(): Fleet[];
   /** throws KILN_FLEET_NOT_FOUND */
   get(name: string): Fleet;
-  /** Creates a fleet; the agent credential is returned once and kept only as a digest. */
+  /**
+   * Creates a fleet; the agent credential is returned once and kept only as a digest.
+   * KILN_FLEET_EXISTS for a name in use; KILN_CHANNEL_TAKEN when another fleet of the app follows the channel.
+   */
   create(input: z.infer<typeof FleetCreate>, desired: ReleaseRef | null): Promise<{ fleet: Fleet; agentCredential: string }>;
   setDesired(name: string, release: ReleaseRef): Promise<Fleet>;
   /** Changes a fleet record (groups, image, size) and writes it. */
@@ -64,6 +67,15 @@ export function createFleetRegistry(opts: { docs: DocStore; log: Logger; now: ()
     },
     async create(input, desired) {
       if (fleets.has(input.name)) throw new KilnError('KILN_FLEET_EXISTS', `a fleet named ${input.name} already exists`);
+      const sharing = [...fleets.values()].find((f) => f.app === input.app && f.channel === input.channel);
+      if (sharing) {
+        const free = (c: string) => ![...fleets.values()].some((f) => f.app === input.app && f.channel === c);
+        const other = [input.name, `${input.name}-${input.channel}`.slice(0, 63)].find(free);
+        throw new KilnError(
+          'KILN_CHANNEL_TAKEN',
+          `fleet ${sharing.name} already follows channel ${input.channel} of ${input.app}: two fleets on one channel move each other's instances (deploying one points the channel the other's instances boot from); pass a channel of its own${other ? `: --channel ${other}` : ' with --channel'}`,
+        );
+      }
       const salt = opts.agentSecret ? randomBytes(12).toString('hex') : undefined;
       const agentCredential = salt ? derive(input.name, salt) : `kfa_${randomBytes(24).toString('base64url')}`;
       const fleet: Fleet = {

@@ -7,7 +7,8 @@ export type DriftState = 'in-sync' | 'off-image' | 'drifted' | 'unreachable';
 export interface InstanceRow {
   instanceId: string;
   connected: boolean;
-  lastSeen: string;
+  /** when its agent was last heard by this controller; null: never (an instance of the live group whose agent never reported here) */
+  lastSeen: string | null;
   imageId: string | null;
   /** the release baked into its image */
   image: string | null;
@@ -60,17 +61,46 @@ export function instanceRow(fleet: Fleet, i: HubInstance): InstanceRow {
 }
 
 /**
+ * An instance of the fleet's live group whose agent never reported to this controller: it was
+ * launched and the fleet counts on it, so it is shown unreachable rather than left out (a
+ * controller that came back on another address, an agent that cannot start).
+ */
+function unreportedRow(fleet: Fleet, instanceId: string, group: Fleet['groups'][number]): InstanceRow {
+  return {
+    instanceId,
+    connected: false,
+    lastSeen: null,
+    imageId: group.image,
+    image: null,
+    desired: fleet.desired?.version ?? null,
+    installed: null,
+    via: null,
+    tree: 'unknown',
+    operation: null,
+    lastError: null,
+    group: group.name,
+    drift: 'unreachable',
+  };
+}
+
+/**
  * The fleet's instances: on a provider, those of its live (or launching) group, and agents outside
- * any group that are connected; a stopped group's instances and terminated ones are not shown.
+ * any group that are connected; a stopped group's instances and terminated ones are not shown. An
+ * instance of the live group no agent reports for is unreachable, never absent: "0 instances" or
+ * "in sync" for a fleet whose group runs 3 would be untrue.
  */
 export function fleetRows(fleet: Fleet, hub: AgentHub): InstanceRow[] {
   const inGroup = new Map(fleet.groups.flatMap((g) => g.instances.map((id) => [id, g] as const)));
   const shown = (i: HubInstance) => (fleet.groups.length === 0 ? true : inGroup.has(i.instanceId) ? inGroup.get(i.instanceId)!.state !== 'standby' : i.connected);
-  return hub
+  const rows: InstanceRow[] = hub
     .instances(fleet.name)
     .filter(shown)
-    .map((i) => ({ ...instanceRow(fleet, i), group: inGroup.get(i.instanceId)?.name ?? null }))
-    .sort((a, b) => a.instanceId.localeCompare(b.instanceId));
+    .map((i) => ({ ...instanceRow(fleet, i), group: inGroup.get(i.instanceId)?.name ?? null }));
+  // Only the live group's: a launching group's instances are still on their way to their first report.
+  for (const g of fleet.groups.filter((g) => g.state === 'live')) {
+    for (const id of g.instances) if (hub.get(id)?.fleet !== fleet.name) rows.push(unreportedRow(fleet, id, g));
+  }
+  return rows.sort((a, b) => a.instanceId.localeCompare(b.instanceId));
 }
 
 export function summarize(rows: InstanceRow[]): FleetSummary {

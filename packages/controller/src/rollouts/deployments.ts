@@ -8,6 +8,7 @@ import { runGroupRollout, type GroupRolloutContext } from './group-rollout.js';
 import { TAG } from '../providers/provider.js';
 import { runRollout } from './rollout.js';
 import { createRolloutWaiter } from '../fleets/rollout-wait.js';
+import { fleetRows } from '../fleets/fleet-view.js';
 
 export interface DeploymentsOptions {
   docs: DocStore;
@@ -58,7 +59,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     const save = async (r: Deployment) => void (closed || (await o.docs.put(keyOf(r.fleet, r.id), r)));
     const run =
       record.strategy === 'hotfix' && record.kind !== 'heal'
-        ? runRollout({ record, hub: o.hub, waiter, save, movePointer, signedManifest: (app, version) => o.store.getManifest(app, version), succeeded, log, now: o.now, stopped: () => closed })
+        ? runRollout({ record, known: () => fleetRows(o.fleets.get(record.fleet), o.hub), waiter, save, movePointer, signedManifest: (app, version) => o.store.getManifest(app, version), succeeded, log, now: o.now, stopped: () => closed })
         : // A group rollout stopped by the controller stopping still removes its group, so it puts the pointer back too:
           // the live group's agents follow the pointer while no controller is there.
           runGroupRollout({ ...o.groups!, record, fleets: o.fleets, hub: o.hub, waiter, save, movePointer: pointTo, log, now: o.now });
@@ -88,7 +89,11 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
   /** Only a channel without a pointer is null: one that cannot be read is thrown (a deployment would lose what to go back to). */
   async function pointed(app: string, channel: string): Promise<ReleaseRef | null> {
     const p = await findPointer(o.store, app, channel, o.trustedKeys);
-    return p ? { version: p.version, seq: p.seq, manifestSha256: p.manifestSha256 } : null;
+    if (!p) return null;
+    // The pointer's seq counts the channel's promotes; a ReleaseRef carries the release's own seq (the
+    // app's), which a deployment compares to tell forward from back.
+    const { manifest } = await showRelease(o.store, app, p.version, o.trustedKeys);
+    return { version: p.version, seq: manifest.seq, manifestSha256: p.manifestSha256 };
   }
 
   let resuming: Promise<void> = Promise.resolve();

@@ -5,7 +5,7 @@ import type { Deployment, Fleet, Group } from '../fleets/fleet-model.js';
 import type { FleetRegistry } from '../fleets/fleet-registry.js';
 import { fleetRows } from '../fleets/fleet-view.js';
 import { TAG, type BootData, type Provider } from '../providers/provider.js';
-import { healthyOn, type RolloutWaiter } from '../fleets/rollout-wait.js';
+import { healthyOn, type RolloutWaiter, type WaitOutcome } from '../fleets/rollout-wait.js';
 
 export interface GroupRolloutContext {
   record: Deployment;
@@ -56,9 +56,30 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
   const mark = (id: string, s: Deployment['instances'][string]['step'], error?: { code: string; message: string }) =>
     (r.instances[id] = { step: s, batch: 0, ...(error ? { error } : {}), at: c.now().toISOString() });
   const launched: string[] = [];
+  const gated = (id: string, o: WaitOutcome) => (o.ok ? mark(id, 'healthy') : mark(id, 'failed', { code: o.code, message: o.message }));
+
+  /**
+   * Past maxFailures, why the group failed its gate, instance by instance. When no agent of the
+   * group connected at all, the cause is that, not health: KILN_AGENT_UNREACHABLE with the ids.
+   */
+  function gateFailure(group: string, ids: string[], outcomes: WaitOutcome[], since: number, what: string): KilnError | undefined {
+    const failed = ids.flatMap((id, n) => (outcomes[n]!.ok ? [] : [{ id, o: outcomes[n] as Extract<WaitOutcome, { ok: false }> }]));
+    if (failed.length <= r.maxFailures) return undefined;
+    // What the hub remembers from before `since` (a standby group's last run) does not count.
+    const reached = (id: string) => Date.parse(c.hub.get(id)?.connectedAt ?? '') >= since;
+    const list = (xs: string[]) => `${xs.slice(0, 10).join(', ')}${xs.length > 10 ? ` and ${xs.length - 10} more` : ''}`;
+    if (!ids.some(reached)) {
+      return new KilnError(
+        'KILN_AGENT_UNREACHABLE',
+        `reached 0 of ${ids.length} ${what} of ${group}: no agent connected to this controller within ${r.healthTimeoutMs} ms (${list(ids)}); they run, but their agents call another controller address (the one they were launched with) or cannot start`,
+      );
+    }
+    return new KilnError('KILN_GROUP_UNHEALTHY', `${failed.length} of ${ids.length} ${what} of ${group} failed their health gate (limit ${r.maxFailures}): ${failed.slice(0, 3).map((f) => `${f.id}: ${f.o.code}: ${f.o.message}`).join('; ')}${failed.length > 3 ? `; and ${list(failed.slice(3).map((f) => f.id))}` : ''}`);
+  }
 
   /** Launches `count` instances into `group` and waits for every agent to report the release healthy. */
   async function launchHealthy(fleet: Fleet, group: string, image: string, count: number): Promise<string[]> {
+    const since = Date.now();
     const insts = await c.provider.launch({ imageId: image, count, tags: { [TAG.fleet]: fleet.name, [TAG.group]: group, [TAG.app]: fleet.app, [TAG.release]: r.release.version }, boot: await c.boot(fleet) });
     const ids = insts.map((i) => i.id);
     launched.push(...ids);
@@ -84,10 +105,9 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
         ),
       ),
     );
-    const failed = outcomes.flatMap((o, n) => (o.ok ? (mark(ids[n]!, 'healthy'), []) : (mark(ids[n]!, 'failed', { code: o.code, message: o.message }), [`${ids[n]}: ${o.code}: ${o.message}`])));
-    if (failed.length > r.maxFailures) {
-      throw new KilnError('KILN_GROUP_UNHEALTHY', `${failed.length} of ${ids.length} new instances failed their health gate (limit ${r.maxFailures}): ${failed.slice(0, 3).join('; ')}`);
-    }
+    ids.forEach((id, n) => gated(id, outcomes[n]!));
+    const failure = gateFailure(group, ids, outcomes, since, 'new instances');
+    if (failure) throw failure;
     return ids;
   }
 
@@ -119,6 +139,8 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
 
   const end: Partial<Pick<Deployment, 'state' | 'verdict' | 'error' | 'finishedAt'>> = {};
   let newGroup: string | null = null;
+  /** a rollback: the standby group went live (past that, its pointer is the fleet's) */
+  let swapped = false;
   try {
     let fleet = c.fleets.get(r.fleet);
     if (fleet.provider === 'none') throw new KilnError('KILN_PROVIDER_FAILED', `fleet ${fleet.name} has no provider: only --strategy hotfix reaches its instances`);
@@ -153,14 +175,16 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     await step('');
     // A heal that could not reach every instance did not converge the fleet: a script must notice.
     const unreachable = Object.entries(r.instances).filter(([, i]) => i.step === 'unreachable').map(([id]) => id);
-    const error = unreachable.length ? { code: 'KILN_AGENT_UNREACHABLE', message: `${unreachable.length} instance(s) were unreachable and not healed: ${unreachable.join(', ')}` } : null;
+    const error = unreachable.length ? { code: 'KILN_AGENT_UNREACHABLE', message: `${unreachable.length} instance(s) were unreachable and not healed: ${unreachable.join(', ')}; no agent of theirs reports to this controller (\`kiln status ${r.fleet}\`)` } : null;
     Object.assign(end, { state: error ? 'failed' : 'succeeded', verdict: verdictOf(unreachable), error });
   } catch (err) {
     const e = asKilnError(err);
     log.error({ err: e, phase: watch.phase }, 'group rollout failed: removing what it launched');
     await c.provider.terminate(launched).catch((err) => log.error({ err }, 'cannot terminate the launched instances'));
     if (newGroup) await c.fleets.update(r.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== newGroup) })).catch((err) => log.error({ err, group: newGroup }, 'cannot remove the failed group from the fleet'));
-    if (r.previous && r.kind !== 'rollback') await c.movePointer(r.app, r.channel, r.previous).catch((err) => log.error({ err }, 'cannot restore the channel pointer'));
+    // A rollback that failed before its group went live points the channel back too: the live group's
+    // agents follow the pointer while they cannot reach a controller.
+    if (r.previous && (r.kind !== 'rollback' || !swapped)) await c.movePointer(r.app, r.channel, r.previous).catch((err) => log.error({ err }, 'cannot restore the channel pointer'));
     Object.assign(end, { state: 'failed', verdict: `failed in phase ${watch.phase}: ${e.message}; the live group stays live`, error: { code: e.code, message: e.message } });
   }
   Object.assign(r, end, { finishedAt: c.now().toISOString(), updatedAt: c.now().toISOString() });
@@ -170,8 +194,11 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
 
   function verdictOf(unreachable: string[]): string {
     const total = r.phases.reduce((s, p) => s + p.ms, 0);
-    const what = r.kind === 'rollback' ? `group ${r.group} is live again` : r.kind === 'heal' ? `healed: ${Object.values(r.instances).filter((i) => i.step === 'healthy').length} instances replaced` : `group ${r.group} is live`;
-    return `${what} with ${r.release.version} in ${(total / 1000).toFixed(1)} s${unreachable.length ? `; unreachable, not healed: ${unreachable.join(', ')}` : ''}`;
+    const replaced = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
+    // A heal that left instances unreachable did not heal the fleet: the verdict opens with that.
+    if (unreachable.length) return `not healed: ${unreachable.length} instance(s) unreachable (no agent reports to this controller): ${unreachable.join(', ')}; ${replaced} drifted instance(s) replaced with ${r.release.version}`;
+    const what = r.kind === 'rollback' ? `group ${r.group} is live again` : r.kind === 'heal' ? `healed: ${replaced} instances replaced` : `group ${r.group} is live`;
+    return `${what} with ${r.release.version} in ${(total / 1000).toFixed(1)} s`;
   }
 
   /**
@@ -214,17 +241,19 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     const since = Date.now();
     await c.provider.start(standby.instances, { timeoutMs: c.launchTimeoutMs });
     await step('health');
-    const fresh = (i: HubInstance | undefined) => !!i?.connected && Date.parse(i.connectedAt) >= since && healthyOn(i.report, r.release.manifestSha256);
-    const outcomes = await Promise.all(
-      standby.instances.map((id) => c.waiter.until(id, (i) => (fresh(i) ? { ok: true } : undefined), r.healthTimeoutMs, () => `${id} did not report ${r.release.version} healthy within ${r.healthTimeoutMs} ms`)),
-    );
-    const failed = outcomes.filter((o) => !o.ok).length;
-    standby.instances.forEach((id, n) => (outcomes[n]!.ok ? mark(id, 'healthy') : mark(id, 'failed', { code: (outcomes[n] as { code: string }).code, message: (outcomes[n] as { message: string }).message })));
-    if (failed > r.maxFailures) {
-      await c.provider.stop(standby.instances, { timeoutMs: c.launchTimeoutMs }).catch(() => undefined);
-      throw new KilnError('KILN_GROUP_UNHEALTHY', `${failed} of ${standby.instances.length} instances of ${standby.name} did not come back healthy`);
+    const back = (i: HubInstance | undefined) => !!i && Date.parse(i.connectedAt) >= since;
+    const fresh = (i: HubInstance | undefined) => back(i) && !!i?.connected && healthyOn(i.report, r.release.manifestSha256);
+    const late = (id: string) => (i: HubInstance | undefined) =>
+      `${id} ${back(i) ? `reported ${i!.report?.installed?.version ?? 'nothing installed'}${i!.report?.service.active ? '' : ', app not running'}, not ${r.release.version} healthy,` : 'never connected to this controller since it was started'} within ${r.healthTimeoutMs} ms`;
+    const outcomes = await Promise.all(standby.instances.map((id) => c.waiter.until(id, (i) => (fresh(i) ? { ok: true } : undefined), r.healthTimeoutMs, late(id))));
+    standby.instances.forEach((id, n) => gated(id, outcomes[n]!));
+    const failure = gateFailure(standby.name, standby.instances, outcomes, since, 'instances brought back');
+    if (failure) {
+      await c.provider.stop(standby.instances, { timeoutMs: c.launchTimeoutMs }).catch((err) => log.error({ err }, 'cannot stop the group brought back'));
+      throw failure;
     }
     await step('live');
+    swapped = true;
     const current = liveGroup(fleet);
     await c.fleets.update(fleet.name, (f) => ({ ...f, image: standby.image, groups: f.groups.map((g) => (g.name === standby.name ? { ...g, state: 'live' as const } : g.name === current?.name ? { ...g, state: 'standby' as const } : g)) }));
     await c.fleets.setDesired(fleet.name, r.release);

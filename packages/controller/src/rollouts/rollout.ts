@@ -1,11 +1,11 @@
-import { CommandAction, MAX_INLINE_MANIFEST, asKilnError, type Logger, type ReleaseRef, type SignedObject } from '@kiln/shared';
-import type { AgentHub } from '../fleets/agent-hub.js';
+import { CommandAction, KilnError, MAX_INLINE_MANIFEST, asKilnError, type Logger, type ReleaseRef, type SignedObject } from '@kiln/shared';
 import type { BatchSpec, Deployment } from '../fleets/fleet-model.js';
 import type { RolloutWaiter } from '../fleets/rollout-wait.js';
 
 export interface RolloutContext {
   record: Deployment;
-  hub: AgentHub;
+  /** the fleet's instances as `kiln status` shows them (connected or not): what the rollout should reach */
+  known: () => Array<{ instanceId: string; connected: boolean }>;
   waiter: RolloutWaiter;
   save: (record: Deployment) => Promise<void>;
   movePointer: (app: string, channel: string, release: ReleaseRef) => Promise<void>;
@@ -70,16 +70,28 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
   // The verdict is kept aside until it is written: a reader never sees an outcome the bucket does not hold.
   const end: Partial<Pick<Deployment, 'state' | 'verdict' | 'error' | 'finishedAt'>> = {};
   try {
+    const planned = r.batches.length > 0; // a resumed record keeps its plan
+    const all = planned ? [] : c.known();
+    if (!planned) {
+      // Not connected now: not commanded; they converge on the moved pointer when they come back.
+      for (const i of all.filter((i) => !i.connected)) r.instances[i.instanceId] = { step: 'unreachable', batch: -1, at: c.now().toISOString() };
+      // Reaching none of the fleet's instances is no deployment: fail before the pointer moves, or
+      // the verdict would say "succeeded: 0 healthy" while the fleet runs what it ran.
+      if (all.length > 0 && !all.some((i) => i.connected)) {
+        const ids = all.map((i) => i.instanceId).sort();
+        throw new KilnError(
+          'KILN_AGENT_UNREACHABLE',
+          `reached 0 of ${ids.length} instances of fleet ${r.fleet}: no agent is connected to this controller (${ids.slice(0, 10).join(', ')}${ids.length > 10 ? ` and ${ids.length - 10} more` : ''}); nothing was installed and the channel pointer did not move. \`kiln status ${r.fleet}\` shows them; agents keep calling the controller address they were started with`,
+        );
+      }
+    }
     await c.movePointer(r.app, r.channel, r.release);
-    if (r.batches.length === 0) {
-      const all = c.hub.instances(r.fleet);
+    if (!planned) {
       const targets = all.filter((i) => i.connected).map((i) => i.instanceId).sort();
       r.batches = planBatches(targets, r.batch);
       r.batches.forEach((b, n) => b.forEach((id) => (r.instances[id] = { step: 'pending', batch: n, at: c.now().toISOString() })));
-      // Not connected now: not commanded; they converge on the moved pointer when they come back.
-      for (const i of all.filter((i) => !i.connected)) r.instances[i.instanceId] = { step: 'unreachable', batch: -1, at: c.now().toISOString() };
       await save();
-      log.info({ targets: targets.length, batches: r.batches.length }, 'rollout started');
+      log.info({ targets: targets.length, unreachable: all.length - targets.length, batches: r.batches.length }, 'rollout started');
     }
     // Going back (a fleet rollback, or an explicit older version) is a rollback on the agents: they refuse a lower seq otherwise.
     const back = r.kind === 'rollback' || (r.previous !== null && r.release.seq < r.previous.seq);

@@ -15,13 +15,15 @@ const targetGroupName = (arn: string | null) => (arn ? (/:targetgroup\/([^/]+)\/
 export const fleetCreate: CommandDef = {
   name: 'fleet create',
   summary: "create a fleet; prints its agent credential (once) and saves it for local agents",
-  usage: 'fleet create NAME --app APP [--channel stable] [--provider process --size N [--image ID]] [--target-group ARN] [--json]',
+  usage: 'fleet create NAME --app APP [--channel CHANNEL] [--provider process --size N [--image ID]] [--target-group ARN] [--json]',
   details:
     'A fleet is the instances of one app following one channel. Its agents connect with the credential printed here,\nwhich the controller keeps only as a digest; it is also saved to .kiln/fleets/NAME.credential (0600) for `kiln agents start`.\n' +
+    "The channel is the fleet's own: by default its name, and no two fleets of an app may follow one (KILN_CHANNEL_TAKEN),\n" +
+    "since deploying one fleet moves the pointer the other's instances boot from. A new fleet wants what its channel points to.\n" +
     'With --target-group (ec2), a bake or relaunch registers the new group in that ELBv2 target group and waits until it is healthy,\nthen deregisters the old group and waits for connection draining before it stops.',
   options: {
     app: { type: 'string', value: 'APP', help: 'the app its instances run' },
-    channel: { type: 'string', value: 'CHANNEL', help: 'the channel they follow (default stable)' },
+    channel: { type: 'string', value: 'CHANNEL', help: "the channel they follow, one no other fleet of the app follows (default: the fleet's name)" },
     provider: { type: 'string', value: 'NAME', help: 'none (agents you start yourself; the default) or the provider the controller runs (`kiln up`: process), for bake, relaunch and heal' },
     image: { type: 'string', value: 'ID', help: 'the image its instances launch from and bakes start from (process: default the plain base image)' },
     size: { type: 'string', value: 'N', help: 'how many instances each group launches (default 0; bake and relaunch launch at least 1)' },
@@ -46,7 +48,7 @@ export const fleetCreate: CommandDef = {
     const res = await api.post<FleetCreated>('/v1/fleets', {
       name,
       app,
-      channel: str(flags, 'channel') ?? 'stable',
+      ...(str(flags, 'channel') !== undefined ? { channel: str(flags, 'channel') } : {}),
       ...(provider ? { provider } : {}),
       ...(image ? { image } : {}),
       ...(size !== undefined ? { size: Number(size) } : {}),
@@ -65,7 +67,9 @@ export const fleetCreate: CommandDef = {
         `agent credential  ${res.agentCredential}`,
         `                  shown once; saved to ${file} (0600)`,
         `agents connect to ${api.agentsUrl}`,
-        f.provider === 'none' ? `start local agents with: kiln agents start ${f.name} --count 3` : `launch its first group with: kiln deploy ${f.name} VERSION --strategy bake`,
+        f.provider === 'none'
+          ? `start local agents with: kiln agents start ${f.name} --count 3${f.desired ? '' : `, then install a release on them: kiln deploy ${f.name} VERSION`}`
+          : `launch its first group with: kiln deploy ${f.name} VERSION --strategy bake`,
       ].join('\n'),
     );
   },

@@ -14,7 +14,8 @@ export const bakeCommand: CommandDef = {
   details:
     "A builder instance is launched from the base image; its agent installs the release at boot through the shared\n" +
     'install routine and seals the root; the builder is stopped, imaged (and the image copied to --regions), then\n' +
-    'terminated. An image with the same bake key (base image, artifact sha256, agent version) is reused, not rebuilt.\n' +
+    'terminated. An image with the same bake key (base image, manifest sha256, agent version) is reused, not rebuilt:\n' +
+    'the same release on the same base with the same agent. Two versions of one app tree are two images.\n' +
     'On failure, everything the bake created is removed and the error names the phase.',
   options: {
     from: { type: 'string', value: 'IMAGE', help: 'the base image (process provider: img-base, or an earlier image)' },

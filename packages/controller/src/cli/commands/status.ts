@@ -10,11 +10,24 @@ const imageOf = (r: InstanceRow) => (r.imageId ? `${r.imageId} (${r.image ?? 'no
 
 const fleetPath = (fleet: string, what: string) => `/v1/fleets/${encodeURIComponent(fleet)}/${what}`;
 
+/** What unreachable instances mean and what to do: printed under the summary whenever there are some. */
+function unreachableNote(fleet: string, rows: InstanceRow[]): string {
+  const ids = rows.filter((r) => r.drift === 'unreachable').map((r) => r.instanceId);
+  if (!ids.length) return '';
+  return (
+    `\n${ids.length} unreachable: ${ids.slice(0, 5).join(', ')}${ids.length > 5 ? ` and ${ids.length - 5} more` : ''}: no agent of theirs reports to this controller, so what they run is unknown.\n` +
+    `An agent keeps calling the controller address it was started with; \`kiln deploy\` and \`kiln heal\` fail while ${ids.length === 1 ? 'it is' : 'they are'} unreachable (\`kiln deploy ${fleet} VERSION --strategy relaunch\` replaces the group).`
+  );
+}
+
 export const statusCommand: CommandDef = {
   name: 'status',
   summary: "a fleet's instances: connected, image, desired, installed, how it got there, tree check, last error",
   usage: 'status FLEET [--json]',
-  details: 'The live view from the agents\' reports, with a one-line summary: in sync, off their image (hotfixed), drifted, unreachable.',
+  details:
+    "The live view from the agents' reports, with a one-line summary: in sync, off their image (hotfixed), drifted, unreachable.\n" +
+    'An instance of the live group whose agent does not report to this controller is shown unreachable (CONNECTED never:\n' +
+    'not since this controller started), never left out.',
   options: { ...API_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [fleet]) {
@@ -23,10 +36,10 @@ export const statusCommand: CommandDef = {
     const f = body.fleet;
     out(ctx, `fleet ${f.name}: ${f.app} on channel ${f.channel}, desired ${f.desired?.version ?? '-'}\n`);
     if (body.instances.length) {
-      const rows = body.instances.map((r) => [r.instanceId, r.connected ? 'yes' : 'no', imageOf(r), dash(r.desired), dash(r.installed), dash(r.via), r.tree, r.operation ?? '-', dash(r.lastError)]);
+      const rows = body.instances.map((r) => [r.instanceId, r.connected ? 'yes' : r.lastSeen ? 'no' : 'never', imageOf(r), dash(r.desired), dash(r.installed), dash(r.via), r.tree, r.operation ?? '-', dash(r.lastError)]);
       out(ctx, formatTable(['INSTANCE', 'CONNECTED', 'IMAGE (BAKED)', 'DESIRED', 'INSTALLED', 'VIA', 'TREE', 'OPERATION', 'LAST ERROR'], rows));
     }
-    out(ctx, body.summary.line);
+    out(ctx, body.summary.line + unreachableNote(f.name, body.instances));
   },
 };
 
@@ -37,7 +50,8 @@ export const driftCommand: CommandDef = {
   details:
     'in sync: runs the desired release as its image carries it, files intact. off-image: runs the desired release,\n' +
     'but not the one its image was baked with (a hotfix; replacing the instance heals it). drifted: not the desired\n' +
-    'release, or files changed on disk. unreachable: its agent is not connected.',
+    'release, or files changed on disk. unreachable: its agent is not connected or never reported to this controller\n' +
+    '(what it runs is unknown, so it is not in sync).',
   options: { ...API_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [fleet]) {
@@ -47,8 +61,8 @@ export const driftCommand: CommandDef = {
       const rows = body.drifted.map((r) => [r.instanceId, r.drift, imageOf(r), dash(r.desired), dash(r.installed), dash(r.via), r.tree]);
       out(ctx, formatTable(['INSTANCE', 'DRIFT', 'IMAGE (BAKED)', 'DESIRED', 'INSTALLED', 'VIA', 'TREE'], rows));
     } else {
-      out(ctx, `every instance of ${body.fleet.name} is in sync`);
+      out(ctx, body.summary.instances ? `every instance of ${body.fleet.name} is in sync` : `fleet ${body.fleet.name} has no instances`);
     }
-    out(ctx, body.summary.line);
+    out(ctx, body.summary.line + unreachableNote(body.fleet.name, body.drifted));
   },
 };
