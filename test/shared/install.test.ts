@@ -1,7 +1,7 @@
 import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { appLayout, install, isKilnError, rollback, type KilnError, type ReleaseStore } from '@kiln/shared';
+import { appLayout, install, isKilnError, readInstalledManifest, rollback, type KilnError, type ReleaseStore } from '@kiln/shared';
 import { makeHost, type Host } from '../helpers/host.js';
 import { STANDARD_RELEASES, leftovers, makeKeys, pushApp, pushReleases } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
@@ -128,6 +128,15 @@ describe('install', () => {
     await writeFile(appLayout(h.root, 'web').journal, 'garbage');
     expect((await install({ ...h.opts(), target: { version: '2.0.0' } })).outcome).toBe('installed');
     expect(await leftovers(h.root)).toEqual([]);
+  });
+
+  it('a damaged local manifest escaped readInstalledManifest as a bare SyntaxError: it reads as none', async () => {
+    const h = await host();
+    await install({ ...h.opts(), target: { version: '1.0.0' } });
+    const layout = appLayout(h.root, 'web');
+    expect((await readInstalledManifest(layout, '1.0.0'))?.manifest.version).toBe('1.0.0');
+    await writeFile(layout.metaFile('1.0.0'), JSON.stringify({ manifest: '{"schema": 1, "app": "we', sig: 'x' }));
+    expect(await readInstalledManifest(layout, '1.0.0')).toBeUndefined();
   });
 
   it('installs a release already on disk without a bucket, and needs one otherwise: KILN_NOT_INSTALLED', async () => {

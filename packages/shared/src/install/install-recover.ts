@@ -10,6 +10,7 @@ import { readLocalManifest } from '../release/release-resolve.js';
 import { Manifest } from '../release/release-schema.js';
 import type { ServiceManager } from '../service/service-manager.js';
 import { ifMissing } from '../system/fs-errors.js';
+import { parseJson } from '../system/json-file.js';
 import { isAlive } from '../system/process-alive.js';
 import { sha256Hex } from '../release/signing.js';
 
@@ -25,11 +26,16 @@ export async function isComplete(layout: AppLayout, version: string): Promise<bo
   return (await exists(layout.metaFile(version))) && (await exists(layout.release(version)));
 }
 
-/** The manifest of a complete release on disk (its marker), parsed, or undefined. */
+/** The manifest of a complete release on disk (its marker), parsed, or undefined when it is missing or damaged. */
 export async function readInstalledManifest(layout: AppLayout, version: string): Promise<{ manifest: Manifest; sha256: string } | undefined> {
   const local = await readLocalManifest(layout.metaFile(version));
-  const parsed = local && Manifest.safeParse(JSON.parse(local.bytes.toString('utf8')));
-  return parsed?.success ? { manifest: parsed.data, sha256: sha256Hex(local!.bytes) } : undefined;
+  if (!local) return undefined;
+  try {
+    return { manifest: parseJson(local.bytes.toString('utf8'), Manifest, { code: 'KILN_MANIFEST_INVALID', what: layout.metaFile(version) }), sha256: sha256Hex(local.bytes) };
+  } catch (err) {
+    if (isKilnError(err, 'KILN_MANIFEST_INVALID')) return undefined;
+    throw err;
+  }
 }
 
 /** What state.json records of the release `current` points to. */

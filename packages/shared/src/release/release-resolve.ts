@@ -1,10 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { KilnError } from '../errors/kiln-error.js';
-import { peekJsonFile } from '../system/json-file.js';
+import { parseJson, peekJsonFile } from '../system/json-file.js';
 import { checkName } from './names.js';
 import { ChannelPointer, Manifest } from './release-schema.js';
-import { formatZodError } from '../errors/format-zod-error.js';
 import type { ReleaseStore, SignedObject } from './release-store.js';
 import { checkEntryPath, type ExtractLimits } from './safe-extract.js';
 import { sha256Hex, verifyBytes, type PublicKey } from './signing.js';
@@ -27,18 +26,6 @@ export interface VerifiedManifest {
   sha256: string;
 }
 
-function parseJson<T>(bytes: Buffer, schema: { safeParse(v: unknown): { success: true; data: T } | { success: false; error: import('zod').ZodError } }, code: 'KILN_MANIFEST_INVALID' | 'KILN_POINTER_INVALID', what: string): T {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(bytes.toString('utf8'));
-  } catch (cause) {
-    throw new KilnError(code, `${what} is not JSON: ${(cause as Error).message}`, { cause });
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) throw new KilnError(code, `${what} is invalid: ${formatZodError(parsed.error)}`);
-  return parsed.data;
-}
-
 /** Fetches and verifies a channel pointer: signature, names, expiry. The seq is the caller's to check. */
 export async function fetchPointer(store: ReleaseStore, app: string, channel: string, keys: PublicKey[], now: Date): Promise<ChannelPointer> {
   const what = `channel pointer ${app}/${channel}`;
@@ -52,7 +39,7 @@ export async function fetchPointer(store: ReleaseStore, app: string, channel: st
     obj = await store.getPointer(app, channel);
     verifyBytes(obj.bytes, obj.sig, keys, what);
   }
-  const pointer = parseJson(obj.bytes, ChannelPointer, 'KILN_POINTER_INVALID', what);
+  const pointer = parseJson(obj.bytes.toString('utf8'), ChannelPointer, { code: 'KILN_POINTER_INVALID', what });
   if (pointer.app !== app || pointer.channel !== channel) throw new KilnError('KILN_MANIFEST_MISMATCH', `${what} names ${pointer.app}/${pointer.channel}`);
   if (Date.parse(pointer.expires) <= now.getTime()) {
     throw new KilnError('KILN_POINTER_EXPIRED', `${what} expired at ${pointer.expires}; promote the release again to renew it`);
@@ -68,7 +55,7 @@ export function verifyManifest(obj: SignedObject, expect: { app: string; version
   if (expect.sha256 && sha256 !== expect.sha256) {
     throw new KilnError('KILN_MANIFEST_MISMATCH', `${what} has sha256 ${sha256}, not the ${expect.sha256} the channel pointer or command names`);
   }
-  const manifest = parseJson(obj.bytes, Manifest, 'KILN_MANIFEST_INVALID', what);
+  const manifest = parseJson(obj.bytes.toString('utf8'), Manifest, { code: 'KILN_MANIFEST_INVALID', what });
   if (manifest.app !== expect.app || manifest.version !== expect.version) {
     throw new KilnError('KILN_MANIFEST_MISMATCH', `${what} describes ${manifest.app}/${manifest.version}`);
   }

@@ -1,7 +1,7 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { z } from 'zod';
 import { KilnError } from '../errors/kiln-error.js';
-import { formatZodError } from '../errors/format-zod-error.js';
+import { parseJson } from '../system/json-file.js';
 import { s3Objects } from './s3-objects.js';
 
 /**
@@ -33,15 +33,7 @@ export function createDocStore(client: S3Client, bucket: string, prefix = ''): D
           await new Promise((r) => setTimeout(r, 100 * attempt));
         }
       }
-      let raw: unknown;
-      try {
-        raw = JSON.parse(bytes.toString('utf8'));
-      } catch (cause) {
-        throw new KilnError('KILN_STATE_INVALID', `${objects.where(prefix + key)} is not JSON`, { cause });
-      }
-      const parsed = schema.safeParse(raw);
-      if (!parsed.success) throw new KilnError('KILN_STATE_INVALID', `${objects.where(prefix + key)} is invalid: ${formatZodError(parsed.error)}`);
-      return parsed.data;
+      return parseJson(bytes.toString('utf8'), schema, { code: 'KILN_STATE_INVALID', what: objects.where(prefix + key) });
     },
     put: (key, value) => objects.put(prefix + key, Buffer.from(JSON.stringify(value, null, 2) + '\n'), 'application/json'),
     remove: (key) => objects.remove(prefix + key),

@@ -32,14 +32,23 @@ export async function readJsonFile<T>(file: string, schema: z.ZodType<T>, opts: 
     if (!opts.unreadable) throw cause;
     throw new KilnError(opts.unreadable, `cannot read ${name}: ${(cause as Error).message}`, { cause });
   }
+  return parseJson(text, schema, { code: opts.code, what: name });
+}
+
+/**
+ * JSON text (a file's, an object's from the bucket, a frame's) through a zod schema: a KilnError with
+ * `code` naming `what` when it is not JSON or does not match, never a bare SyntaxError or ZodError.
+ */
+export function parseJson<T>(text: string, schema: z.ZodType<T>, opts: { code: ErrorCode; what: string }): T {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (cause) {
-    throw new KilnError(opts.code, `${name} is not JSON: ${(cause as Error).message}`, { cause });
+    if (!(cause instanceof SyntaxError)) throw cause;
+    throw new KilnError(opts.code, `${opts.what} is not JSON: ${cause.message}`, { cause });
   }
   const parsed = schema.safeParse(raw);
-  if (!parsed.success) throw new KilnError(opts.code, `${name} is invalid: ${formatZodError(parsed.error)}`);
+  if (!parsed.success) throw new KilnError(opts.code, `${opts.what} is invalid: ${formatZodError(parsed.error)}`);
   return parsed.data;
 }
 
