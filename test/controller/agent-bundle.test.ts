@@ -11,13 +11,11 @@ import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AgentReport, appLayout, createProcessSupervisor, createS3Client, readSupervisorStatus, supervisorPaths } from '@kiln/shared';
+import { buildAgentBundle, publishAgentBundle, readPublishedAgent, runCli, type AgentBundle } from '@kiln/controller';
 import { servingOn, until, writeAgentConfig } from '../helpers/agent.js';
 import { finished } from '../helpers/cli.js';
 import { makeKeys, pushApp, quietLog, tempDir } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
-// Not exported by @kiln/controller (yet): the commands are wired into the CLI separately.
-import { buildAgentBundle, publishAgentBundle, readPublishedAgent, type AgentBundle } from '../../packages/controller/dist/providers/agent-bundle.js';
-import { agentBundleCommand, agentPublishCommand } from '../../packages/controller/dist/cli/commands/agent.js';
 
 const AGENT_UNIT = fileURLToPath(new URL('../../packages/agent/units/kiln-agent.service', import.meta.url));
 
@@ -184,28 +182,24 @@ describe('publishAgentBundle / readPublishedAgent', () => {
 });
 
 describe('kiln agent bundle / kiln agent publish', () => {
-  async function ctxFor(home: string, json: boolean) {
+  /** `kiln ARGS` in this process, the way the binary runs it, with HOME as its .kiln and no bucket in the environment. */
+  async function kilnIn(home: string, args: string[]) {
     let stdout = '';
+    let stderr = '';
     const sink = (add: (s: string) => void) => new Writable({ write: (chunk, _enc, cb) => (add(String(chunk)), cb()) });
-    const ctx = {
-      io: { stdout: sink((s) => (stdout += s)), stderr: sink(() => undefined), env: {}, cwd: home },
-      log: quietLog(),
-      home,
-      json,
-      pauseAt: undefined,
-      runKiln: async () => 2,
-    };
-    return { ctx, stdout: () => stdout };
+    const io = { stdout: sink((s) => (stdout += s)), stderr: sink((s) => (stderr += s)), env: { KILN_HOME: home }, cwd: home };
+    const code = await runCli(args, { io, log: quietLog() });
+    return { code, stdout, stderr };
   }
 
   it('agent bundle writes to .kiln/agent-bundle by default and prints the path, size and sha256', async () => {
     const home = await tempDir('kiln-test-bundle-home-');
-    const { ctx, stdout } = await ctxFor(home, false);
-    await agentBundleCommand.run(ctx, {}, []);
+    const { code, stdout, stderr } = await kilnIn(home, ['agent', 'bundle']);
+    expect(code, stderr).toBe(0);
     const file = path.join(home, 'agent-bundle/kiln-agent.mjs');
-    expect(stdout()).toContain(file);
-    expect(stdout()).toContain(bundle.sha256);
-    expect(stdout()).toMatch(/\d+(\.\d+)? MiB/);
+    expect(stdout).toContain(file);
+    expect(stdout).toContain(bundle.sha256);
+    expect(stdout).toMatch(/\d+(\.\d+)? MiB/);
     expect(sha256(await readFile(file))).toBe(bundle.sha256);
     expect(existsSync(path.join(home, 'agent-bundle/kiln-agent.service'))).toBe(true);
   });
@@ -213,9 +207,9 @@ describe('kiln agent bundle / kiln agent publish', () => {
   it('agent publish --json uploads to the bucket kiln up runs and prints the keys', async () => {
     const home = await tempDir('kiln-test-bundle-home-');
     await writeFile(path.join(home, 's3.json'), JSON.stringify({ ...s3.s3.location, prefix: 'cli/' }));
-    const { ctx, stdout } = await ctxFor(home, true);
-    await agentPublishCommand.run(ctx, { out: 'out', json: true }, []);
-    const printed = JSON.parse(stdout()) as { key: string; unitKey: string; sha256: string; version: string };
+    const { code, stdout, stderr } = await kilnIn(home, ['agent', 'publish', '--out', 'out', '--json']);
+    expect(code, stderr).toBe(0);
+    const printed = JSON.parse(stdout) as { key: string; unitKey: string; sha256: string; version: string };
     expect(printed).toMatchObject({ key: `cli/agent/kiln-agent-${bundle.version}.mjs`, unitKey: `cli/agent/kiln-agent-${bundle.version}.service`, sha256: bundle.sha256, version: bundle.version });
     expect(existsSync(path.join(home, 'out/kiln-agent.mjs'))).toBe(true);
     expect(await readPublishedAgent({ s3: client(), bucket: s3.s3.location.bucket, prefix: 'cli/' })).toMatchObject({ key: printed.key, sha256: bundle.sha256 });
@@ -223,8 +217,9 @@ describe('kiln agent bundle / kiln agent publish', () => {
 
   it('agent publish with no bucket anywhere: KILN_CONFIG_INVALID before any bundling', async () => {
     const home = await tempDir('kiln-test-bundle-home-');
-    const { ctx } = await ctxFor(home, false);
-    await expect(agentPublishCommand.run(ctx, {}, [])).rejects.toMatchObject({ code: 'KILN_CONFIG_INVALID' });
+    const { code, stderr } = await kilnIn(home, ['agent', 'publish']);
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/^error KILN_CONFIG_INVALID: /m);
     expect(existsSync(path.join(home, 'agent-bundle'))).toBe(false);
   });
 });

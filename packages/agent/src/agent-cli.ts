@@ -29,6 +29,8 @@ export interface AgentCliEnv {
   root?: string | undefined;
   notifySocket?: string | undefined;
   watchdogUsec?: string | undefined;
+  /** how `run` starts its app's process supervisor daemon (see AgentOptions) */
+  supervisorCommand?: string[];
   stdout: NodeJS.WritableStream;
   stderr: NodeJS.WritableStream;
 }
@@ -77,7 +79,7 @@ export async function runAgentCli(argv: string[], env: AgentCliEnv): Promise<num
 
 async function run(root: string, config: AgentConfig, log: Logger, env: AgentCliEnv): Promise<number> {
   const notifier = createNotifier({ NOTIFY_SOCKET: env.notifySocket, WATCHDOG_USEC: env.watchdogUsec }, log);
-  const agent = createAgent({ root, config, log });
+  const agent = createAgent({ root, config, log, supervisorCommand: env.supervisorCommand });
   await agent.start();
   notifier.ready(`serving ${config.app} on ${config.instanceId}`);
   // Neither signal listeners nor the agent's unref'd timers keep the process alive; with no controller

@@ -39,6 +39,8 @@ export interface AgentOptions {
   keys?: PublicKey[];
   store?: ReleaseStore;
   service?: ServiceManager;
+  /** how the process supervisor's daemon is started (its daemonCommand): kiln-agent starts it from its own file */
+  supervisorCommand?: string[];
   wsOptions?: ClientOptions;
   now?: () => Date;
   random?: () => number;
@@ -270,5 +272,5 @@ export function createAgent(opts: AgentOptions): Agent {
 function defaultService(opts: AgentOptions, appDir: string, log: Logger): ServiceManager {
   const env = opts.config.port ? { PORT: String(opts.config.port) } : undefined;
   if (opts.config.serviceManager === 'systemd') return createSystemdService({ root: opts.root, app: opts.config.app, log, ...(env ? { env } : {}) });
-  return createProcessSupervisor({ appDir, log, ...(env ? { env } : {}) });
+  return createProcessSupervisor({ appDir, log, ...(env ? { env } : {}), daemonCommand: opts.supervisorCommand });
 }

@@ -11,6 +11,7 @@ export { createProcessProvider, BASE_IMAGE_ID, type ProcessProviderOptions } fro
 export { createNspawnProvider, type NspawnProvider, type NspawnProviderOptions } from './providers/nspawn/nspawn-provider.js';
 export { TAG, type Provider, type ImageInfo, type InstanceInfo, type BootData, type LaunchSpec } from './providers/provider.js';
 export { bakeImage, type BakeOptions, type BakeResult } from './bakes/bake.js';
+export { buildAgentBundle, publishAgentBundle, readPublishedAgent, type AgentBundle, type PublishedAgent } from './providers/agent-bundle.js';
 export { createAgentHub, type AgentHub, type HubInstance } from './fleets/agent-hub.js';
 export { planBatches } from './rollouts/rollout.js';
 export { Deployment, Fleet } from './fleets/fleet-model.js';

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Message, Plugin } from 'esbuild';
-import { KilnError, Sha256, checkName, createDocStore, s3Objects, writeFileAtomic, type Logger } from '@kiln/shared';
+import { AGENT_VERSION, KilnError, Sha256, checkName, createDocStore, s3Objects, writeFileAtomic, type Logger } from '@kiln/shared';
 import { z } from 'zod';
 
 /** What `kiln agent bundle` writes: the agent as one executable file, and its systemd unit beside it. */
@@ -16,7 +16,7 @@ export interface AgentBundle {
   /** of the file */
   sha256: string;
   bytes: number;
-  /** the agent package version and a short hash over the file and its unit: `0.1.0-1a2b3c4d5e6f` */
+  /** the agent's version (AGENT_VERSION, the one it reports) and a short hash over the file and its unit: `0.1.0-1a2b3c4d5e6f` */
   version: string;
 }
 
@@ -25,63 +25,51 @@ export interface BuildAgentBundleOptions {
   log?: Logger;
 }
 
-// The agent package's files, found the way Node finds the package (a workspace link or node_modules).
-const AGENT_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.resolve('@kiln/agent'))), '..');
-const AGENT_MAIN = path.join(AGENT_DIR, 'dist/main.js');
-const AGENT_UNIT = path.join(AGENT_DIR, 'units/kiln-agent.service');
-const SHARED_DIST = path.dirname(fileURLToPath(import.meta.resolve('@kiln/shared')));
-// The process supervisor's daemon entry, which createProcessSupervisor runs as `node supervisor-main.js --app-dir DIR`.
-const SUPERVISOR_MAIN = fileURLToPath(import.meta.resolve('@kiln/shared/supervisor'));
+// kiln-agent (the agent, and the daemon of the process supervisor it starts) and its unit, as the agent package exports them.
+const AGENT_MAIN = fileURLToPath(import.meta.resolve('@kiln/agent/main'));
+const AGENT_UNIT = fileURLToPath(import.meta.resolve('@kiln/agent/units/kiln-agent.service'));
+// Paths in the bundle's comments are relative to this package, so the same checkout layout gives the same bytes.
+const WORKING_DIR = fileURLToPath(new URL('../..', import.meta.url));
 
 export const AGENT_BUNDLE_FILE = 'kiln-agent.mjs';
 export const AGENT_UNIT_FILE = 'kiln-agent.service';
 
 // ESM output cannot `require`: CommonJS dependencies (the AWS SDK, ws, pino) call it for Node's
-// built-ins, so the bundle makes one. The hashbang lets the file run as /usr/local/bin/kiln-agent.
-const BANNER = "#!/usr/bin/env node\nimport { createRequire as __kilnCreateRequire } from 'node:module'; const require = __kilnCreateRequire(import.meta.url);";
-
-// One file, two programs: the agent, and the process supervisor's daemon, which the agent starts as
-// `node <this file> --app-dir DIR` (there is no supervisor-main.js beside the bundle to run instead).
-const ENTRY = `if (process.argv[2] === '--app-dir') await import(${JSON.stringify(SUPERVISOR_MAIN)});\nelse await import(${JSON.stringify(AGENT_MAIN)});\n`;
+// built-ins, so the bundle makes one. The entry's hashbang, kept first, lets the file run as /usr/local/bin/kiln-agent.
+const BANNER = "import { createRequire as __kilnCreateRequire } from 'node:module'; const require = __kilnCreateRequire(import.meta.url);";
 
 // Native accelerators ws loads in a try/catch: left out, ws falls back to JavaScript. Marked external so
 // that a machine which happens to have them installed does not bundle their loader of a .node file.
 const OPTIONAL_NATIVE = ['bufferutil', 'utf-8-validate'];
 
 /**
- * kiln's own modules reach files at run time beside themselves; in the bundle there is nothing beside it.
- * - `createRequire(import.meta.url)` + `require('pkg')` (the lazily loaded AWS SDK): dropping the local
- *   `require` leaves esbuild a plain require() to bundle, still loaded on first use.
- * - the supervisor daemon's entry: the bundle itself (see ENTRY).
+ * The one rewrite of a source: @kiln/shared loads the AWS S3 SDK on first use through a `require` made
+ * with `createRequire(import.meta.url)` (synchronous, so that createS3Client stays synchronous), and
+ * esbuild bundles only calls to a free `require` (evanw/esbuild#1828). Without that local `require`,
+ * the calls go to the banner's, which esbuild bundles; they still run on first use.
  */
-const REWRITES: Array<[from: RegExp, to: string]> = [
-  [/^const require = createRequire\(import\.meta\.url\);$/m, ''],
-  [/new URL\('\.\/supervisor-main\.js', import\.meta\.url\)/, 'new URL(import.meta.url)'],
-];
+const LOCAL_REQUIRE = /^const require = createRequire\(import\.meta\.url\);$/m;
+const s3SdkInBundle: Plugin = {
+  name: 'kiln-s3-sdk',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]s3-sdk\.js$/ }, async (args) => {
+      const text = await readFile(args.path, 'utf8');
+      // Not found: LEFT_BEHIND below names the createRequire left in the bundle.
+      return LOCAL_REQUIRE.test(text) ? { contents: text.replace(LOCAL_REQUIRE, ''), loader: 'js' } : undefined;
+    });
+  },
+};
 
 // What would still need a file beside the bundle: a createRequire (other than the banner's) or a sibling URL.
 const LEFT_BEHIND = [/\bcreateRequire\(import\.meta\.url\)/g, /new URL\(\s*["'`]\.{1,2}\/[^"'`]*["'`]\s*,\s*import\.meta\.url\s*\)/g];
 
-const kilnRewrites = (dirs: string[]): Plugin => ({
-  name: 'kiln-rewrites',
-  setup(b) {
-    const escape = (d: string) => (d + path.sep).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-    b.onLoad({ filter: new RegExp(`^(${dirs.map(escape).join('|')}).*\\.js$`) }, async (args) => {
-      const text = await readFile(args.path, 'utf8');
-      const contents = REWRITES.reduce((t, [from, to]) => t.replace(from, to), text);
-      return contents === text ? undefined : { contents, loader: 'js' };
-    });
-  },
-});
-
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
 const formatMessages = (msgs: Message[]) => msgs.map((m) => `${m.location ? `${m.location.file}:${m.location.line}: ` : ''}${m.text}`).join('; ');
 
-/** Bundles the built agent (packages/agent/dist) and everything it imports into OUT/kiln-agent.mjs, which runs with Node alone. */
+/** Bundles the built kiln-agent and everything it imports into OUT/kiln-agent.mjs, which runs with Node alone. */
 export async function buildAgentBundle(opts: BuildAgentBundleOptions): Promise<AgentBundle> {
   const log = opts.log?.child({ module: 'agent-bundle' });
   const started = Date.now();
-  const pkg = await readFile(path.join(AGENT_DIR, 'package.json'), 'utf8').then((t) => JSON.parse(t) as { version: string });
   const unitText = await readFile(AGENT_UNIT).catch((cause: Error) => {
     throw new KilnError('KILN_AGENT_BUNDLE_FAILED', `cannot read the agent's unit ${AGENT_UNIT}: ${cause.message}`, { cause });
   });
@@ -93,16 +81,15 @@ export async function buildAgentBundle(opts: BuildAgentBundleOptions): Promise<A
   let result;
   try {
     result = await build({
-      stdin: { contents: ENTRY, resolveDir: AGENT_DIR, sourcefile: 'kiln-agent-entry.js', loader: 'js' },
+      entryPoints: [AGENT_MAIN],
       bundle: true,
       platform: 'node',
       target: 'node20',
       format: 'esm',
       banner: { js: BANNER },
       external: OPTIONAL_NATIVE,
-      plugins: [kilnRewrites([path.join(AGENT_DIR, 'dist'), SHARED_DIST])],
-      // Paths in the bundle's comments are relative to this, so the same checkout layout gives the same bytes.
-      absWorkingDir: path.resolve(AGENT_DIR, '../..'),
+      plugins: [s3SdkInBundle],
+      absWorkingDir: WORKING_DIR,
       write: false,
       logLevel: 'silent',
     });
@@ -118,7 +105,7 @@ export async function buildAgentBundle(opts: BuildAgentBundleOptions): Promise<A
   if (stray.length) throw new KilnError('KILN_AGENT_BUNDLE_FAILED', `the bundle would need files beside it at run time (${[...new Set(stray)].join(', ')}): teach agent-bundle.ts to bundle them`);
 
   const digest = sha256(code);
-  const version = `${pkg.version}-${createHash('sha256').update(code).update(unitText).digest('hex').slice(0, 12)}`;
+  const version = `${AGENT_VERSION}-${createHash('sha256').update(code).update(unitText).digest('hex').slice(0, 12)}`;
   await mkdir(opts.outDir, { recursive: true });
   const file = path.join(opts.outDir, AGENT_BUNDLE_FILE);
   const unit = path.join(opts.outDir, AGENT_UNIT_FILE);

@@ -17,13 +17,11 @@ export interface ProcessSupervisorOptions {
   log: Logger;
   /** added to the app's environment, e.g. PORT for one of several instances on a host; kept from the last start when omitted */
   env?: Record<string, string>;
-  /** how to start the daemon; defaults to this Node running supervisor-main.js */
+  /** how to start the daemon (`--app-dir DIR` is added); defaults to this Node running the package's "./supervisor" entry */
   daemonCommand?: string[];
   /** how long a start or stop may take before it is a failure */
   timeoutMs?: number;
 }
-
-const DAEMON_MAIN = fileURLToPath(new URL('./supervisor-main.js', import.meta.url));
 
 /**
  * The built-in ServiceManager for hosts without systemd: a small detached daemon per app
@@ -55,7 +53,8 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
         log.info({ pid }, 'asking the supervisor to restart the app');
         process.kill(pid, 'SIGHUP');
       } else {
-        const [cmd, ...args] = opts.daemonCommand ?? [process.execPath, DAEMON_MAIN];
+        // Resolved only here: in the agent's one-file bundle there is no package to resolve, and its agent passes daemonCommand.
+        const [cmd, ...args] = opts.daemonCommand ?? [process.execPath, fileURLToPath(import.meta.resolve('@kiln/shared/supervisor'))];
         await mkdir(opts.appDir, { recursive: true });
         const out = openSync(files.log, 'a');
         const daemon = spawn(cmd!, [...args, '--app-dir', opts.appDir], { detached: true, stdio: ['ignore', out, out] });

@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { KilnError, Sha256 } from '@kiln/shared';
 import type { BootData } from '../provider.js';
 
@@ -106,8 +105,7 @@ function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-/** The unit file @kiln/agent ships in its `units/` folder (a packaged file, not code). */
+/** The unit file @kiln/agent ships (a packaged file, not code). */
 function shippedAgentUnit(): string {
-  const entry = createRequire(import.meta.url).resolve('@kiln/agent');
-  return readFileSync(path.join(path.dirname(entry), '../units/kiln-agent.service'), 'utf8');
+  return readFileSync(fileURLToPath(import.meta.resolve('@kiln/agent/units/kiln-agent.service')), 'utf8');
 }

@@ -8,8 +8,8 @@ import { parseAgentConfig, type AgentConfigInput } from '@kiln/agent';
 import { appLayout, createProcessSupervisor, isSameProcess, processStart, writeFileAtomic, KilnError, type Logger } from '@kiln/shared';
 import { z } from 'zod';
 
-// The agent package's own entry, beside the module the package exports.
-const AGENT_MAIN = fileURLToPath(new URL('./main.js', import.meta.resolve('@kiln/agent')));
+// kiln-agent, the program, as the agent package exports it.
+const AGENT_MAIN = fileURLToPath(import.meta.resolve('@kiln/agent/main'));
 
 /** A `kiln-agent run` process started on its own root: by `kiln agents start`, or as a process provider's instance. */
 export const AgentProcess = z.object({
