@@ -1,12 +1,10 @@
 // Bake, relaunch, hotfix, heal and group rollback on the process provider: real controller, real
 // S3 (s3rver), real agents in their own processes, real app processes answering HTTP.
-import { randomBytes } from 'node:crypto';
 import { readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, type Provider } from '@kiln/controller';
-import { startController, type TestController } from '../helpers/controller.js';
-import { FAST_LAUNCHED_AGENT } from '../helpers/fast-agent.js';
+import { startController, testLaunch, type TestController } from '../helpers/controller.js';
 import { makeKeys, pushApp, pushReleases, quietLog, tempDir, unhealthySpec, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 import { until } from '../helpers/agent.js';
@@ -22,11 +20,7 @@ beforeAll(async () => {
   keys = makeKeys();
   dir = await tempDir('kiln-strategies-');
   provider = createProcessProvider({ dir, log: quietLog() });
-  ctl = await startController({
-    s3,
-    keys,
-    launch: { provider, agentSecret: randomBytes(32), s3: s3.s3.location, agentSettings: FAST_LAUNCHED_AGENT, bakeTimeouts: { launchMs: 20_000, installMs: 30_000, imageMs: 30_000 }, launchTimeoutMs: 20_000 },
-  });
+  ctl = await startController({ s3, keys, launch: testLaunch(provider, s3) });
   await pushReleases({ store: s3.store, keys }, ['1.0.0', '2.0.0', '3.0.0']);
 }, 60_000);
 

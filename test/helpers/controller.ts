@@ -1,12 +1,23 @@
 import type { S3Client } from '@aws-sdk/client-s3';
-import { buildServer, type KilnServer, type LaunchOptions } from '@kiln/controller';
+import { randomBytes } from 'node:crypto';
+import { buildServer, type KilnServer, type LaunchOptions, type Provider } from '@kiln/controller';
 import { createS3Client, type Logger } from '@kiln/shared';
 import { makeAgent, type TestAgent } from './agent.js';
-import { FAST_CONTROLLER_HEARTBEAT_MS } from './fast-agent.js';
+import { FAST_CONTROLLER_HEARTBEAT_MS, FAST_LAUNCHED_AGENT } from './fast-agent.js';
 import { quietLog, type Keys } from './release.js';
 import type { S3Fixture } from './s3.js';
 
 export const OPERATOR = 'operator-token-for-tests-0123456789';
+
+/** What a test controller launches instances with: `provider`, the fixture's bucket, fast agents, deadlines that fit a busy machine. */
+export const testLaunch = (provider: Provider, s3: S3Fixture): LaunchOptions => ({
+  provider,
+  agentSecret: randomBytes(32),
+  s3: s3.s3.location,
+  agentSettings: FAST_LAUNCHED_AGENT,
+  bakeTimeouts: { launchMs: 20_000, installMs: 30_000, imageMs: 30_000 },
+  launchTimeoutMs: 20_000,
+});
 
 export interface TestController {
   server: KilnServer;

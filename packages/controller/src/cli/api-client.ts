@@ -5,7 +5,7 @@ import path from 'node:path';
 import { ERROR_CODES, KilnError, type ErrorCode } from '@kiln/shared';
 import { z } from 'zod';
 import { str, type CliContext, type Flags } from './cli-context.js';
-import { readLocalController } from '../local/local-files.js';
+import { localControllerFile, readLocalController } from '../local/local-files.js';
 
 export interface ApiClient {
   /** the controller's base URL */
@@ -30,6 +30,7 @@ export async function openApi(flags: Flags, ctx: CliContext, timeoutMs = 15_000)
   const local = await readLocalController(ctx.home);
   const url = (str(flags, 'controller') ?? env.KILN_CONTROLLER ?? local?.url)?.replace(/\/+$/, '');
   const token = str(flags, 'token') ?? env.KILN_TOKEN ?? local?.operatorToken;
+  const tokenFrom = str(flags, 'token') ? '--token' : env.KILN_TOKEN ? 'KILN_TOKEN' : localControllerFile(ctx.home);
   if (!url) throw new KilnError('KILN_CONTROLLER_UNREACHABLE', 'no controller to talk to: start one with `kiln up` (in this directory), or pass --controller URL --token TOKEN (env KILN_CONTROLLER, KILN_TOKEN)');
   if (!/^https?:\/\/[^/]+$/.test(url)) throw new KilnError('KILN_USAGE', `--controller ${url}: use http://HOST:PORT or https://HOST:PORT`);
   if (!token) throw new KilnError('KILN_UNAUTHORIZED', `no operator token for ${url}: pass --token TOKEN (env KILN_TOKEN); \`kiln up\` prints it`);
@@ -65,7 +66,18 @@ export async function openApi(flags: Flags, ctx: CliContext, timeoutMs = 15_000)
               return reject(new KilnError('KILN_CONTROLLER_UNREACHABLE', `${url} answered ${method} ${route} with HTTP ${status} and no JSON: is it a kiln controller?`));
             }
             if (status >= 200 && status < 300) return resolve(parsed as T);
-            reject(apiError(parsed, status, `${method} ${route}`));
+            const err = apiError(parsed, status, `${method} ${route}`);
+            // Only the CLI knows where its token came from, and so where the right one is.
+            if (err.code === 'KILN_UNAUTHORIZED') {
+              return reject(
+                new KilnError(
+                  'KILN_UNAUTHORIZED',
+                  `the controller at ${url} does not know the operator token from ${tokenFrom}: use the one its \`kiln up\` made (operatorToken in the .kiln/controller.json of the directory it runs in), with --token TOKEN or KILN_TOKEN`,
+                  { cause: err, details: { status } },
+                ),
+              );
+            }
+            reject(err);
           });
         },
       );

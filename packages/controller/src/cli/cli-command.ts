@@ -17,10 +17,23 @@ export interface CommandDef {
   usage: string;
   /** extra help text after the options */
   details?: string;
+  /** command lines shown under "examples:" in its help (every command has at least one: a test checks) */
+  examples?: string[];
+  /** false: the command does not read kiln's local directory, so it takes no --home (the demo works in a temporary one) */
+  home?: false;
   options: Record<string, OptionDef>;
   /** how many positionals: [min, max] */
   positionals: [number, number];
   run(ctx: CliContext, flags: Flags, args: string[]): Promise<number | void>;
+}
+
+/** What every command takes (but `home: false` ones take no --home). */
+export function commonOptions(cmd: Pick<CommandDef, 'home'>): Record<string, OptionDef> {
+  return {
+    ...(cmd.home === false ? {} : { home: { type: 'string', value: 'DIR', help: "kiln's local directory: keys, local S3, the controller's address (default ./.kiln; env KILN_HOME)" } }),
+    'log-level': { type: 'string', value: 'LEVEL', help: 'log detail on stderr: error, warn, info, debug (default warn)' },
+    help: { type: 'boolean', short: 'h', help: 'show this help' },
+  };
 }
 
 export const S3_OPTIONS: Record<string, OptionDef> = {

@@ -8,6 +8,7 @@ import {
   createS3Client,
   formatZodError,
   ifMissing,
+  isKilnError,
   loadPrivateKey,
   loadPublicKeys,
   readJsonFile,
@@ -23,6 +24,12 @@ export interface CliIO {
   stderr: Writable & { isTTY?: boolean; columns?: number };
   env: Record<string, string | undefined>;
   cwd: string;
+  /**
+   * Calls `handler` on Ctrl-C (SIGINT) instead of the default exit, until the returned function is
+   * called. Commands that follow something running elsewhere use it to say it goes on; absent
+   * (a command run inside another, a test), Ctrl-C does what it always does.
+   */
+  onInterrupt?: (handler: () => void) => () => void;
 }
 
 export interface CliContext {
@@ -87,8 +94,14 @@ export async function openStoreIfAny(flags: Flags, ctx: CliContext): Promise<Rel
 }
 
 export async function signingKey(flags: Flags, ctx: CliContext): Promise<PrivateKey> {
-  const file = str(flags, 'key') ?? ctx.io.env.KILN_RELEASE_KEY ?? path.join(defaultKeyDir(ctx.home), 'release.key');
-  return loadPrivateKey(path.resolve(ctx.io.cwd, file));
+  const file = path.resolve(ctx.io.cwd, str(flags, 'key') ?? ctx.io.env.KILN_RELEASE_KEY ?? path.join(defaultKeyDir(ctx.home), 'release.key'));
+  try {
+    return await loadPrivateKey(file);
+  } catch (err) {
+    // No key there at all: say how to make one (a key that is there but bad keeps its own error).
+    if (!isKilnError(err, 'KILN_KEY_INVALID') || (err.cause as NodeJS.ErrnoException | undefined)?.code !== 'ENOENT') throw err;
+    throw new KilnError('KILN_KEY_INVALID', `no release signing key at ${file}: make one with \`kiln keys generate\` (or pass --key FILE; env KILN_RELEASE_KEY)`, { cause: err });
+  }
 }
 
 /** The files of the pinned public keys: every --trust FILE, else every *.pub in the home's key directory. */

@@ -1,8 +1,12 @@
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { createLogger, isKilnError, type Logger } from '@kiln/shared';
-import type { CommandDef, OptionDef } from './cli-command.js';
+import { commonOptions, type CommandDef } from './cli-command.js';
 import type { CliContext, CliIO, Flags } from './cli-context.js';
+import { commandHelp as renderCommandHelp, fullUsage, groupHelp, mainHelp as renderMainHelp, type CommandSummary } from './cli-help.js';
+import { didYouMean } from './did-you-mean.js';
+import { kilnVersion } from './kiln-version.js';
+import { logLines } from './log-lines.js';
+import { parseOptions } from './parse-options.js';
 
 /**
  * A command by name, its module loaded only when the command runs or its help is shown: `kiln status`
@@ -87,41 +91,23 @@ async function loadCommand(lc: LazyCommand): Promise<CommandDef> {
 /** Every command's definition (loads every command module: for help and tests, not for running one). */
 export const loadCommands = (): Promise<CommandDef[]> => Promise.all(LAZY.map(loadCommand));
 
-const COMMON: Record<string, OptionDef> = {
-  home: { type: 'string', value: 'DIR', help: "kiln's local directory: keys, local S3 (default ./.kiln; env KILN_HOME)" },
-  'log-level': { type: 'string', value: 'LEVEL', help: 'log detail on stderr: error, warn, info, debug (default warn)' },
-  help: { type: 'boolean', short: 'h', help: 'show this help' },
-};
+/** The command groups: the first word of every two-word command ("release", "fleet", "host", …). */
+const GROUPS = [...new Set(LAZY.filter((c) => c.name.includes(' ')).map((c) => c.name.split(' ')[0]!))];
+
+const summariesOf = async (cmds: LazyCommand[]): Promise<CommandSummary[]> => Promise.all(cmds.map(async (c) => ({ name: c.name, summary: (await loadCommand(c)).summary })));
+
+/** The commands of a group ("deployments" has its own command too, listed first). */
+const groupCommands = (group: string) => LAZY.filter((c) => c.name === group || c.name.startsWith(`${group} `));
 
 export async function mainHelp(): Promise<string> {
-  const width = Math.max(...LAZY.map((c) => c.name.length));
-  const summaries = new Map((await loadCommands()).map((c) => [c.name, c.summary]));
-  return [
-    'kiln: publish releases to S3, deploy them to fleets in place (hotfix) and see what runs where.',
-    '',
-    'usage: kiln COMMAND [options]      kiln COMMAND --help for its options',
-    ...SECTIONS.flatMap(([title, cmds]) => ['', `${title}:`, ...cmds.map((c) => `  ${c.name.padEnd(width)}  ${summaries.get(c.name)}`)]),
-    '',
-    'Start with `kiln demo`; or `kiln up` in one terminal, then `kiln keys generate`, `kiln release push`,',
-    '`kiln fleet create`, `kiln agents start`, `kiln deploy` in another (README: "Fleets and hotfixes").',
-    '',
-  ].join('\n');
+  return renderMainHelp(await Promise.all(SECTIONS.map(async ([title, cmds]) => [title, await summariesOf(cmds)] as [string, CommandSummary[]])));
 }
 
-export function commandHelp(cmd: CommandDef): string {
-  const opts = { ...cmd.options, ...COMMON };
-  const label = (name: string, o: OptionDef) => `${o.short ? `-${o.short}, ` : ''}--${name}${o.value ? ` ${o.value}` : ''}`;
-  const width = Math.max(...Object.entries(opts).map(([n, o]) => label(n, o).length));
-  return [
-    `usage: kiln ${cmd.usage}`,
-    '',
-    `${cmd.summary}.`,
-    ...(cmd.details ? ['', cmd.details] : []),
-    '',
-    'options:',
-    ...Object.entries(opts).map(([n, o]) => `  ${label(n, o).padEnd(width)}  ${o.help}`),
-    '',
-  ].join('\n');
+/** A command's help page, its group's other commands under "see also". */
+export async function commandHelp(cmd: CommandDef): Promise<string> {
+  const group = cmd.name.split(' ')[0]!;
+  const related = GROUPS.includes(group) ? await summariesOf(groupCommands(group).filter((c) => c.name !== cmd.name)) : [];
+  return renderCommandHelp(cmd, commonOptions(cmd), related);
 }
 
 async function findCommand(argv: string[]): Promise<{ cmd: CommandDef; rest: string[] } | undefined> {
@@ -131,6 +117,21 @@ async function findCommand(argv: string[]): Promise<{ cmd: CommandDef; rest: str
   return one ? { cmd: await loadCommand(one), rest: argv.slice(1) } : undefined;
 }
 
+/** "unknown command" with the likely one: a typo of a command or a group's command, or a command that moved into a group. */
+function unknownCommand(argv: string[]): string {
+  const [first = '', second] = argv;
+  if (GROUPS.includes(first) && second !== undefined) {
+    const subs = groupCommands(first).map((c) => c.name.slice(first.length + 1)).filter(Boolean);
+    const near = didYouMean(second, subs).map((s) => `kiln ${first} ${s}`);
+    return `unknown command "${first} ${second}"; ${near.length ? `did you mean ${near.join(' or ')}?` : `kiln ${first} has: ${subs.join(', ')} (kiln ${first} --help)`}`;
+  }
+  // "install" → host install: a command that moved into a group
+  const moved = LAZY.filter((c) => c.name.endsWith(` ${first}`)).map((c) => `kiln ${c.name}`);
+  const near = didYouMean(first, [...new Set(LAZY.map((c) => c.name.split(' ')[0]!))]).map((n) => `kiln ${n}`);
+  const guesses = [...new Set([...moved, ...near])];
+  return `unknown command "${first}"; ${guesses.length ? `did you mean ${guesses.join(' or ')}?` : 'see kiln --help'}`;
+}
+
 export interface RunCliOptions {
   io: CliIO;
   /** a test hook: installs pause at this step */
@@ -138,43 +139,59 @@ export interface RunCliOptions {
   log?: Logger;
 }
 
+const HELP = ['--help', '-h'];
+
 /** Runs one kiln command; returns the exit code (0 ok, 1 failed, 2 usage). Never throws. */
 export async function runCli(argv: string[], opts: RunCliOptions): Promise<number> {
   const { io } = opts;
-  if (!argv.length || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
-    const sub = argv[0] === 'help' && argv.length > 1 ? await findCommand(argv.slice(1)) : undefined;
-    io.stdout.write(sub ? commandHelp(sub.cmd) : await mainHelp());
+  if (argv[0] === '--version' || argv[0] === '-V') {
+    io.stdout.write(`kiln ${kilnVersion()}\n`);
+    return 0;
+  }
+  if (!argv.length || HELP.includes(argv[0]!) || argv[0] === 'help') {
+    // `kiln help deploy`, `kiln help release`, `kiln help release push`
+    const what = argv[0] === 'help' ? argv.slice(1) : [];
+    const sub = what.length ? await findCommand(what) : undefined;
+    if (sub) io.stdout.write(await commandHelp(sub.cmd));
+    else if (what.length && GROUPS.includes(what[0]!)) io.stdout.write(groupHelp(what[0]!, await summariesOf(groupCommands(what[0]!))));
+    else if (what.length) {
+      io.stderr.write(`error KILN_USAGE: ${unknownCommand(what)}\n`);
+      return 2;
+    } else io.stdout.write(await mainHelp());
     return argv.length ? 0 : 2;
   }
   const found = await findCommand(argv);
   if (!found) {
-    // a group's commands ("release" → release push, …) or a command that moved into one ("install" → host install)
-    const group = LAZY.filter((c) => c.name.startsWith(`${argv[0]} `) || c.name.endsWith(` ${argv[0]}`)).map((c) => `kiln ${c.name}`);
-    io.stderr.write(`error KILN_USAGE: unknown command "${argv.slice(0, 2).join(' ')}"${group.length ? `; did you mean one of: ${group.join(', ')}` : '; see kiln --help'}\n`);
+    // `kiln release`, `kiln fleet --help`: the group's commands
+    if (GROUPS.includes(argv[0]!) && (argv.length === 1 || HELP.includes(argv[1]!))) {
+      io.stdout.write(groupHelp(argv[0]!, await summariesOf(groupCommands(argv[0]!))));
+      return argv.length === 1 ? 2 : 0;
+    }
+    io.stderr.write(`error KILN_USAGE: ${unknownCommand(argv)}\n`);
     return 2;
   }
   const { cmd, rest } = found;
   let flags: Flags;
   let positionals: string[];
   try {
-    const parsed = parseArgs({ args: rest, options: { ...cmd.options, ...COMMON }, allowPositionals: true, strict: true });
-    flags = parsed.values as Flags;
-    positionals = parsed.positionals;
+    ({ flags, positionals } = parseOptions(rest, { ...cmd.options, ...commonOptions(cmd) }));
   } catch (err) {
-    io.stderr.write(`error KILN_USAGE: ${(err as Error).message.split('\n')[0]}\nusage: kiln ${cmd.usage}   (kiln ${cmd.name} --help)\n`);
+    // parseOptions words every case it knows; Node's own text is the fallback for one it does not
+    const message = isKilnError(err, 'KILN_USAGE') ? err.message : (err as Error).message.split('\n')[0];
+    io.stderr.write(`error KILN_USAGE: ${message}\nusage: ${fullUsage(cmd)}   (kiln ${cmd.name} --help)\n`);
     return 2;
   }
   if (flags.help) {
-    io.stdout.write(commandHelp(cmd));
+    io.stdout.write(await commandHelp(cmd));
     return 0;
   }
   const [min, max] = cmd.positionals;
   if (positionals.length < min || positionals.length > max) {
-    io.stderr.write(`error KILN_USAGE: kiln ${cmd.name} takes ${min === max ? min : `${min} to ${max}`} argument${max === 1 ? '' : 's'}, got ${positionals.length}\nusage: kiln ${cmd.usage}\n`);
+    io.stderr.write(`error KILN_USAGE: kiln ${cmd.name} takes ${min === max ? min : `${min} to ${max}`} argument${max === 1 ? '' : 's'}, got ${positionals.length}\nusage: ${fullUsage(cmd)}\n`);
     return 2;
   }
   const level = typeof flags['log-level'] === 'string' ? flags['log-level'] : 'warn';
-  const log = opts.log ?? createLogger({ level, name: 'kiln' });
+  const log = opts.log ?? createLogger({ level, name: 'kiln', destination: logLines(io.stderr, level) });
   const ctx: CliContext = {
     io,
     log,
@@ -191,8 +208,10 @@ export async function runCli(argv: string[], opts: RunCliOptions): Promise<numbe
       if (ctx.json) io.stdout.write(JSON.stringify({ error: err.toJSON() }) + '\n');
       return err.code === 'KILN_USAGE' ? 2 : 1;
     }
-    io.stderr.write(`error (unexpected): ${(err as Error).stack ?? String(err)}\n`);
+    // A failure kiln did not name is a bug: the coded line first, like every error, then the stack to report.
+    const message = err instanceof Error ? err.message : String(err);
+    io.stderr.write(`error KILN_INTERNAL: ${message} (unexpected: a bug in kiln; please report it with this stack)\n${err instanceof Error ? `${err.stack}\n` : ''}`);
+    if (ctx.json) io.stdout.write(JSON.stringify({ error: { code: 'KILN_INTERNAL', message } }) + '\n');
     return 1;
   }
 }
-

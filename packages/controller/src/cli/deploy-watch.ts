@@ -39,6 +39,9 @@ function countsLine(d: Deployment, started: number): string {
   return `${batch}  healthy ${t.healthy}/${t.targets}, failed ${t.failed}, in flight ${t.inFlight}, pending ${t.pending}${back}  ${((Date.now() - started) / 1000).toFixed(1)} s`;
 }
 
+/** The exit code of a command that Ctrl-C ended: 128 + SIGINT's number, as shells report it. */
+export const INTERRUPTED_EXIT = 130;
+
 /** The code a deployment that did not succeed ends the CLI with. */
 function failureCode(d: Deployment): ErrorCode {
   if (d.error?.code) return d.error.code as ErrorCode;
@@ -47,9 +50,22 @@ function failureCode(d: Deployment): ErrorCode {
 
 /**
  * Follows a deployment until it ends, polling the API: per-instance lines and, on a terminal, a
- * redrawn status line; then the verdict. Exit code 0 only for a deployment that succeeded.
+ * redrawn status line; then the verdict. Exit code 0 only for a deployment that succeeded; on Ctrl-C
+ * it says the deployment goes on (it runs on the controller), how to follow or cancel it, and ends 130.
  */
 export async function followDeployment(ctx: CliContext, api: ApiClient, first: Deployment, pollMs = 250): Promise<number> {
+  let stopListening = (): void => undefined;
+  const interrupted = new Promise<'interrupted'>((resolve) => {
+    stopListening = ctx.io.onInterrupt?.(() => resolve('interrupted')) ?? stopListening;
+  });
+  try {
+    return await follow(ctx, api, first, pollMs, interrupted);
+  } finally {
+    stopListening();
+  }
+}
+
+async function follow(ctx: CliContext, api: ApiClient, first: Deployment, pollMs: number, interrupted: Promise<'interrupted'>): Promise<number> {
   // With --json, stdout carries only the final record; the story goes to stderr.
   const stream = ctx.json ? ctx.io.stderr : ctx.io.stdout;
   const progress = createProgress(stream);
@@ -61,6 +77,18 @@ export async function followDeployment(ctx: CliContext, api: ApiClient, first: D
   const how = d.strategy === 'hotfix' && d.kind !== 'heal' ? `batch ${'percent' in d.batch ? `${d.batch.percent}%` : d.batch.count}, ` : '';
   progress.phase(`deployment ${d.id}: ${d.kind === 'deploy' ? d.strategy : d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (${how}max failures ${d.maxFailures}, health timeout ${d.healthTimeoutMs / 1000} s)`);
   let lastReached = Date.now();
+  const leftRunning = () => {
+    progress.done();
+    note(
+      ctx,
+      [
+        `interrupted: deployment ${d.id} keeps running on the controller (Ctrl-C stops following it, not the deployment)`,
+        `  follow it again: kiln deployments show ${d.id} --follow`,
+        `  stop it:         kiln deployments cancel ${d.id}`,
+      ].join('\n'),
+    );
+    return INTERRUPTED_EXIT;
+  };
   for (;;) {
     const n = currentBatch(d);
     const line = (id: string) => {
@@ -77,17 +105,21 @@ export async function followDeployment(ctx: CliContext, api: ApiClient, first: D
       ids.forEach(line);
     });
     batchShown = Math.max(batchShown, n);
-    // bake, relaunch, heal: each phase as it ends, with its wall time
+    // bake, relaunch, heal: each phase as it ends, with its wall time. The bake's own phases (bake:launch, …)
+    // end before the bake phase itself, which holds them: its line says it is their total, not one more.
     for (; phasesShown < d.phases.length; phasesShown++) {
       const p = d.phases[phasesShown]!;
-      progress.phase(`  ${p.name.padEnd(14)} ${(p.ms / 1000).toFixed(1).padStart(6)} s`);
+      const name = d.phases.some((q) => q.name.startsWith(`${p.name}:`)) ? `${p.name} (total)` : p.name;
+      progress.phase(`  ${name.padEnd(14)} ${(p.ms / 1000).toFixed(1).padStart(6)} s`);
     }
     Object.keys(d.instances).sort().forEach(line);
     progress.status(countsLine(d, started));
     if (d.state !== 'running') break;
-    await sleep(pollMs);
+    if ((await Promise.race([sleep(pollMs), interrupted])) === 'interrupted') return leftRunning();
     try {
-      d = (await api.get<DeploymentBody>(`/v1/deployments/${d.id}`)).deployment;
+      const next = await Promise.race([api.get<DeploymentBody>(`/v1/deployments/${d.id}`), interrupted]);
+      if (next === 'interrupted') return leftRunning();
+      d = next.deployment;
       lastReached = Date.now();
     } catch (err) {
       // A controller restarting is back within seconds; the deployment goes on without us meanwhile.

@@ -75,7 +75,8 @@ export const DeploymentCreate = z.strictObject({
 });
 export type DeploymentCreate = z.infer<typeof DeploymentCreate>;
 
-export const RollbackCreate = DeploymentCreate.omit({ fleet: true, version: true, strategy: true });
+/** A rollback: to the previous release, or to `version` (an older one) when given. */
+export const RollbackCreate = DeploymentCreate.omit({ fleet: true, version: true, strategy: true }).extend({ version: VersionName.optional() });
 
 export const InstanceStep = z.enum(['pending', 'sent', 'healthy', 'failed', 'rolled-back', 'rollback-failed', 'unreachable']);
 

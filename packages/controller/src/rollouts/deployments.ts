@@ -27,8 +27,8 @@ export interface DeploymentsOptions {
 
 export interface Deployments {
   create(input: DeploymentCreate, kind?: 'deploy' | 'rollback'): Promise<Deployment>;
-  /** A deployment of the fleet's previous good release, as a new pointer. */
-  rollback(fleet: string, opts: Pick<DeploymentCreate, 'batch' | 'maxFailures' | 'healthTimeoutMs'>): Promise<Deployment>;
+  /** A deployment of the fleet's previous good release (or `version`, an older one), as a new pointer or its stopped group. */
+  rollback(fleet: string, opts: Pick<DeploymentCreate, 'batch' | 'maxFailures' | 'healthTimeoutMs'> & { version?: string | undefined }): Promise<Deployment>;
   /** Replaces the fleet's drifted instances from an image holding its desired release (baked first if none exists). */
   heal(fleet: string, opts: Pick<DeploymentCreate, 'maxFailures' | 'healthTimeoutMs'>): Promise<Deployment>;
   get(id: string): Promise<Deployment>;
@@ -110,7 +110,15 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     // A rollout whose verdict is out (the API shows it finished) only writes its record still.
     const ending = running.get(fleet.name);
     if (ending && ending.record.state !== 'running') await ending.done;
-    if (busy.has(fleet.name)) throw new KilnError('KILN_FLEET_BUSY', `fleet ${fleet.name} already has a deployment running (${running.get(fleet.name)?.record.id ?? 'starting'}); wait for it or cancel it`);
+    if (busy.has(fleet.name)) {
+      const id = running.get(fleet.name)?.record.id;
+      throw new KilnError(
+        'KILN_FLEET_BUSY',
+        id
+          ? `fleet ${fleet.name} already has a deployment running (${id}): wait for it (\`kiln deployments show ${id} --follow\`) or stop it (\`kiln deployments cancel ${id}\`)`
+          : `fleet ${fleet.name} has a deployment starting: try again in a moment (\`kiln deployments ${fleet.name}\` lists them)`,
+      );
+    }
     busy.add(fleet.name);
     try {
       if (!o.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to move channel pointers with; start it with one (`kiln keys generate`)');
@@ -185,12 +193,13 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
 
   async function read(id: string): Promise<Deployment> {
     for (const r of running.values()) if (r.record.id === id) return r.record;
-    if (!/^d-[a-z0-9]+-[0-9a-f]{6}$/.test(id)) throw new KilnError('KILN_DEPLOYMENT_NOT_FOUND', `no deployment ${JSON.stringify(id)}`);
+    const absent = (shown: string) => new KilnError('KILN_DEPLOYMENT_NOT_FOUND', `no deployment ${shown}: \`kiln deployments FLEET\` lists a fleet's deployments (\`kiln deployments\` all of them)`);
+    if (!/^d-[a-z0-9]+-[0-9a-f]{6}$/.test(id)) throw absent(JSON.stringify(id));
     for (const f of o.fleets.list()) {
       const rec = await o.docs.get(keyOf(f.name, id), Deployment);
       if (rec) return rec;
     }
-    throw new KilnError('KILN_DEPLOYMENT_NOT_FOUND', `no deployment ${id}`);
+    throw absent(id);
   }
 
   async function list(fleet?: string): Promise<Deployment[]> {
@@ -213,10 +222,19 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
 
   return {
     create,
-    async rollback(fleetName, opts) {
+    async rollback(fleetName, { version, ...opts }) {
       const fleet = o.fleets.get(fleetName);
       // A stopped group is brought back as it was: seconds, nothing installed.
       const standby = fleet.groups.filter((g) => g.state === 'standby').at(-1);
+      if (version !== undefined) {
+        // An older release named by the operator: its stopped group when there is one, else a new pointer to it.
+        const { manifest } = await showRelease(o.store, fleet.app, version, o.trustedKeys);
+        if (fleet.desired && manifest.seq >= fleet.desired.seq) {
+          throw new KilnError('KILN_REQUEST_INVALID', `${fleet.app} ${version} is not older than ${fleet.desired.version}, which fleet ${fleet.name} runs: a rollback goes back (\`kiln release list ${fleet.app}\`); \`kiln deploy ${fleet.name} ${version}\` goes forward`);
+        }
+        const strategy = standby?.release?.version === version ? 'relaunch' : 'hotfix';
+        return create({ fleet: fleet.name, version, strategy, ...opts }, 'rollback');
+      }
       if (standby?.release) return create({ fleet: fleet.name, version: standby.release.version, strategy: 'relaunch', ...opts }, 'rollback');
       const target = fleet.history.at(-1);
       if (!target) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no earlier release to roll back to`);

@@ -45,6 +45,7 @@ export async function bakeBase(provider: Provider, f: Fleet): Promise<string> {
 export async function runGroupRollout(c: GroupRolloutContext): Promise<Deployment> {
   const r = c.record;
   const log = c.log.child({ deployment: r.id, fleet: r.fleet, strategy: r.strategy, kind: r.kind });
+  const began = Date.now();
   const watch = phaseStopwatch('start');
   // Records the phase that ends (the opening moment before the first phase is none).
   const step = async (next: string) => {
@@ -193,7 +194,8 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
   return r;
 
   function verdictOf(unreachable: string[]): string {
-    const total = r.phases.reduce((s, p) => s + p.ms, 0);
+    // The wall time, not a sum of phases: a bake's own phases (bake:launch, …) lie inside the bake phase.
+    const total = Date.now() - began;
     const replaced = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
     // A heal that left instances unreachable did not heal the fleet: the verdict opens with that.
     if (unreachable.length) return `not healed: ${unreachable.length} instance(s) unreachable (no agent reports to this controller): ${unreachable.join(', ')}; ${replaced} drifted instance(s) replaced with ${r.release.version}`;

@@ -17,8 +17,16 @@ export const bearer = (header: string | undefined) => /^Bearer (\S+)$/.exec(head
 /** The operator API: checked before any work; an agent credential gets 403, none or a wrong one 401. */
 export function requireOperator(app: FastifyInstance, operatorTokens: string[], fleets: FleetRegistry): void {
   app.addHook('onRequest', async (req) => {
-    const who = identify(bearer(req.headers.authorization), operatorTokens, fleets);
+    const token = bearer(req.headers.authorization);
+    const who = identify(token, operatorTokens, fleets);
     if (who === 'agent') throw new KilnError('KILN_FORBIDDEN', 'an agent credential cannot call the operator API');
-    if (who !== 'operator') throw new KilnError('KILN_UNAUTHORIZED', 'an operator credential is required (Authorization: Bearer TOKEN; `kiln up` prints it)');
+    if (who !== 'operator') {
+      throw new KilnError(
+        'KILN_UNAUTHORIZED',
+        token
+          ? 'this operator token is not known to this controller: use the one `kiln up` made (operatorToken in its .kiln/controller.json; Authorization: Bearer TOKEN)'
+          : 'an operator credential is required (Authorization: Bearer TOKEN; `kiln up` prints it)',
+      );
+    }
   });
 }

@@ -1,5 +1,6 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Readable } from 'node:stream';
+import { KilnError, isKilnError } from '../errors/kiln-error.js';
 import { checkName } from './names.js';
 import { s3Error } from '../s3/s3-errors.js';
 import { s3Objects } from '../s3/s3-objects.js';
@@ -34,16 +35,22 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
   const { getSmall, put, list, remove, where } = s3Objects(client, bucket);
   const { GetObjectCommand, HeadObjectCommand } = s3Sdk();
 
-  async function getSigned(key: string): Promise<SignedObject> {
-    const [bytes, sig] = await Promise.all([getSmall(key), getSmall(`${key}.sig`)]);
-    return { bytes, sig };
+  /** A signed object; an absent one is KILN_RELEASE_NOT_FOUND saying what to do (`absent`). */
+  async function getSigned(key: string, absent: string): Promise<SignedObject> {
+    try {
+      const [bytes, sig] = await Promise.all([getSmall(key), getSmall(`${key}.sig`)]);
+      return { bytes, sig };
+    } catch (err) {
+      if (!isKilnError(err, 'KILN_RELEASE_NOT_FOUND')) throw err;
+      throw new KilnError('KILN_RELEASE_NOT_FOUND', `${absent} (no ${where(key)})`, { cause: err });
+    }
   }
 
   return {
     bucket,
     prefix,
     artifactKey: (app, version) => `${releaseDir(app, version)}artifact.tar.gz`,
-    getManifest: (app, version) => getSigned(`${releaseDir(app, version)}manifest.json`),
+    getManifest: (app, version) => getSigned(`${releaseDir(app, version)}manifest.json`, `no release ${app} ${version}: \`kiln release list ${app}\` lists the published ones`),
     async manifestExists(app, version) {
       const key = `${releaseDir(app, version)}manifest.json`;
       try {
@@ -88,7 +95,7 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
       const base = `${prefix}releases/${checkName('app', app)}/`;
       return (await list(base, '/')).map((p) => p.slice(base.length, -1));
     },
-    getPointer: (app, channel) => getSigned(pointerKey(app, channel)),
+    getPointer: (app, channel) => getSigned(pointerKey(app, channel), `channel ${channel} of ${app} points to no release yet: point it at one with \`kiln release promote ${app} VERSION --channel ${channel}\``),
     async putPointer(app, channel, obj) {
       const key = pointerKey(app, channel);
       await put(`${key}.sig`, obj.sig, 'application/json');

@@ -15,6 +15,7 @@ export const agentBundleCommand: CommandDef = {
   name: 'agent bundle',
   summary: 'build the agent as one file that runs with Node alone, plus its systemd unit',
   usage: 'agent bundle [--out DIR] [--json]',
+  examples: ['kiln agent bundle --out ./agent'],
   details: 'Install kiln-agent.mjs as /usr/local/bin/kiln-agent (mode 0755) and kiln-agent.service in /etc/systemd/system; see docs/agent.md.',
   options: { ...OUT_OPTION, ...JSON_OPTION },
   positionals: [0, 0],
@@ -29,6 +30,7 @@ export const agentPublishCommand: CommandDef = {
   name: 'agent publish',
   summary: 'bundle the agent and upload it to the bucket (agent/latest.json names it), for bakes from a plain base image',
   usage: 'agent publish [--out DIR] [--bucket NAME] [--json]',
+  examples: ['kiln agent publish', 'kiln agent publish --bucket my-releases --region eu-west-1'],
   options: { ...OUT_OPTION, ...S3_OPTIONS, ...JSON_OPTION },
   positionals: [0, 0],
   async run(ctx, flags) {

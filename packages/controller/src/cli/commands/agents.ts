@@ -47,6 +47,7 @@ export const agentsStart: CommandDef = {
   name: 'agents start',
   summary: "start local agents for a fleet (instances FLEET-1..N, each with its own root and app port)",
   usage: 'agents start FLEET [--count N] [--json]',
+  examples: ['kiln agents start web --count 3'],
   details:
     'Each agent gets a root .kiln/agents/FLEET-N/ with its config (the fleet\'s app and channel, the local S3, the\n' +
     "controller's agent endpoint and the fleet credential saved by `kiln fleet create`, the trusted keys, the process\n" +
@@ -114,6 +115,7 @@ export const agentsStop: CommandDef = {
   name: 'agents stop',
   summary: "stop a fleet's local agents and their apps",
   usage: 'agents stop FLEET [--json]',
+  examples: ['kiln agents stop web'],
   details: 'Each agent gets SIGTERM (SIGKILL after 10 s), only while its recorded pid is still that process; then its app is stopped. Their roots stay for a later start.',
   options: { ...JSON_OPTION },
   positionals: [1, 1],
@@ -134,6 +136,7 @@ export const agentsList: CommandDef = {
   name: 'agents list',
   summary: 'list the local agents `kiln agents start` runs, per fleet',
   usage: 'agents list [FLEET] [--json]',
+  examples: ['kiln agents list', 'kiln agents list web --json'],
   options: { ...JSON_OPTION },
   positionals: [0, 1],
   async run(ctx, _flags, [fleet]) {

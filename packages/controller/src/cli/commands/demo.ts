@@ -20,12 +20,15 @@ export const demoCommand: CommandDef = {
   name: 'demo',
   summary: 'bake, launch, hotfix, heal and relaunch a fleet of 3 on local defaults, timing each strategy',
   usage: 'demo [--keep]',
+  examples: ['kiln demo', 'kiln demo --keep                 # keep the work dir for a look afterwards'],
   details:
     'Starts an embedded S3 and the controller on 127.0.0.1 with the process provider, all in a temporary directory,\n' +
     'and runs the real `kiln` commands against them: bake v1 and launch a fleet of 3 from the image, hotfix v2 in place,\n' +
     'show the drift, heal (bake v2, replace), then relaunch v3 from the v2 image. Prints each strategy\'s wall time and\n' +
     'removes everything it started.',
   options: { keep: { type: 'boolean', help: 'leave the temporary directory (nothing keeps running) for a look afterwards' } },
+  // It runs in a temporary directory of its own: --home would be ignored, so it is not offered.
+  home: false,
   positionals: [0, 0],
   async run(ctx, flags) {
     const work = await mkdtemp(path.join(tmpdir(), 'kiln-demo-'));

@@ -12,6 +12,7 @@ export const deployCommand: CommandDef = {
   name: 'deploy',
   summary: 'deploy a release to a fleet and follow it live: hotfix (in place), relaunch or bake (new instances)',
   usage: 'deploy FLEET VERSION [--strategy hotfix|relaunch|bake] [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
+  examples: ['kiln deploy web 2.0.0 --batch 50%', 'kiln deploy web 2.0.0 --strategy bake --health-timeout 2m', 'kiln deploy web 2.0.1 --max-failures 1 --no-wait'],
   details:
     "hotfix: the fleet's channel pointer moves first (instances launched later boot into the release); then each\n" +
     'batch is told to install it, and counts once its agents report it installed and healthy. Past --max-failures\n' +
@@ -19,7 +20,9 @@ export const deployCommand: CommandDef = {
     "relaunch: a new group is launched from the fleet's image; each agent installs the release at boot.\n" +
     'bake: an image holding the release is baked first (or found by its bake key), and the new group launches from it.\n' +
     'Either way the new group must pass its health gate to go live; the old group is stopped (kept for `kiln rollback`),\n' +
-    'the one before it terminated; a group that fails is removed and the live one stays. Exit 0 only on success.',
+    'the one before it terminated; a group that fails is removed and the live one stays. Exit 0 only on success.\n' +
+    'The deployment runs in the controller: Ctrl-C stops following it, not the deployment (exit 130, with the commands\n' +
+    'that follow or cancel it).',
   options: {
     strategy: { type: 'string', value: 'NAME', help: 'hotfix (default), relaunch or bake; relaunch and bake need a fleet on a provider' },
     ...ROLLOUT_OPTIONS,
@@ -40,16 +43,25 @@ export const deployCommand: CommandDef = {
 
 export const fleetRollback: CommandDef = {
   name: 'rollback',
-  summary: 'roll a fleet back: its stopped group brought back, or else its previous release hotfixed in; follow it',
-  usage: 'rollback FLEET [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
+  summary: 'roll a fleet back: its stopped group brought back, or else its previous release (or --to VERSION) hotfixed in; follow it',
+  usage: 'rollback FLEET [--to VERSION] [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
+  examples: ['kiln rollback web', 'kiln rollback web --to 1.0.0 --batch 50%'],
   details:
     'After a bake or relaunch, the group it replaced is still there, stopped: it is started again, gated on health and\n' +
     'made live (seconds, nothing installed). Otherwise the previous release (the one the fleet ran before its last\n' +
-    'successful deployment) gets a new pointer and is hotfixed in. For one host without a controller, see `kiln host rollback`.',
-  options: { ...ROLLOUT_OPTIONS, ...API_OPTIONS, ...JSON_OPTION },
+    'successful deployment) gets a new pointer and is hotfixed in. With --to VERSION, that older release instead: the\n' +
+    'stopped group when it runs that release, or else a new pointer to it, hotfixed in (`kiln release list APP` lists them).\n' +
+    'For one host without a controller, see `kiln host rollback`.',
+  options: {
+    to: { type: 'string', value: 'VERSION', help: "the release to go back to, older than the fleet's (default: the one before its last deployment)" },
+    ...ROLLOUT_OPTIONS,
+    ...API_OPTIONS,
+    ...JSON_OPTION,
+  },
   positionals: [1, 1],
   async run(ctx, flags, [fleet]) {
-    const body = rolloutBody(flags);
+    const to = str(flags, 'to');
+    const body = { ...rolloutBody(flags), ...(to ? { version: to } : {}) };
     const api = await openApi(flags, ctx);
     const { deployment } = await api.post<DeploymentBody>(`/v1/fleets/${encodeURIComponent(fleet!)}/rollback`, body);
     if (flags['no-wait']) return printCreated(ctx, deployment);
@@ -59,7 +71,18 @@ export const fleetRollback: CommandDef = {
 
 function printCreated(ctx: CliContext, d: Deployment): void {
   if (ctx.json) return printJson(ctx, d);
-  out(ctx, `deployment ${d.id} started: ${d.kind} of fleet ${d.fleet} to ${d.release.version}; follow it with \`kiln deployments show ${d.id} --follow\``);
+  out(ctx, `deployment ${d.id} started: ${d.kind} of fleet ${d.fleet} to ${d.release.version} (${strategyOf(d)}); follow it with \`kiln deployments show ${d.id} --follow\``);
+}
+
+/**
+ * How a deployment goes about it. The record's strategy, except where that would mislead: a rollback
+ * to the stopped group starts that group (recorded as relaunch, nothing is launched), and a heal
+ * replaces instances, baking first only when no image holds the release.
+ */
+function strategyOf(d: Deployment): string {
+  if (d.kind === 'rollback' && d.strategy !== 'hotfix') return 'standby group';
+  if (d.kind === 'heal') return d.phases.some((p) => p.name === 'bake') ? 'bake + replace' : 'replace';
+  return d.strategy;
 }
 
 const summaryOf = (d: Deployment) => {
@@ -71,6 +94,7 @@ export const deploymentsList: CommandDef = {
   name: 'deployments',
   summary: "list deployments, a fleet's or all (oldest first)",
   usage: 'deployments [FLEET] [--json]',
+  examples: ['kiln deployments web', 'kiln deployments --json'],
   options: { ...API_OPTIONS, ...JSON_OPTION },
   positionals: [0, 1],
   async run(ctx, flags, [fleet]) {
@@ -78,7 +102,7 @@ export const deploymentsList: CommandDef = {
     const { deployments } = await api.get<DeploymentList>(`/v1/deployments${fleet ? `?fleet=${encodeURIComponent(fleet)}` : ''}`);
     if (ctx.json) return printJson(ctx, deployments);
     if (!deployments.length) return out(ctx, fleet ? `no deployments of fleet ${fleet} yet` : 'no deployments yet');
-    out(ctx, formatTable(['ID', 'FLEET', 'KIND', 'RELEASE', 'STATE', 'CREATED', 'VERDICT'], deployments.map((d) => [d.id, d.fleet, d.kind, d.release.version, d.state, d.createdAt, summaryOf(d)])));
+    out(ctx, formatTable(['ID', 'FLEET', 'KIND', 'STRATEGY', 'RELEASE', 'STATE', 'CREATED', 'VERDICT'], deployments.map((d) => [d.id, d.fleet, d.kind, strategyOf(d), d.release.version, d.state, d.createdAt, summaryOf(d)])));
   },
 };
 
@@ -86,14 +110,15 @@ export const deploymentsShow: CommandDef = {
   name: 'deployments show',
   summary: 'show one deployment: its batches and every instance; --follow waits for its end',
   usage: 'deployments show ID [--follow] [--json]',
-  options: { follow: { type: 'boolean', help: 'follow it live until it ends, like `kiln deploy` (exit 1 unless it succeeds)' }, ...API_OPTIONS, ...JSON_OPTION },
+  examples: ['kiln deployments show d-mx82njlz-2bbab9', 'kiln deployments show d-mx82njlz-2bbab9 --follow'],
+  options: { follow: { type: 'boolean', help: 'follow it live until it ends, like `kiln deploy` (exit 1 unless it succeeds; Ctrl-C stops following, 130)' }, ...API_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [id]) {
     const api = await openApi(flags, ctx);
     const { deployment: d } = await api.get<DeploymentBody>(`/v1/deployments/${encodeURIComponent(id!)}`);
     if (flags.follow) return followDeployment(ctx, api, d);
     if (ctx.json) return printJson(ctx, d);
-    out(ctx, `deployment ${d.id}: ${d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (from ${d.previous?.version ?? '-'}), ${d.state}\n${summaryOf(d)}\n`);
+    out(ctx, `deployment ${d.id}: ${d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (from ${d.previous?.version ?? '-'}), ${d.state}\nstrategy ${strategyOf(d)}${d.group ? `, group ${d.group}` : ''}${d.image ? `, image ${d.image}` : ''}\n${summaryOf(d)}\n`);
     const rows = Object.entries(d.instances).sort(([a], [b]) => a.localeCompare(b)).map(([iid, i]) => [iid, i.batch >= 0 ? String(i.batch + 1) : '-', i.step, i.error ? `${i.error.code}: ${i.error.message}` : '-']);
     out(ctx, rows.length ? formatTable(['INSTANCE', 'BATCH', 'STEP', 'ERROR'], rows) : 'no instances (none was connected when it started)');
   },
@@ -103,6 +128,7 @@ export const deploymentsCancel: CommandDef = {
   name: 'deployments cancel',
   summary: 'cancel a running deployment: it stops after the batch in flight',
   usage: 'deployments cancel ID [--json]',
+  examples: ['kiln deployments cancel d-mx82njlz-2bbab9'],
   options: { ...API_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [id]) {

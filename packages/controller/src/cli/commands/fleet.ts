@@ -16,6 +16,7 @@ export const fleetCreate: CommandDef = {
   name: 'fleet create',
   summary: "create a fleet; prints its agent credential (once) and saves it for local agents",
   usage: 'fleet create NAME --app APP [--channel CHANNEL] [--provider process --size N [--image ID]] [--target-group ARN] [--json]',
+  examples: ['kiln fleet create web --app shop --channel stable   # follows what `kiln release promote shop V --channel stable` points to', 'kiln fleet create web --app shop --provider process --size 3'],
   details:
     'A fleet is the instances of one app following one channel. Its agents connect with the credential printed here,\nwhich the controller keeps only as a digest; it is also saved to .kiln/fleets/NAME.credential (0600) for `kiln agents start`.\n' +
     "The channel is the fleet's own: by default its name, and no two fleets of an app may follow one (KILN_CHANNEL_TAKEN),\n" +
@@ -79,6 +80,7 @@ export const fleetList: CommandDef = {
   name: 'fleet list',
   summary: 'list the fleets',
   usage: 'fleet list [--json]',
+  examples: ['kiln fleet list', 'kiln fleet list --json --controller https://kiln.example.com:7070'],
   options: { ...API_OPTIONS, ...JSON_OPTION },
   positionals: [0, 0],
   async run(ctx, flags) {

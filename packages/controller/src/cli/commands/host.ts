@@ -80,6 +80,7 @@ export const installCommand: CommandDef = {
   name: 'host install',
   summary: 'install a release on this host with the shared install routine',
   usage: 'host install APP (--version V | --channel C) --root DIR [options]',
+  examples: ['kiln host install shop --channel stable --root / --port 8080', 'kiln host install shop --version 1.2.0 --root /tmp/host'],
   details:
     'The same routine the agent runs at boot and on command: verify, extract, swap, restart, health gate, or swap back.\n' +
     'Installing what is installed changes nothing, but starts the app if it is not running.',
@@ -110,6 +111,7 @@ export const rollbackCommand: CommandDef = {
   name: 'host rollback',
   summary: 'swap back to the previous release on this host (health-gated); again swaps forward',
   usage: 'host rollback APP --root DIR [options]',
+  examples: ['kiln host rollback shop --root /'],
   options: { ...ROOT_OPTION, ...RUN_OPTIONS, ...TRUST_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
@@ -121,6 +123,7 @@ export const recoverCommand: CommandDef = {
   name: 'host recover',
   summary: 'run start-up recovery for an app on this host (what the agent does at boot)',
   usage: 'host recover APP --root DIR',
+  examples: ['kiln host recover shop --root /'],
   options: { ...ROOT_OPTION, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
@@ -135,6 +138,7 @@ export const stopCommand: CommandDef = {
   name: 'host stop',
   summary: 'stop the app (and its process supervisor) on this host',
   usage: 'host stop APP --root DIR',
+  examples: ['kiln host stop shop --root /tmp/host'],
   options: { ...ROOT_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
@@ -150,6 +154,7 @@ export const installedCommand: CommandDef = {
   name: 'host installed',
   summary: 'show what is installed on this host: current, previous, last operation, service',
   usage: 'host installed APP --root DIR [--json]',
+  examples: ['kiln host installed shop --root /'],
   options: { ...ROOT_OPTION, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [app]) {

@@ -8,6 +8,7 @@ export const imageBaseCommand: CommandDef = {
   name: 'image base',
   summary: 'build or reuse the nspawn base image: the cached Debian tree with systemd plus the agent (root, Linux)',
   usage: 'image base [--dir DIR] [--mirror URL] [--json]',
+  examples: ['sudo kiln image base', 'sudo kiln image base --mirror http://deb.debian.org/debian'],
   details:
     'The Debian tree is debootstrapped once (about a minute) into the cache, ~/.cache/kiln or KILN_CACHE_DIR; the image (that tree linked, plus the agent bundle and its unit) lands in DIR/images. Needs root, systemd-nspawn and debootstrap: apt-get install systemd-container debootstrap. See docs/providers.md.',
   options: {

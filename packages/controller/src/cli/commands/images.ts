@@ -11,6 +11,7 @@ export const bakeCommand: CommandDef = {
   name: 'bake',
   summary: 'bake an image holding a release, from a base image; prints each phase and the image id',
   usage: 'bake APP VERSION --from BASE_IMAGE [--regions R1,R2] [--json]',
+  examples: ['kiln bake shop 2.0.0 --from img-base', 'kiln bake shop 2.0.0 --from ami-0abc1234 --regions eu-west-1,us-east-1'],
   details:
     "A builder instance is launched from the base image; its agent installs the release at boot through the shared\n" +
     'install routine and seals the root; the builder is stopped, imaged (and the image copied to --regions), then\n' +
@@ -62,6 +63,7 @@ export const healCommand: CommandDef = {
   name: 'heal',
   summary: "replace a fleet's drifted instances (hotfixed or tampered) with fresh ones from an image of what they should run",
   usage: 'heal FLEET [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
+  examples: ['kiln heal web', 'kiln heal web --health-timeout 2m --no-wait'],
   details:
     "When the live group's image holds the fleet's desired release, each drifted instance is replaced by a new one of\n" +
     'that image. Otherwise that release is baked (or its image found by bake key) and the whole group replaced, like\n' +
@@ -91,11 +93,14 @@ export const instancesCommand: CommandDef = {
   name: 'instances',
   summary: "the provider's instances kiln launched (all, or a fleet's): state, image, group, address",
   usage: 'instances [--fleet FLEET] [--json]',
+  examples: ['kiln instances', 'kiln instances --fleet web --json'],
   options: { fleet: { type: 'string', value: 'FLEET', help: "only this fleet's" }, ...API_OPTIONS, ...JSON_OPTION },
   positionals: [0, 0],
   async run(ctx, flags) {
     const api = await openApi(flags, ctx);
     const fleet = str(flags, 'fleet');
+    // The provider knows tags, not fleets: a fleet that does not exist is said so, not shown as empty.
+    if (fleet) await api.get(`/v1/fleets/${encodeURIComponent(fleet)}`);
     const { instances, provider } = await api.get<InstanceList>(`/v1/instances${fleet ? `?fleet=${encodeURIComponent(fleet)}` : ''}`);
     if (ctx.json) return printJson(ctx, instances);
     if (!instances.length) return out(ctx, `no instances on the ${provider} provider${fleet ? ` for fleet ${fleet}` : ''}`);
@@ -108,6 +113,7 @@ export const imagesCommand: CommandDef = {
   name: 'images',
   summary: "the provider's images: what each holds (app, version) and where it came from",
   usage: 'images [--json]',
+  examples: ['kiln images'],
   options: { ...API_OPTIONS, ...JSON_OPTION },
   positionals: [0, 0],
   async run(ctx, flags) {

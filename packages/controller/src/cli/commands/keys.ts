@@ -21,6 +21,7 @@ export const keysGenerate: CommandDef = {
   name: 'keys generate',
   summary: 'make an ed25519 release signing key pair',
   usage: 'keys generate [--out DIR] [--name NAME] [--force]',
+  examples: ['kiln keys generate', 'kiln keys generate --out /etc/kiln/keys --name ci'],
   options: {
     out: { type: 'string', value: 'DIR', help: 'where to write NAME.key (mode 0600) and NAME.pub (default .kiln/keys)' },
     name: { type: 'string', value: 'NAME', help: 'file name stem (default "release")' },

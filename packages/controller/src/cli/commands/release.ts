@@ -8,6 +8,7 @@ export const releasePush: CommandDef = {
   name: 'release push',
   summary: 'pack, sign and upload a release (a directory or a .tar.gz)',
   usage: 'release push DIR|FILE.tar.gz --app APP --version VERSION [options]',
+  examples: ['kiln release push ./build --app shop --version 1.2.0', 'kiln release push shop.tar.gz --app shop --version 1.2.1 --port 8080 --health-path /healthz --env NODE_ENV=production'],
   details:
     'How the app runs comes from kiln.json at the top of the tree ({"service": {"command": [...], "port": N}, "health": {...}});\n' +
     'the flags below replace its fields. A version that exists is refused: releases are immutable.',
@@ -66,6 +67,7 @@ export const releaseList: CommandDef = {
   name: 'release list',
   summary: "list an app's published releases",
   usage: 'release list APP [--json]',
+  examples: ['kiln release list shop', 'kiln release list shop --bucket my-releases --prefix kiln/ --json'],
   options: { ...S3_OPTIONS, ...TRUST_OPTIONS, ...JSON_OPTION },
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
@@ -81,6 +83,7 @@ export const releaseShow: CommandDef = {
   name: 'release show',
   summary: 'show one release: artifact, service, health check',
   usage: 'release show APP VERSION [--json]',
+  examples: ['kiln release show shop 1.2.0'],
   options: { ...S3_OPTIONS, ...TRUST_OPTIONS, ...JSON_OPTION },
   positionals: [2, 2],
   async run(ctx, flags, [app, version]) {
@@ -115,6 +118,7 @@ export const releasePromote: CommandDef = {
   name: 'release promote',
   summary: 'point a channel at a release (a signed pointer with an expiry)',
   usage: 'release promote APP VERSION --channel CHANNEL [--ttl 30d]',
+  examples: ['kiln release promote shop 1.2.0 --channel stable', 'kiln release promote shop 1.1.0 --channel stable --ttl 12h   # back to 1.1.0 with a new pointer'],
   details: 'To roll a channel back, promote the older version again: the new pointer gets a higher seq, so hosts accept it.',
   options: {
     channel: { type: 'string', value: 'CHANNEL', help: 'the channel, e.g. stable' },
@@ -141,6 +145,7 @@ export const releaseChannel: CommandDef = {
   name: 'release channel',
   summary: 'show where a channel points',
   usage: 'release channel APP CHANNEL [--json]',
+  examples: ['kiln release channel shop stable'],
   options: { ...S3_OPTIONS, ...TRUST_OPTIONS, ...JSON_OPTION },
   positionals: [2, 2],
   async run(ctx, flags, [app, channel]) {

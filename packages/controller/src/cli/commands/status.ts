@@ -24,6 +24,7 @@ export const statusCommand: CommandDef = {
   name: 'status',
   summary: "a fleet's instances: connected, image, desired, installed, how it got there, tree check, last error",
   usage: 'status FLEET [--json]',
+  examples: ['kiln status web', 'kiln status web --json'],
   details:
     "The live view from the agents' reports, with a one-line summary: in sync, off their image (hotfixed), drifted, unreachable.\n" +
     'An instance of the live group whose agent does not report to this controller is shown unreachable (CONNECTED never:\n' +
@@ -46,17 +47,27 @@ export const statusCommand: CommandDef = {
 export const driftCommand: CommandDef = {
   name: 'drift',
   summary: "a fleet's instances that are not in sync: off their image (hotfixed), drifted, unreachable",
-  usage: 'drift FLEET [--json]',
+  usage: 'drift FLEET [--exit-code] [--json]',
+  examples: ['kiln drift web', 'kiln drift web --exit-code || kiln heal web   # in cron or CI'],
   details:
     'in sync: runs the desired release as its image carries it, files intact. off-image: runs the desired release,\n' +
     'but not the one its image was baked with (a hotfix; replacing the instance heals it). drifted: not the desired\n' +
     'release, or files changed on disk. unreachable: its agent is not connected or never reported to this controller\n' +
-    '(what it runs is unknown, so it is not in sync).',
-  options: { ...API_OPTIONS, ...JSON_OPTION },
+    '(what it runs is unknown, so it is not in sync).\n' +
+    'With --exit-code it exits 1 when any instance is not in sync (0 when all are), for CI and cron; without, 0 either way.',
+  options: {
+    'exit-code': { type: 'boolean', help: 'exit 1 when any instance is not in sync, 0 when every one is (like `git diff --exit-code`)' },
+    ...API_OPTIONS,
+    ...JSON_OPTION,
+  },
   positionals: [1, 1],
   async run(ctx, flags, [fleet]) {
     const body = await (await openApi(flags, ctx)).get<FleetDrift>(fleetPath(fleet!, 'drift'));
-    if (ctx.json) return printJson(ctx, body);
+    const code = flags['exit-code'] && body.drifted.length ? 1 : 0;
+    if (ctx.json) {
+      printJson(ctx, body);
+      return code;
+    }
     if (body.drifted.length) {
       const rows = body.drifted.map((r) => [r.instanceId, r.drift, imageOf(r), dash(r.desired), dash(r.installed), dash(r.via), r.tree]);
       out(ctx, formatTable(['INSTANCE', 'DRIFT', 'IMAGE (BAKED)', 'DESIRED', 'INSTALLED', 'VIA', 'TREE'], rows));
@@ -64,5 +75,6 @@ export const driftCommand: CommandDef = {
       out(ctx, body.summary.instances ? `every instance of ${body.fleet.name} is in sync` : `fleet ${body.fleet.name} has no instances`);
     }
     out(ctx, body.summary.line + unreachableNote(body.fleet.name, body.drifted));
+    return code;
   },
 };

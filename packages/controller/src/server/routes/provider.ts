@@ -9,7 +9,7 @@ import type { BakeBody, DeploymentBody, ImageList, InstanceList } from '../api-t
 const FleetParams = z.strictObject({ name: fleetName });
 const BakeParams = z.strictObject({ id: z.string().max(64) });
 const Query = z.strictObject({ fleet: fleetName.optional() });
-const HealCreate = RollbackCreate.omit({ batch: true });
+const HealCreate = RollbackCreate.omit({ batch: true, version: true });
 
 /** The provider's images and instances, standalone bakes, and heal. */
 export const providerRoutes: FastifyPluginAsync<{ provider: Provider; bakes: Bakes; deployments: Deployments }> = async (app, { provider, bakes, deployments }) => {
