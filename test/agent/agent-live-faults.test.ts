@@ -12,6 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocketServer, type WebSocket } from 'ws';
 import {
   MAX_FRAME_BYTES,
+  PROTOCOL_VERSION,
   appLayout,
   createLogger,
   createProcessSupervisor,
@@ -107,10 +108,10 @@ describe('agent live path: malformed frames from the controller', () => {
     ['not JSON', () => '{"type": "command", ', 'KILN_FRAME_INVALID', /not JSON/],
     ['a JSON array', () => '[1, 2]', 'KILN_FRAME_INVALID', /not a JSON object/],
     ['an unknown type', () => ({ type: 'reboot', id: 'x' }), 'KILN_FRAME_INVALID', /"reboot"/],
-    ['protocol version 2', () => ({ v: 2, type: 'command', id: 'v2', instanceId: a.instanceId, app: 'web', action: install('2.0.0') }), 'KILN_PROTOCOL_VERSION', /version 2/],
+    ['the next protocol version', () => ({ v: PROTOCOL_VERSION + 1, type: 'command', id: 'v-next', instanceId: a.instanceId, app: 'web', action: install('2.0.0') }), 'KILN_PROTOCOL_VERSION', new RegExp(`version ${PROTOCOL_VERSION + 1}`)],
     ['a command of the wrong shape', () => ({ type: 'command', id: 'bad/id', instanceId: a.instanceId, app: 'web', action: { kind: 'install', version: '../2' } }), 'KILN_FRAME_INVALID', /command/],
     ['an install whose manifest is not base64', () => ({ type: 'command', id: 'inline-junk', instanceId: a.instanceId, app: 'web', action: { ...install('2.0.0'), manifest: { bytes: '{"app": "web"}', sig: '' } } }), 'KILN_FRAME_INVALID', /manifest/],
-    ['a hello (the wrong direction)', () => ({ type: 'hello', report: hello.report, results: [] }), 'KILN_FRAME_INVALID', /does not send "hello"/],
+    ['a hello (the wrong direction)', () => ({ type: 'hello', identity: hello.identity, report: hello.report, results: [] }), 'KILN_FRAME_INVALID', /does not send "hello"/],
     ['a frame over 1 MiB (under 4 MiB)', () => JSON.stringify({ v: 1, type: 'command', pad: 'x'.repeat(MAX_FRAME_BYTES + 1) }), 'KILN_FRAME_TOO_LARGE', /over the limit/],
   ];
 

@@ -10,7 +10,7 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { AgentReport, appLayout, createProcessSupervisor, createS3Client, readSupervisorStatus, supervisorPaths } from '@kiln/shared';
+import { AGENT_VERSION, AgentReport, appLayout, createProcessSupervisor, createS3Client, readSupervisorStatus, supervisorPaths } from '@kiln/shared';
 import { buildAgentBundle, publishAgentBundle, readPublishedAgent, runCli, type AgentBundle } from '@kiln/controller';
 import { servingOn, until, writeAgentConfig } from '../helpers/agent.js';
 import { finished } from '../helpers/cli.js';
@@ -63,7 +63,7 @@ describe('buildAgentBundle', () => {
     expect((await stat(bundle.file)).mode & 0o777).toBe(0o755);
     expect(bundle.bytes).toBe(code.byteLength);
     expect(bundle.sha256).toBe(sha256(code));
-    expect(bundle.version).toMatch(/^0\.1\.0-[0-9a-f]{12}$/);
+    expect(bundle.version).toMatch(new RegExp(`^${AGENT_VERSION.replaceAll('.', '\\.')}-[0-9a-f]{12}$`));
     expect(await readFile(bundle.unit, 'utf8')).toBe(await readFile(AGENT_UNIT, 'utf8'));
     expect(path.basename(bundle.unit)).toBe('kiln-agent.service');
   });

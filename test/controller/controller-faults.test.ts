@@ -9,10 +9,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { Deployment } from '@kiln/controller';
-import { MAX_FRAME_BYTES, createDocStore, createLogger, createS3Client, readPointer, type AgentReport, type ReleaseRef } from '@kiln/shared';
+import { MAX_FRAME_BYTES, NONCE_HEADER, PROTOCOL_VERSION, createDocStore, createLogger, createS3Client, proveIdentity, readPointer, type AgentReport, type ReleaseRef } from '@kiln/shared';
 import { OPERATOR, startController, startFleet, type TestController } from '../helpers/controller.js';
 import { startControllerProcess } from '../helpers/controller-process.js';
 import { makeAgent, until, type TestAgent } from '../helpers/agent.js';
+import { agentKey, handReport } from '../helpers/raw-agent.js';
 import { STANDARD_RELEASES, makeKeys, pushApp, pushReleases, tempDir, gatedSpec } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
@@ -98,23 +99,31 @@ describe('HTTP auth: checked before any work', () => {
   });
 });
 
-/** A raw agent-side WebSocket client: records every frame, and how the socket closed. */
+/** The key pair of every raw client: each instance id it says hello for is pinned to it. */
+const rawKey = agentKey();
+
+/** A raw agent-side WebSocket client: records every frame, and how the socket closed; its hello is signed as an agent's. */
 function rawClient(headers: Record<string, string>, url = ctl.agentsUrl) {
   const ws = new WebSocket(url, { headers });
+  let nonce = '';
+  ws.on('upgrade', (res) => (nonce = String(res.headers[NONCE_HEADER] ?? '')));
   const frames: any[] = [];
   ws.on('message', (d) => frames.push(JSON.parse(d.toString())));
   ws.on('error', () => {});
   const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
   const opened = new Promise<void>((resolve, reject) => (ws.once('open', () => resolve()), ws.once('close', () => reject(new Error('closed before open')))));
   cleanup.push(() => ws.terminate());
-  const send = (v: unknown) => ws.send(typeof v === 'string' || Buffer.isBuffer(v) ? v : JSON.stringify({ v: 1, ...(v as object) }));
+  const send = (v: unknown) => ws.send(typeof v === 'string' || Buffer.isBuffer(v) ? v : JSON.stringify({ v: PROTOCOL_VERSION, ...(v as object) }));
+  /** the hello a real agent would send on this connection, for the report given */
+  const helloOf = (report: AgentReport) => ({ type: 'hello', identity: proveIdentity(rawKey, nonce, headers['x-kiln-instance'] ?? ''), report, results: [] });
   return {
     ws,
     frames,
     closed,
     opened,
     send,
-    hello: (report: AgentReport) => send({ type: 'hello', report, results: [] }),
+    helloOf,
+    hello: (report: AgentReport) => send(helloOf(report)),
     /** sends `v` and waits for the next error frame */
     async refused(v: unknown): Promise<{ code: string; message: string }> {
       const from = frames.length;
@@ -126,26 +135,9 @@ function rawClient(headers: Record<string, string>, url = ctl.agentsUrl) {
 }
 const agentHeaders = (credential: string, instance: string) => ({ authorization: `Bearer ${credential}`, 'x-kiln-instance': instance });
 
-/** A report built by hand, as an agent would send it. */
-function report(instanceId: string, over: Partial<AgentReport> = {}): AgentReport {
-  const at = new Date().toISOString();
-  return {
-    instanceId,
-    imageId: 'img-raw',
-    app: 'web',
-    channel: 'stable',
-    agentVersion: 'raw-0',
-    image: null,
-    installed: { ...rel['1.0.0']!, artifactSha256: 'a'.repeat(64), via: 'baked', installedAt: at },
-    service: { active: true },
-    tree: { status: 'unchecked', modified: 0, missing: 0, extra: 0, paths: [], checkedAt: null },
-    operation: null,
-    lastError: null,
-    queued: 0,
-    at,
-    ...over,
-  };
-}
+/** A report built by hand, as an agent would send it: installed 1.0.0, baked. */
+const report = (instanceId: string, over: Partial<AgentReport> = {}): AgentReport =>
+  handReport(instanceId, { installed: { ...rel['1.0.0']!, artifactSha256: 'a'.repeat(64), via: 'baked', installedAt: new Date().toISOString() }, ...over });
 
 describe('WebSocket auth: closed with the policy code 1008 and the error code as reason', () => {
   const cases: Array<[string, string, () => Record<string, string>]> = [
@@ -314,7 +306,7 @@ describe('frames from agents', () => {
       [Buffer.from([0xff, 0x00, 0x13]), 'KILN_FRAME_INVALID'],
       ['[1, 2]', 'KILN_FRAME_INVALID'],
       [{ type: 'reboot' }, 'KILN_FRAME_INVALID'],
-      [{ v: 2, type: 'report', report: report('raw-frames') }, 'KILN_PROTOCOL_VERSION'],
+      [{ v: PROTOCOL_VERSION + 1, type: 'report', report: report('raw-frames') }, 'KILN_PROTOCOL_VERSION'],
       [{ type: 'report', report: { ...report('raw-frames'), installed: { version: '../x' } } }, 'KILN_FRAME_INVALID'],
       [{ type: 'command', id: 'c1', instanceId: 'raw-frames', app: 'web', action: { kind: 'report' } }, 'KILN_FRAME_INVALID'],
     ];
@@ -330,12 +322,17 @@ describe('frames from agents', () => {
   it('a report for another instance or another app is refused with KILN_FORBIDDEN; neither view changes', async () => {
     const c = rawClient(agentHeaders(rawCredential, 'raw-a'));
     await c.opened;
-    expect((await c.refused({ type: 'hello', report: report('raw-b'), results: [] })).code).toBe('KILN_FORBIDDEN');
+    expect((await c.refused(c.helloOf(report('raw-b')))).code).toBe('KILN_FORBIDDEN');
+    // nothing is recorded before a hello is admitted: neither raw-a nor raw-b
+    expect((await rows('raw')).map((r) => r.instanceId)).not.toContain('raw-a');
+    expect((await c.refused({ type: 'report', report: report('raw-a') })).code).toBe('KILN_FRAME_INVALID');
+    c.hello(report('raw-a', { installed: null }));
+    await until('raw-a admitted', async () => (await rows('raw')).some((r) => r.instanceId === 'raw-a'));
     expect((await c.refused({ type: 'report', report: report('web-1') })).code).toBe('KILN_FORBIDDEN');
     expect((await c.refused({ type: 'report', report: report('raw-a', { app: 'api' }) })).code).toBe('KILN_FORBIDDEN');
     const raw = await rows('raw');
     expect(raw.map((r) => r.instanceId)).not.toContain('raw-b');
-    expect(raw.find((r) => r.instanceId === 'raw-a')).toMatchObject({ imageId: null, installed: null });
+    expect(raw.find((r) => r.instanceId === 'raw-a')).toMatchObject({ imageId: 'img-raw', installed: null });
     expect((await rows('web')).map((r) => [r.instanceId, r.imageId, r.installed])).toEqual([
       ['web-1', 'img-test', '2.0.0'],
       ['web-2', 'img-test', '2.0.0'],
@@ -360,11 +357,13 @@ describe('frames from agents', () => {
     const first = rawClient(agentHeaders(rawCredential, 'raw-dup'));
     await first.opened;
     first.hello(report('raw-dup'));
+    await until('raw-dup admitted', async () => (await rows('raw')).some((r) => r.instanceId === 'raw-dup' && r.connected));
     const second = rawClient(agentHeaders(rawCredential, 'raw-dup'));
     await second.opened;
+    // replaced once the second connection's hello (the same agent key) is admitted, not before
+    second.hello(report('raw-dup', { imageId: 'img-second' }));
     expect((await first.closed).code).toBe(4000);
     expect(lines.some((l) => l.includes('"instanceId":"raw-dup"') && l.includes('replaces the first'))).toBe(true);
-    second.hello(report('raw-dup', { imageId: 'img-second' }));
     await until('the second connection is the view', async () => (await rows('raw')).find((r) => r.instanceId === 'raw-dup')?.imageId === 'img-second');
     expect((await rows('raw')).find((r) => r.instanceId === 'raw-dup')?.connected).toBe(true);
     second.ws.close();

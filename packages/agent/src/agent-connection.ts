@@ -1,4 +1,4 @@
-import { MAX_FRAME_BYTES, asKilnError, backoffDelay, frame, parseFrame, type Logger, type Message } from '@kiln/shared';
+import { MAX_FRAME_BYTES, NONCE_HEADER, NONCE_PATTERN, asKilnError, backoffDelay, frame, parseFrame, type Logger, type Message } from '@kiln/shared';
 import WebSocket, { type ClientOptions } from 'ws';
 
 export interface ConnectionOptions {
@@ -11,8 +11,8 @@ export interface ConnectionOptions {
   random: () => number;
   /** e.g. a private CA for wss:// */
   wsOptions?: ClientOptions;
-  /** called on every open socket; returns the hello frame */
-  hello: () => Promise<string>;
+  /** called on every open socket with the nonce the controller's upgrade answer carried ('' when none); returns the hello frame */
+  hello: (nonce: string) => Promise<string>;
   onMessage: (msg: Message) => void;
   onState: (connected: boolean) => void;
 }
@@ -48,6 +48,12 @@ export function connectToController(opts: ConnectionOptions): Connection {
     ws = sock;
     let lastHeard = Date.now();
     const heard = () => (lastHeard = Date.now());
+    // The hello signs it: a controller that sends none (an older one, a test double) gets a signature over ''.
+    let nonce = '';
+    sock.on('upgrade', (res) => {
+      const given = res.headers[NONCE_HEADER];
+      nonce = typeof given === 'string' && NONCE_PATTERN.test(given) ? given : '';
+    });
 
     sock.on('open', () => {
       heard();
@@ -62,7 +68,7 @@ export function connectToController(opts: ConnectionOptions): Connection {
       }, opts.heartbeatMs);
       beat.unref();
       // Nothing else goes out before the hello: the controller learns who we are first.
-      opts.hello().then(
+      opts.hello(nonce).then(
         (text) => {
           if (sock.readyState !== WebSocket.OPEN) return;
           sock.send(text);
@@ -89,8 +95,9 @@ export function connectToController(opts: ConnectionOptions): Connection {
         return;
       }
       // A good frame resets the backoff: the connection is known to work both ways. A refused one does
-      // not, or a controller speaking another protocol version would be redialled every half second.
-      attempt = 0;
+      // not, or a controller speaking another protocol version would be redialled every half second;
+      // nor does an error frame (the controller refusing our hello says so before it closes).
+      if (msg.type !== 'error') attempt = 0;
       opts.onMessage(msg);
     });
     sock.on('error', (err) => log.warn({ err: err.message }, 'controller connection error'));
@@ -102,7 +109,10 @@ export function connectToController(opts: ConnectionOptions): Connection {
       if (was) opts.onState(false);
       if (closed) return;
       const delay = backoffDelay(attempt++, { baseMs: 500, capMs: opts.backoffCapMs, random: opts.random });
-      log.info({ code, reason: reason.toString().slice(0, 200), retryInMs: delay }, 'disconnected from the controller');
+      const why = { code, reason: reason.toString().slice(0, 200), retryInMs: delay };
+      // 1008: the controller refused this agent (its credential, its identity key, its fleet's instance limit), which only an operator can fix.
+      if (code === 1008) log.error(why, 'the controller refused this agent');
+      else log.info(why, 'disconnected from the controller');
       retry = setTimeout(connect, delay);
     });
   }

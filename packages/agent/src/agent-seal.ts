@@ -19,7 +19,8 @@ export async function sealImage(root: string, app: string, log: Logger, now = ne
     state.last = null;
     await writeState(layout.state, state);
     const agentDir = path.join(layout.root, 'var/lib/kiln/agent');
-    await Promise.all(['inbox.json', 'report.json'].map((f) => rm(path.join(agentDir, f), { force: true })));
+    // identity.key too: every instance of the image makes its own on first boot, or all would share the builder's.
+    await Promise.all(['inbox.json', 'report.json', 'identity.key'].map((f) => rm(path.join(agentDir, f), { force: true })));
     const { version, seq, manifestSha256 } = state.current;
     return await writeImageMarker(root, app, { version, seq, manifestSha256 }, now);
   } finally {

@@ -9,6 +9,7 @@ import {
   createReleaseStore,
   createS3Client,
   frame,
+  proveIdentity,
   type AgentReport,
   type CommandResult,
   type Logger,
@@ -20,6 +21,7 @@ import {
 } from '@kiln/shared';
 import type { ClientOptions } from 'ws';
 import { loadControllerCa, loadPinnedKeys, type AgentConfig } from './agent-config.js';
+import { loadIdentity } from './agent-identity.js';
 import { connectToController, type Connection } from './agent-connection.js';
 import { createAgentJobs, type AgentJobs } from './agent-jobs.js';
 import { collectReport, recentResults, stateReader, type LiveFacts } from './agent-report.js';
@@ -225,6 +227,7 @@ export function createAgent(opts: AgentOptions): Agent {
       }
       if (config.controller) {
         const c = config.controller;
+        const identity = await loadIdentity(agentDir, log);
         conn = connectToController({
           url: c.url,
           credential: c.credential,
@@ -234,12 +237,12 @@ export function createAgent(opts: AgentOptions): Agent {
           backoffCapMs: config.backoffCapMs,
           random,
           ...(ca || opts.wsOptions ? { wsOptions: { ...(ca ? { ca } : {}), ...opts.wsOptions } } : {}),
-          hello: async () => {
+          hello: async (nonce) => {
             await recovery;
             const r = await report();
             // Taken in the same turn the frame is sent: a result that finishes while the hello is built
             // is in it, and so is one that never reached state.json (refused before the install lock).
-            const message: Outgoing = { type: 'hello', report: r, results: [...results.values()].slice(-50) };
+            const message: Outgoing = { type: 'hello', identity: proveIdentity(identity, nonce, config.instanceId), report: r, results: [...results.values()].slice(-50) };
             emit({ type: 'sent', message });
             return frame(message);
           },

@@ -36,4 +36,5 @@ export { backoffDelay, type BackoffOptions } from './system/backoff.js';
 export { isPollTimeout, type PollOptions, pollUntil } from './system/poll-until.js';
 export { phaseStopwatch, type PhaseStopwatch } from './system/phase-stopwatch.js';
 export { AGENT_VERSION } from './protocol/agent-version.js';
+export { AgentIdentity, keyFingerprint, newNonce, NONCE_HEADER, NONCE_PATTERN, proveIdentity, rawPublicKey, verifyIdentity } from './protocol/agent-identity.js';
 

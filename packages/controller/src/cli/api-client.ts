@@ -16,6 +16,8 @@ export interface ApiClient {
   ca: string | undefined;
   get<T>(route: string): Promise<T>;
   post<T>(route: string, body?: unknown): Promise<T>;
+  patch<T>(route: string, body: unknown): Promise<T>;
+  delete<T>(route: string): Promise<T>;
 }
 
 const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'EPIPE']);
@@ -39,9 +41,9 @@ export async function openApi(flags: Flags, ctx: CliContext, timeoutMs = 15_000)
   const ca = caFile ? await readFile(caFile, 'utf8') : undefined;
   const agentsUrl = local && local.url === url ? local.agentsUrl : `${url.replace(/^http/, 'ws')}/v1/agents`;
 
-  function call<T>(method: 'GET' | 'POST', route: string, body?: unknown): Promise<T> {
+  function call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', route: string, body?: unknown): Promise<T> {
     const target = new URL(route, `${url}/`);
-    const payload = method === 'POST' ? JSON.stringify(body ?? {}) : undefined;
+    const payload = method === 'POST' || method === 'PATCH' ? JSON.stringify(body ?? {}) : undefined;
     const send = target.protocol === 'https:' ? httpsRequest : httpRequest;
     return new Promise<T>((resolve, reject) => {
       const req = send(
@@ -87,7 +89,7 @@ export async function openApi(flags: Flags, ctx: CliContext, timeoutMs = 15_000)
     });
   }
 
-  return { url, agentsUrl, ca: caFile, get: (route) => call('GET', route), post: (route, body) => call('POST', route, body) };
+  return { url, agentsUrl, ca: caFile, get: (route) => call('GET', route), post: (route, body) => call('POST', route, body), patch: (route, body) => call('PATCH', route, body), delete: (route) => call('DELETE', route) };
 }
 
 function unreachable(url: string, err: Error): KilnError {

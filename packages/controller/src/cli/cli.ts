@@ -26,6 +26,7 @@ const SECTIONS: Array<[string, LazyCommand[]]> = [
     [
       lazy('demo', async () => (await import('./commands/demo.js')).demoCommand),
       lazy('up', async () => (await import('./commands/up.js')).upCommand),
+      lazy('down', async () => (await import('./commands/down.js')).downCommand),
       lazy('keys generate', async () => (await import('./commands/keys.js')).keysGenerate),
     ],
   ],
@@ -44,6 +45,9 @@ const SECTIONS: Array<[string, LazyCommand[]]> = [
     [
       lazy('fleet create', async () => (await import('./commands/fleet.js')).fleetCreate),
       lazy('fleet list', async () => (await import('./commands/fleet.js')).fleetList),
+      lazy('fleet show', async () => (await import('./commands/fleet.js')).fleetShow),
+      lazy('fleet update', async () => (await import('./commands/fleet.js')).fleetUpdate),
+      lazy('fleet delete', async () => (await import('./commands/fleet.js')).fleetDelete),
       lazy('agents start', async () => (await import('./commands/agents.js')).agentsStart),
       lazy('agents list', async () => (await import('./commands/agents.js')).agentsList),
       lazy('agents stop', async () => (await import('./commands/agents.js')).agentsStop),

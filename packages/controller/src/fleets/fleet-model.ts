@@ -55,6 +55,18 @@ export const FleetCreate = z
   // points the channel the other's instances boot from), so each fleet gets its own unless told.
   .transform((f) => ({ ...f, channel: f.channel ?? f.name }));
 
+/** `PATCH /v1/fleets/:name`: what may change on a fleet; at least one field. */
+export const FleetUpdate = z
+  .strictObject({
+    channel: ChannelName.optional(),
+    image: z.string().min(1).max(256).optional(),
+    size: z.number().int().min(0).max(100_000).optional(),
+    /** null: no target group any more */
+    targetGroup: z.string().max(2048).nullable().optional(),
+  })
+  .refine((u) => Object.keys(u).length > 0, 'name at least one of channel, image, size, targetGroup');
+export type FleetUpdate = z.infer<typeof FleetUpdate>;
+
 export const Strategy = z.enum(['hotfix', 'relaunch', 'bake']);
 export type Strategy = z.infer<typeof Strategy>;
 

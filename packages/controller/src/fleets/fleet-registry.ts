@@ -17,6 +17,8 @@ export interface FleetRegistry {
   setDesired(name: string, release: ReleaseRef): Promise<Fleet>;
   /** Changes a fleet record (groups, image, size) and writes it. */
   update(name: string, change: (f: Fleet) => Fleet): Promise<Fleet>;
+  /** Removes a fleet's record; its agent credential is refused from then on. */
+  remove(name: string): Promise<void>;
   /** the fleet an agent credential belongs to; a bake's builder belongs to the pseudo-fleet `bake:APP` */
   byAgentCredential(token: string): Fleet | undefined;
   /** The agent credential instances launched into the fleet get (derived again from the controller's agent secret). */
@@ -106,6 +108,13 @@ export function createFleetRegistry(opts: { docs: DocStore; log: Logger; now: ()
       await opts.docs.put(key(name), next);
       remember(next);
       return next;
+    },
+    async remove(name) {
+      const f = this.get(name);
+      await opts.docs.remove(key(name));
+      fleets.delete(name);
+      byDigest.delete(f.agentCredentialSha256);
+      log.info({ fleet: name }, 'fleet removed');
     },
     byAgentCredential(token) {
       // Looked up by digest: the token itself is never compared byte by byte.

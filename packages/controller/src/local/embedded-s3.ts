@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { S3Location } from '@kiln/shared';
+import { checkPortFree } from '../system/free-port.js';
 
 export interface EmbeddedS3Options {
   /** where the objects are kept */
@@ -18,6 +19,8 @@ export interface EmbeddedS3 {
 /** The local S3 endpoint of `kiln up` and the demo: s3rver on 127.0.0.1, data in a directory. */
 export async function startEmbeddedS3(opts: EmbeddedS3Options): Promise<EmbeddedS3> {
   await mkdir(opts.directory, { recursive: true });
+  // s3rver cannot report a port it fails to listen on (an 'error' event nobody handles ends the process): look first.
+  if (opts.port) await checkPortFree(opts.port);
   // Loaded on use: the other CLI commands should not pay for s3rver's start-up.
   const { default: S3rver } = await import('s3rver');
   const server = new S3rver({

@@ -78,7 +78,13 @@ export async function startLocalController(opts: LocalControllerOptions): Promis
       ...(https ? { https } : {}),
       ...(opts.launch ? { launch: { ...opts.launch, s3: opts.s3 } } : {}),
     });
-    await server.listen({ host: '127.0.0.1', port });
+    try {
+      await server.listen({ host: '127.0.0.1', port });
+    } catch (err) {
+      // a port taken: what buildServer started (the hub's timers, resumed rollouts) must not keep kiln up alive
+      await server.close().catch((closeErr: unknown) => log.warn({ err: closeErr }, 'cannot close the controller that did not listen'));
+      throw err;
+    }
     port = (server.server.address() as { port: number }).port;
     return server;
   }

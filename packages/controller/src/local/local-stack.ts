@@ -1,13 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { ifKilnError, ifMissing, writeFileAtomic, type Logger } from '@kiln/shared';
+import { KilnError, ifKilnError, ifMissing, writeFileAtomic, type Logger } from '@kiln/shared';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.js';
 import { startLocalController, type KeyState, type LocalController } from './local-controller.js';
 import { defaultKeyDir, localControllerFile, localS3File, readLocalController, type LocalController as LocalControllerFile } from './local-files.js';
 import { kilnCacheDir } from '../providers/nspawn/nspawn-rootfs.js';
 import { createNspawnProvider } from '../providers/nspawn/nspawn-provider.js';
 import { createProcessProvider } from '../providers/process/process-provider.js';
+import type { Provider } from '../providers/provider.js';
 
 export interface LocalStack {
   s3: EmbeddedS3;
@@ -15,6 +16,8 @@ export interface LocalStack {
   operatorToken: string;
   ctlFile: string;
   s3File: string;
+  /** where fleets launch instances */
+  provider: Provider;
   /** the controller first (it stops its rollouts and says goodbye to the agents while S3 still answers), then S3 */
   close(): Promise<void>;
 }
@@ -40,12 +43,18 @@ export async function startLocalStack(o: {
   // A controller.json that does not parse is replaced, with a new operator token.
   const previous = await ifKilnError(readLocalController(o.home), ['KILN_CONFIG_INVALID'], undefined);
   const operatorToken = previous?.operatorToken ?? `kfo_${randomBytes(24).toString('base64url')}`;
-  const s3 = await startEmbeddedS3({ directory: o.dataDir, bucket: o.bucket, port: o.s3Port });
+  const s3 = await startEmbeddedS3({ directory: o.dataDir, bucket: o.bucket, port: o.s3Port }).catch((err: unknown) => {
+    throw portTaken(err, o.s3Port, 'S3 endpoint');
+  });
   const s3File = localS3File(o.home);
   const ctlFile = localControllerFile(o.home);
   let ctl;
+  let provider: Provider;
   try {
     await writeFileAtomic(s3File, JSON.stringify(s3.location, null, 2) + '\n', 0o600);
+    provider = o.provider === 'nspawn'
+      ? createNspawnProvider({ dir: path.join(o.home, 'nspawn'), cacheDir: o.cacheDir ?? kilnCacheDir(), log: o.log })
+      : await processProvider(path.join(o.home, 'process'), o.log);
     ctl = await startLocalController({
       log: o.log,
       s3: s3.location,
@@ -53,15 +62,13 @@ export async function startLocalStack(o: {
       keyDir: defaultKeyDir(o.home),
       port: o.port,
       ...(o.tls ? { tls: o.tls } : {}),
-      launch: o.provider === 'nspawn'
-        ? { provider: createNspawnProvider({ dir: path.join(o.home, 'nspawn'), cacheDir: o.cacheDir ?? kilnCacheDir(), log: o.log }), agentSecret: await agentSecret(o.home), serviceManager: 'systemd' }
-        : { provider: await processProvider(path.join(o.home, 'process'), o.log), agentSecret: await agentSecret(o.home), serviceManager: 'process' },
+      launch: { provider, agentSecret: await agentSecret(o.home), serviceManager: o.provider === 'nspawn' ? 'systemd' : 'process' },
       ...(o.onKeys ? { onKeys: o.onKeys } : {}),
     });
   } catch (err) {
     await rm(s3File, { force: true });
     await s3.close();
-    throw err;
+    throw portTaken(err, o.port, 'controller');
   }
   const local: LocalControllerFile = { url: ctl.url, agentsUrl: ctl.agentsUrl, operatorToken, ...(o.tls ? { ca: o.tls.certFile } : {}) };
   await writeFileAtomic(ctlFile, JSON.stringify(local, null, 2) + '\n', 0o600);
@@ -71,12 +78,19 @@ export async function startLocalStack(o: {
     operatorToken,
     ctlFile,
     s3File,
+    provider,
     async close() {
       await ctl.close();
       await rm(s3File, { force: true });
       await s3.close();
     },
   };
+}
+
+/** A listen that failed because the port is taken (EADDRINUSE) is KILN_PORT_IN_USE naming the port; anything else as it is. */
+function portTaken(err: unknown, port: number, what: 'controller' | 'S3 endpoint'): unknown {
+  if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') return err;
+  return new KilnError('KILN_PORT_IN_USE', `the ${what} cannot listen on 127.0.0.1:${port}: another process holds it (\`ss -ltnp 'sport = :${port}'\` names it); stop that process or choose another port`, { cause: err, details: { port, what } });
 }
 
 /**

@@ -42,6 +42,10 @@ export interface Deployments {
   idle(): Promise<void>;
   /** Stops every rollout where it is and writes nothing more: the next controller resumes them. */
   close(): void;
+  /** Runs `fn` while no deployment of the fleet can start (`kiln fleet delete`); KILN_FLEET_BUSY while one runs. */
+  exclusive<T>(fleet: string, fn: () => Promise<T>): Promise<T>;
+  /** Removes a fleet's deployment records; how many there were. */
+  removeRecords(fleet: string): Promise<number>;
 }
 
 const keyOf = (fleet: string, id: string) => `controller/deployments/${fleet}/${id}.json`;
@@ -278,6 +282,26 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     close() {
       closed = true;
       waiter.close();
+    },
+    async exclusive(fleet, fn) {
+      await Promise.allSettled([resuming]);
+      const ending = running.get(fleet);
+      if (ending && ending.record.state !== 'running') await ending.done;
+      if (busy.has(fleet)) {
+        const id = running.get(fleet)?.record.id;
+        throw new KilnError('KILN_FLEET_BUSY', `fleet ${fleet} has a deployment running${id ? ` (${id}): wait for it, or stop it with \`kiln deployments cancel ${id}\`` : ': wait for it'}, then try again`);
+      }
+      busy.add(fleet);
+      try {
+        return await fn();
+      } finally {
+        busy.delete(fleet);
+      }
+    },
+    async removeRecords(fleet) {
+      const keys = await o.docs.list(`controller/deployments/${fleet}/`);
+      for (const key of keys) await o.docs.remove(key);
+      return keys.length;
     },
   };
 }

@@ -6,6 +6,7 @@ import type { z } from 'zod';
 import type { BatchSpec, Deployment, DeploymentCreate, Fleet } from '../fleets/fleet-model.js';
 import type { FleetSummary, InstanceRow } from '../fleets/fleet-view.js';
 import type { ImageInfo, InstanceInfo } from '../providers/provider.js';
+import type { FleetDeleted } from '../rollouts/fleet-delete.js';
 
 /** A fleet as the API shows it: never its credential digest. */
 export type PublicFleet = Omit<Fleet, 'agentCredentialSha256'>;
@@ -71,4 +72,4 @@ export interface ReleaseDetail {
 /** The rollout fields of a deployment, rollback or heal request; absent ones take the API's defaults. */
 export type RolloutFields = Pick<z.input<typeof DeploymentCreate>, 'batch' | 'maxFailures' | 'healthTimeoutMs'>;
 
-export type { BakeRecord, BatchSpec, Deployment, FleetSummary, ImageInfo, InstanceInfo, InstanceRow };
+export type { BakeRecord, BatchSpec, Deployment, FleetDeleted, FleetSummary, ImageInfo, InstanceInfo, InstanceRow };

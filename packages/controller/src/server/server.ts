@@ -7,6 +7,9 @@ import { readPublishedAgent } from '../providers/agent-bundle.js';
 import { bakeImage, type BakeTimeouts } from '../bakes/bake.js';
 import { createBakes, type Bakes } from '../bakes/bakes.js';
 import { createFleetRegistry, type FleetRegistry } from '../fleets/fleet-registry.js';
+import type { InstanceLimits } from '../fleets/instance-admission.js';
+import { createInstanceRecords } from '../fleets/instance-records.js';
+import { forgetTerminated } from '../fleets/forget-terminated.js';
 import type { Fleet } from '../fleets/fleet-model.js';
 import { bakeBase } from '../rollouts/group-rollout.js';
 import type { BootData, Provider } from '../providers/provider.js';
@@ -31,6 +34,12 @@ export interface ServerOptions {
   /** TLS: PEM certificate and key */
   https?: { cert: string | Buffer; key: string | Buffer };
   heartbeatMs?: number;
+  /**
+   * What holders of a fleet's agent credential may do (docs/protocol.md): instances outside the
+   * fleet's groups at most max(capFactor × size, size + capExtra) (default 2 and 10), records of
+   * those away for expireAfterMs dropped (default 24 h), a hello within helloTimeoutMs (default 10 s)
+   */
+  instances?: Partial<InstanceLimits>;
   /** how long a pointer a deployment writes stays valid (default 30 days) */
   pointerTtlMs?: number;
   now?: () => Date;
@@ -68,12 +77,19 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   const log = opts.log.child({ module: 'controller' });
   const docs = createDocStore(opts.s3, opts.bucket, opts.prefix ?? '');
   const store = createReleaseStore(opts.s3, opts.bucket, opts.prefix ?? '');
-  const launch = opts.launch;
+  // Terminated instances leave the hub too (the hub is made below; terminate runs only later).
+  const launch = opts.launch && { ...opts.launch, provider: forgetTerminated(opts.launch.provider, () => hub) };
   const fleets = createFleetRegistry({ docs, log, now, ...(launch ? { agentSecret: launch.agentSecret } : {}) });
   await fleets.load();
+  const records = createInstanceRecords({ docs, log, now });
+  await records.load();
   const hub = createAgentHub({
     log,
     now,
+    records,
+    // The fleet as it is at each hello (its size and groups may have changed since the connection began).
+    fleet: (name) => fleets.list().find((f) => f.name === name),
+    ...(opts.instances ? { limits: opts.instances } : {}),
     ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
     auth(token) {
       const fleet = fleets.byAgentCredential(token);

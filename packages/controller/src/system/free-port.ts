@@ -8,3 +8,13 @@ export async function freePort(): Promise<number> {
   await new Promise((resolve) => srv.close(resolve));
   return port;
 }
+
+/** Resolves when `port` on 127.0.0.1 can be listened on now; rejects with the listen error (EADDRINUSE) when not. */
+export async function checkPortFree(port: number): Promise<void> {
+  const srv = createServer();
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(port, '127.0.0.1', resolve);
+  });
+  await new Promise((resolve) => srv.close(resolve));
+}

@@ -4,9 +4,13 @@ import { KilnError } from '../errors/kiln-error.js';
 import { AppName, ChannelName, VersionName } from '../release/names.js';
 import { ReleaseRef, Sha256 } from '../release/release-schema.js';
 import { formatZodError } from '../errors/format-zod-error.js';
+import { AgentIdentity } from './agent-identity.js';
 
-/** Bumped on any change a peer of the previous version would misread; every frame carries it as `v`. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * Bumped on any change a peer of the previous version would misread; every frame carries it as `v`.
+ * 2: the hello carries the agent's identity (a signature over the connection's nonce).
+ */
+export const PROTOCOL_VERSION = 2;
 /** A frame past this is refused with KILN_FRAME_TOO_LARGE (the socket itself closes past 4×). */
 export const MAX_FRAME_BYTES = 1024 * 1024;
 
@@ -83,8 +87,11 @@ const v = z.literal(PROTOCOL_VERSION);
 
 /** Every frame either side sends: one discriminated union. */
 export const Message = z.discriminatedUnion('type', [
-  /** agent → controller, first frame of a connection; `results` are the latest command outcomes, so nothing done is reported lost */
-  z.strictObject({ type: z.literal('hello'), v, report: AgentReport, results: z.array(CommandResult).max(50) }),
+  /**
+   * agent → controller, first frame of a connection; `identity` proves the agent holds the key its
+   * instance id is pinned to; `results` are the latest command outcomes, so nothing done is reported lost
+   */
+  z.strictObject({ type: z.literal('hello'), v, identity: AgentIdentity, report: AgentReport, results: z.array(CommandResult).max(50) }),
   z.strictObject({ type: z.literal('report'), v, report: AgentReport }),
   /** controller → agent */
   z.strictObject({ type: z.literal('command'), v, id, instanceId: id, app: AppName, action: CommandAction }),

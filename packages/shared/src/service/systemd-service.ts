@@ -3,8 +3,8 @@ import { mkdir, readFile, readlink, realpath, rm, symlink } from 'node:fs/promis
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from '../system/fs-atomic.js';
-import { ifErrno, ifMissing } from '../system/fs-errors.js';
 import { pollUntil } from '../system/poll-until.js';
+import { ifErrno, ifMissing } from '../system/fs-errors.js';
 import { appLayout } from '../release/install-layout.js';
 import { KilnError } from '../errors/kiln-error.js';
 import type { ServiceSpec } from '../release/release-schema.js';

@@ -2,11 +2,11 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseAgentConfig, type AgentConfigInput } from '@kiln/agent';
 import { appLayout, createProcessSupervisor, isSameProcess, processStart, writeFileAtomic, KilnError, type Logger } from '@kiln/shared';
 import { z } from 'zod';
+import { stopProcess, type StopOutcome } from '../../system/stop-process.js';
 
 // kiln-agent, the program, as the agent package exports it.
 const AGENT_MAIN = fileURLToPath(import.meta.resolve('@kiln/agent/main'));
@@ -50,19 +50,8 @@ export async function spawnLocalAgent(args: { root: string; config: AgentConfigI
  * Stops a local agent (SIGTERM, then SIGKILL after `graceMs`), only while its pid is still the
  * process that was started, then its app through the process supervisor.
  */
-export async function stopLocalAgent(a: AgentProcess, app: string, log: Logger, graceMs = 10_000): Promise<{ agent: 'stopped' | 'killed' | 'not running' }> {
-  let agent: 'stopped' | 'killed' | 'not running' = 'not running';
-  if (isRunning(a)) {
-    process.kill(a.pid, 'SIGTERM');
-    agent = 'stopped';
-    const deadline = Date.now() + graceMs;
-    while (isSameProcess(a.pid, a.start) && Date.now() < deadline) await sleep(25);
-    if (isSameProcess(a.pid, a.start)) {
-      process.kill(a.pid, 'SIGKILL');
-      agent = 'killed';
-      while (isSameProcess(a.pid, a.start)) await sleep(25);
-    }
-  }
+export async function stopLocalAgent(a: AgentProcess, app: string, log: Logger, graceMs = 10_000): Promise<{ agent: StopOutcome }> {
+  const agent = await stopProcess(a.pid, a.start, graceMs);
   await createProcessSupervisor({ appDir: appLayout(a.root, app).appDir, log }).stop();
   return { agent };
 }
