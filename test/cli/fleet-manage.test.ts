@@ -95,6 +95,10 @@ describe('kiln fleet show, update and delete', { timeout: 120_000 }, () => {
     expect(j.deployments.map((x: any) => x.id)).toEqual([d.id]);
     firstGroup = j.fleet.groups[0].instances;
     expect((await kiln('fleet', 'show', 'nope')).stderr).toMatch(/^error KILN_FLEET_NOT_FOUND: /);
+    // the provider's instances of a fleet that does not exist: the API says so (was an empty list)
+    const none = await ctl.api('GET', '/v1/instances?fleet=nope');
+    expect([none.status, none.body.error?.code]).toEqual([404, 'KILN_FLEET_NOT_FOUND']);
+    expect((await ctl.api('GET', '/v1/instances?fleet=web')).body.instances.map((i: any) => i.id).sort()).toEqual([...firstGroup].sort());
   });
 
   it('a terminated instance kept its record in the controller: it goes with its instance, and its provider record with it', async () => {

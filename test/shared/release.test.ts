@@ -1,6 +1,7 @@
 import { chmod, mkdir, readlink, symlink, writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   KilnError,
@@ -99,6 +100,9 @@ describe('publish', () => {
     ]);
     const shown = await showRelease(s3.store, 'pub', '1.1.0', keys.keys);
     expect(shown.manifestSha256).toBe(b.manifestSha256);
+    // a manifest the bucket holds that does not parse is KILN_MANIFEST_INVALID naming it (was a bare ZodError: a 500)
+    await createS3Client(s3.s3.location).send(new PutObjectCommand({ Bucket: s3.s3.location.bucket, Key: 'releases/pub-other/1.0.0/manifest.json', Body: '{"schema": 1}' }));
+    await expect(showRelease(s3.store, 'pub-other', '1.0.0', keys.keys)).rejects.toMatchObject({ code: 'KILN_MANIFEST_INVALID', message: expect.stringMatching(/^the manifest of pub-other 1\.0\.0 /) });
     // a reader with other pinned keys sees the release as untrusted
     expect((await listReleases(s3.store, 'pub', makeKeys().keys)).every((r) => !r.verified)).toBe(true);
   });

@@ -183,7 +183,7 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
     await api.register(fleetRoutes, { fleets, hub, deployments, ...(launch ? { provider: launch.provider } : {}) });
     await api.register(deploymentRoutes, { deployments });
     await api.register(releaseRoutes, { store, keys: opts.trustedKeys });
-    if (launch && bakes) await api.register(providerRoutes, { provider: launch.provider, bakes, deployments });
+    if (launch && bakes) await api.register(providerRoutes, { provider: launch.provider, bakes, deployments, fleets });
   });
   app.addHook('onListen', async () => {
     const address = app.server.address();

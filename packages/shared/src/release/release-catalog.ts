@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { catchOnly } from '../errors/catch-only.js';
 import { ifKilnError, isKilnError } from '../errors/kiln-error.js';
+import { parseJson } from '../system/json-file.js';
 import { checkName } from './names.js';
 import { ChannelPointer, Manifest } from './release-schema.js';
 import type { ReleaseStore } from './release-store.js';
@@ -45,7 +46,8 @@ export async function showRelease(store: ReleaseStore, app: string, version: str
     if (!isKilnError(err, 'KILN_SIGNATURE_INVALID', 'KILN_SIGNATURE_UNKNOWN_KEY')) throw err;
     verified = false;
   }
-  const manifest = Manifest.parse(JSON.parse(obj.bytes.toString('utf8')));
+  // A manifest that does not parse is the bucket's fault, said as such (422), never a 500.
+  const manifest = parseJson(obj.bytes.toString('utf8'), Manifest, { code: 'KILN_MANIFEST_INVALID', what: `the manifest of ${app} ${version}` });
   return {
     manifest,
     manifestSha256: sha256Hex(obj.bytes),
