@@ -129,7 +129,7 @@ describe('kiln fleet show, update and delete', { timeout: 120_000 }, () => {
     }
     expect((await kiln('fleet', 'create', 'api', '--app', 'web', '--channel', 'beta')).code).toBe(0);
     const shared = await kiln('fleet', 'update', 'web', '--channel', 'beta');
-    expect(shared.stderr).toMatch(/^error KILN_REQUEST_INVALID: channel: fleet api already follows web\/beta/);
+    expect(shared.stderr).toMatch(/^error KILN_CHANNEL_TAKEN: channel: fleet api already follows web\/beta/);
 
     const updated = await kiln('fleet', 'update', 'web', '--size', '2', '--channel', 'canary', '--image', 'img-base');
     expect(updated.code, updated.stderr).toBe(0);

@@ -8,8 +8,8 @@ import type { FleetSummary, InstanceRow } from '../fleets/fleet-view.js';
 import type { ImageInfo, InstanceInfo } from '../providers/provider.js';
 import type { FleetDeleted } from '../rollouts/fleet-delete.js';
 
-/** A fleet as the API shows it: never its credential digest. */
-export type PublicFleet = Omit<Fleet, 'agentCredentialSha256'>;
+/** A fleet as the API shows it: never its credential digest or salt. */
+export type PublicFleet = Omit<Fleet, 'agentCredentialSha256' | 'credentialSalt'>;
 
 /** `POST /v1/fleets`: the fleet, and the credential its agents present (shown this once). */
 export interface FleetCreated {

@@ -13,9 +13,9 @@ import type { DeploymentBody, FleetBody, FleetCreated, FleetDeleted, FleetDrift,
 const Params = z.strictObject({ name: fleetName });
 const DeleteQuery = z.strictObject({ keepImages: z.enum(['true', 'false']).default('false') });
 
-/** The public view of a fleet: never its credential digest. */
+/** The public view of a fleet: never its credential digest, nor the salt its credential is derived with. */
 export function publicFleet(f: Fleet): PublicFleet {
-  const { agentCredentialSha256: _, ...rest } = f;
+  const { agentCredentialSha256: _digest, credentialSalt: _salt, ...rest } = f;
   return rest;
 }
 
@@ -74,7 +74,7 @@ export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: Agent
     }
     if (change.targetGroup && fleet.provider !== 'ec2') throw new KilnError('KILN_REQUEST_INVALID', `targetGroup: fleet ${fleet.name} is on the ${fleet.provider} provider; only ec2 fleets have target groups`);
     const sharing = change.channel && fleets.list().find((f) => f.name !== fleet.name && f.app === fleet.app && f.channel === change.channel);
-    if (sharing) throw new KilnError('KILN_REQUEST_INVALID', `channel: fleet ${sharing.name} already follows ${fleet.app}/${change.channel}; two fleets on one channel would move each other's instances: pick another channel`);
+    if (sharing) throw new KilnError('KILN_CHANNEL_TAKEN', `channel: fleet ${sharing.name} already follows ${fleet.app}/${change.channel}; two fleets on one channel would move each other's instances: pick another channel`);
   }
 
   app.post<{ Reply: DeploymentBody }>('/v1/fleets/:name/rollback', async (req, reply) => {
