@@ -1,15 +1,13 @@
 // Changing and removing fleets from the CLI (`kiln fleet show`, `update`, `delete`), and instance
 // records that go with their instance: runCli, the same code as the `kiln` binary, against a real
 // controller on the process provider, real S3, real agents and apps.
-import { randomBytes } from 'node:crypto';
 import { rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, runCli, type Provider } from '@kiln/controller';
 import { createDocStore, createS3Client } from '@kiln/shared';
-import { OPERATOR, startController, type TestController } from '../helpers/controller.js';
-import { FAST_LAUNCHED_AGENT } from '../helpers/fast-agent.js';
+import { OPERATOR, startController, testLaunch, type TestController } from '../helpers/controller.js';
 import { gatedSpec, makeKeys, pushApp, pushReleases, quietLog, tempDir, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 import { until } from '../helpers/agent.js';
@@ -31,7 +29,7 @@ beforeAll(async () => {
   ctl = await startController({
     s3,
     keys,
-    launch: { provider, agentSecret: randomBytes(32), s3: s3.s3.location, agentSettings: FAST_LAUNCHED_AGENT, bakeTimeouts: { launchMs: 20_000, installMs: 30_000, imageMs: 30_000 }, launchTimeoutMs: 20_000 },
+    launch: testLaunch(provider, s3),
   });
   await pushReleases({ store: s3.store, keys }, { '1.0.0': { channel: 'stable' }, '2.0.0': {}, '3.0.0': {} });
   await pushApp({ store: s3.store, keys, version: '4.0.0', kilnJson: gatedSpec(gate()) });

@@ -2,12 +2,10 @@
 // S3 is given real state (a fleet baked and hotfixed, rolled back, healed, an instance gone away, a
 // standalone bake, a second fleet deleted); every route it serves is called, each JSON answer walked,
 // and every field name in it must appear in docs/api.md as `name` in backticks.
-import { randomBytes } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, type Provider } from '@kiln/controller';
-import { startController, type TestController } from '../helpers/controller.js';
-import { FAST_LAUNCHED_AGENT } from '../helpers/fast-agent.js';
+import { startController, testLaunch, type TestController } from '../helpers/controller.js';
 import { makeKeys, pushReleases, quietLog, tempDir, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 import { until } from '../helpers/agent.js';
@@ -105,7 +103,7 @@ beforeAll(async () => {
   ctl = await startController({
     s3,
     keys,
-    launch: { provider, agentSecret: randomBytes(32), s3: s3.s3.location, agentSettings: FAST_LAUNCHED_AGENT, bakeTimeouts: { launchMs: 20_000, installMs: 30_000, imageMs: 30_000 }, launchTimeoutMs: 20_000 },
+    launch: testLaunch(provider, s3),
   });
   await pushReleases({ store: s3.store, keys }, { '1.0.0': { channel: 'stable' }, '2.0.0': {} });
 }, 60_000);
