@@ -133,3 +133,26 @@ describe('an instance id is bound to the agent that first proved it', () => {
     expect(lines.filter((l) => l.includes('"instanceId":"web-1"') && l.includes('pinned the agent key of a new instance'))).toHaveLength(1);
   });
 });
+
+describe('refusals fit in a close frame', () => {
+  it('regression: a refusal naming a 63-character fleet (over the 123 bytes a close reason holds) ended the controller; now it is cut and the controller stays up', async () => {
+    const name = `f${'x'.repeat(62)}`;
+    const created = await ctl.api('POST', '/v1/fleets', { name, app: 'longname' });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const open = (id: string) => {
+      const ws = new WebSocket(ctl.agentsUrl, { headers: { authorization: `Bearer ${created.body.agentCredential}`, 'x-kiln-instance': id } });
+      ws.on('error', () => {});
+      return ws;
+    };
+    // a fleet of size 0 without a provider: 10 connections may wait for their hello
+    const waiting = Array.from({ length: 10 }, (_, i) => open(`long-${i}`));
+    await Promise.all(waiting.map((ws) => nonceOf(ws)));
+    const extra = open('long-10');
+    const closed = await new Promise<{ code: number; reason: string }>((resolve) => extra.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+    expect(closed.code).toBe(1008);
+    expect(closed.reason).toMatch(/^KILN_INSTANCE_LIMIT: 10 connections of fleet fx+/);
+    expect(Buffer.byteLength(closed.reason)).toBeLessThanOrEqual(123);
+    expect((await ctl.api('GET', '/v1/health')).status).toBe(200);
+    for (const ws of waiting) ws.close();
+  });
+});

@@ -3,7 +3,7 @@
 // again), a second one names the first, `kiln down` stops everything `kiln up` started and
 // `kiln down --wipe` leaves nothing, and `kiln fleet delete` takes a fleet's local agents with it.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -129,6 +129,19 @@ describe('kiln up and kiln down in one directory', { timeout: 120_000 }, () => {
     const refused = await k('down', '--wipe', '--home', cwd);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(/^error KILN_USAGE: --wipe: .* does not look like a kiln directory/);
+    // a project of the user's with folders named as kiln's (keys/, s3/) is not a kiln directory
+    const project = await tempDir('kiln-not-kiln-');
+    await mkdir(path.join(project, 'keys'));
+    await mkdir(path.join(project, 's3'));
+    const foreign = await k('down', '--wipe', '--home', project);
+    expect([foreign.code, foreign.stderr]).toEqual([2, expect.stringMatching(/^error KILN_USAGE: --wipe: .* does not look like a kiln directory/)]);
+    expect((await stat(path.join(project, 'keys'))).isDirectory()).toBe(true);
+    // nor a directory that holds the working directory, though kiln up ran in it
+    await writeFile(path.join(cwd, 'up.json'), '{}');
+    const parent = await kiln(['down', '--wipe', '--home', '..'], { cwd: home() });
+    expect([parent.code, parent.stderr]).toEqual([2, expect.stringMatching(/^error KILN_USAGE: --wipe: .* holds the working directory or your home/)]);
+    expect((await stat(home())).isDirectory()).toBe(true);
+    await rm(path.join(cwd, 'up.json'));
     up = startKiln(['up'], { cwd });
     await outputHolds(up, 'press Ctrl-C');
     const wiped = await k('down', '--wipe');
@@ -140,7 +153,7 @@ describe('kiln up and kiln down in one directory', { timeout: 120_000 }, () => {
 });
 
 describe('kiln down and a pid that is no longer kiln up', () => {
-  it('signals only the process kiln up recorded: a pid reused by another process is left alone', async () => {
+  it('signals only the process kiln up recorded: a pid reused by another process, or a pid of -1 or 0, is left alone', async () => {
     const cwd = await tempDir('kiln-down-pid-');
     const other = spawn('sleep', ['30'], { stdio: 'ignore' });
     try {
@@ -151,6 +164,13 @@ describe('kiln down and a pid that is no longer kiln up', () => {
       expect(down.code, down.stderr).toBe(0);
       expect(down.stdout).toMatch(/^kiln up: not running for /);
       expect(isAlive(other.pid)).toBe(true);
+      // a pid of -1 (every process of the user to kill) or 0 (the process group) is no record at all
+      for (const pid of [-1, 0]) {
+        await writeFile(path.join(home, 'up.json'), JSON.stringify({ pid, start: null, port: 9, s3Port: 9, provider: 'process', startedAt: new Date().toISOString() }));
+        const r = await kiln(['down'], { cwd });
+        expect([r.code, r.stdout.split('\n')[0]], r.stderr).toEqual([0, `kiln up: not running for ${home}`]);
+        expect(isAlive(other.pid)).toBe(true);
+      }
     } finally {
       other.kill();
     }

@@ -72,6 +72,19 @@ export interface AgentHubOptions {
  * view of every instance from its reports, sends commands, drops silent peers and expires records
  * of instances long gone. Nothing is recorded for a connection before its hello is admitted.
  */
+/**
+ * Closes with the policy code 1008 and `reason` ("CODE: message"), cut to the 123 bytes a close
+ * frame carries: a longer reason (a 63-character fleet name, a 128-character instance id) made ws
+ * throw inside the upgrade handler, which ended the controller.
+ */
+function closeRefused(ws: WebSocket, reason: string): void {
+  const bytes = Buffer.from(reason);
+  let cut = bytes.length <= 123 ? reason : bytes.subarray(0, 123).toString();
+  // a multi-byte character cut in two decodes as U+FFFD (3 bytes): drop it
+  while (Buffer.byteLength(cut) > 123) cut = cut.slice(0, -1);
+  ws.close(1008, cut);
+}
+
 export function createAgentHub(opts: AgentHubOptions): AgentHub {
   const log = opts.log.child({ module: 'hub' });
   const now = opts.now ?? (() => new Date());
@@ -129,7 +142,7 @@ export function createAgentHub(opts: AgentHubOptions): AgentHub {
   /** An error frame the agent logs, then the close (1008, the code as reason) a raw client sees. */
   function turnAway(ws: WebSocket, code: ErrorCode, message: string): void {
     refuse(ws, code, message);
-    ws.close(1008, `${code}: ${message}`.slice(0, 120));
+    closeRefused(ws, `${code}: ${message}`);
   }
 
   /** Forgets instances: their records, their live view, their sockets. */
@@ -258,23 +271,23 @@ export function createAgentHub(opts: AgentHubOptions): AgentHub {
       const who = auth ? opts.auth(auth[1]!) : ({ refuse: 'KILN_UNAUTHORIZED' } as const);
       if ('refuse' in who) {
         log.warn({ code: who.refuse, from: req.socket.remoteAddress }, 'refused an agent connection');
-        return ws.close(1008, who.refuse === 'KILN_FORBIDDEN' ? 'KILN_FORBIDDEN: an operator credential cannot connect as an agent' : 'KILN_UNAUTHORIZED: no or unknown agent credential');
+        return closeRefused(ws, who.refuse === 'KILN_FORBIDDEN' ? 'KILN_FORBIDDEN: an operator credential cannot connect as an agent' : 'KILN_UNAUTHORIZED: no or unknown agent credential');
       }
       const instanceId = String(req.headers['x-kiln-instance'] ?? '');
-      if (!InstanceId.safeParse(instanceId).success) return ws.close(1008, 'KILN_REQUEST_INVALID: the X-Kiln-Instance header is missing or invalid');
+      if (!InstanceId.safeParse(instanceId).success) return closeRefused(ws, 'KILN_REQUEST_INVALID: the X-Kiln-Instance header is missing or invalid');
       // Instances are keyed by id alone: another fleet's credential must not replace this one's
       // connection and receive its commands.
       const owner = records.get(instanceId)?.fleet ?? known.get(instanceId)?.fleet;
       if (owner && owner !== who.fleet.name) {
         log.warn({ instanceId, fleet: who.fleet.name, owner }, 'refused an agent connection for an instance of another fleet');
-        return ws.close(1008, `KILN_FORBIDDEN: instance ${instanceId} belongs to another fleet`);
+        return closeRefused(ws, `KILN_FORBIDDEN: instance ${instanceId} belongs to another fleet`);
       }
       // Connections waiting for their hello hold sockets, not records: as many as the fleet may have instances.
       const fleet = opts.fleet(who.fleet.name) ?? who.fleet;
       const room = instanceCap(fleet.size, limits) + fleet.groups.reduce((n, g) => n + g.instances.length, 0);
       if ((pending.get(fleet.name)?.size ?? 0) >= room) {
         log.warn({ instanceId, fleet: fleet.name, pending: room }, 'refused an agent connection: too many connections of the fleet wait for their hello');
-        return ws.close(1008, `KILN_INSTANCE_LIMIT: ${room} connections of fleet ${fleet.name} already wait for their hello`);
+        return closeRefused(ws, `KILN_INSTANCE_LIMIT: ${room} connections of fleet ${fleet.name} already wait for their hello`);
       }
       greet(ws, who.fleet, instanceId, nonce, req.socket.remoteAddress);
     });

@@ -1,5 +1,5 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { KilnError, sha256Hex, type DocStore, type Logger, type ReleaseRef } from '@kiln/shared';
+import { KilnError, isKilnError, sha256Hex, type DocStore, type Logger, type ReleaseRef } from '@kiln/shared';
 import { Fleet, FleetCreate } from './fleet-model.js';
 import type { z } from 'zod';
 
@@ -56,6 +56,8 @@ export function createFleetRegistry(opts: { docs: DocStore; log: Logger; now: ()
           const f = await opts.docs.get(k, Fleet);
           if (f) remember(f);
         } catch (err) {
+          // S3 away is not a fleet that does not parse: the start fails rather than run without it.
+          if (!isKilnError(err, 'KILN_STATE_INVALID')) throw err;
           log.error({ err, key: k }, 'skipping a fleet record that does not parse');
         }
       }

@@ -1,4 +1,4 @@
-import { AgentIdentity, InstanceId, type DocStore, type Logger } from '@kiln/shared';
+import { AgentIdentity, InstanceId, isKilnError, type DocStore, type Logger } from '@kiln/shared';
 import { z } from 'zod';
 
 /** What the controller keeps of an instance across restarts: the fleet it belongs to and the key its agent proved at its first hello. */
@@ -97,6 +97,9 @@ export function createInstanceRecords(opts: { docs: DocStore; log: Logger; now: 
           // A record read at start gets a whole expiry window from now: the controller was away, not the agent.
           for (const [instanceId, r] of Object.entries(doc.instances)) add({ instanceId, fleet: doc.fleet, ...r, seenAt: loadedAt });
         } catch (err) {
+          // Only a record that does not parse is skipped: one the bucket could not give (S3 away) would be
+          // rewritten without its pins at the fleet's next change, so the start fails instead.
+          if (!isKilnError(err, 'KILN_STATE_INVALID')) throw err;
           log.error({ err, key: k }, 'skipping instance records that do not parse: those instances are pinned again at their next hello');
         }
       }

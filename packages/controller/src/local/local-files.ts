@@ -32,7 +32,7 @@ export const readLocalController = (home: string) => readJsonFile(localControlle
  * ports (the next `kiln up` listens on the same ones: agents and instances keep calling them).
  */
 export const LocalUp = z.object({
-  pid: z.number().int(),
+  pid: z.number().int().min(2), // never 0, -1 or a process group: `kill` would reach more than one process
   /** the process's start time, so a reused pid is never taken for it */
   start: z.string().nullable(),
   port: z.number().int().min(1).max(65535),

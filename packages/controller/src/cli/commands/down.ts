@@ -14,12 +14,18 @@ import { stopProcess, type StopOutcome } from '../../system/stop-process.js';
 // kiln up stops its rollouts where they are and says goodbye to its agents; past this it is killed.
 const UP_GRACE_MS = 60_000;
 
-/** What `kiln up`, `kiln keys generate`, `kiln fleet create` and `kiln agents start` leave in a kiln directory. */
-const KILN_ENTRIES = new Set(['up.json', 'controller.json', 's3.json', 'agent-secret', 'keys', 'fleets', 'agents', 's3', 'process', 'nspawn']);
+/** Files only kiln writes in a kiln directory (`kiln up`'s): generic names (`keys`, `s3`) prove nothing. */
+const KILN_FILES = new Set(['up.json', 'controller.json', 's3.json', 'agent-secret']);
+/** Whether `dir` is `parent` or inside it. */
+function isWithin(dir: string, parent: string): boolean {
+  const rel = path.relative(parent, dir);
+  return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
+}
 
 /**
- * `--wipe` removes a whole directory: only one kiln made, never the working directory, the user's
- * home or `/` (a `--home` typo must not cost more than the kiln directory).
+ * `--wipe` removes a whole directory: only one `kiln up` ran in, never the working directory, the
+ * user's home, `/` or a directory holding one of them (a `--home` typo must not cost more than the
+ * kiln directory).
  */
 async function wipeable(ctx: CliContext): Promise<boolean> {
   const names = await readdir(ctx.home).catch((err: NodeJS.ErrnoException) => {
@@ -28,8 +34,8 @@ async function wipeable(ctx: CliContext): Promise<boolean> {
   });
   if (!names) return false;
   const home = path.resolve(ctx.home);
-  if ([path.resolve(ctx.io.cwd), os.homedir(), path.parse(home).root].includes(home) || !names.some((n) => KILN_ENTRIES.has(n))) {
-    throw new KilnError('KILN_USAGE', `--wipe: ${home} does not look like a kiln directory (nothing of up.json, controller.json, keys, s3, …), or is one kiln never removes; remove it yourself if you mean it`);
+  if ([path.resolve(ctx.io.cwd), os.homedir()].some((kept) => isWithin(kept, home)) || !names.some((n) => KILN_FILES.has(n))) {
+    throw new KilnError('KILN_USAGE', `--wipe: ${home} does not look like a kiln directory (none of ${[...KILN_FILES].join(', ')}), or holds the working directory or your home; remove it yourself if you mean it`);
   }
   return true;
 }

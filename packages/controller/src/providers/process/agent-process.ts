@@ -16,7 +16,7 @@ export const AgentProcess = z.object({
   instanceId: z.string(),
   root: z.string(),
   port: z.number().int(),
-  pid: z.number().int(),
+  pid: z.number().int().min(2), // never 0, -1 or a process group: `kill` would reach more than one process
   /** the process's start time, so a reused pid is never signalled */
   start: z.string().nullable(),
   log: z.string(),

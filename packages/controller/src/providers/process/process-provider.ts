@@ -12,7 +12,7 @@ import { ImageRecord, InstanceFields, imageInfo, localCatalog, localInstances, r
 const InstanceRecord = z.object({
   ...InstanceFields,
   /** the agent process and its start time (a reused pid is never signalled) */
-  pid: z.number().int().nullable(),
+  pid: z.number().int().min(2).nullable(),
   start: z.string().nullable(),
 });
 type InstanceRecord = z.infer<typeof InstanceRecord>;
