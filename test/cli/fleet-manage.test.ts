@@ -92,6 +92,9 @@ describe('kiln fleet show, update and delete', { timeout: 120_000 }, () => {
     expect(j.fleet.groups.map((g: any) => [g.name, g.state])).toEqual([['web-v001', 'live']]);
     expect(j.deployments.map((x: any) => x.id)).toEqual([d.id]);
     firstGroup = j.fleet.groups[0].instances;
+    // the builder's agent key stays with the builder: the image holds none, its instances make their own
+    expect(await exists(path.join(dir, 'images', baked, 'root/var/lib/kiln/agent/identity.key'))).toBe(false);
+    expect(await exists(path.join(instanceDir(firstGroup[0]!), 'root/var/lib/kiln/agent/identity.key'))).toBe(true);
     expect((await kiln('fleet', 'show', 'nope')).stderr).toMatch(/^error KILN_FLEET_NOT_FOUND: /);
     // the provider's instances of a fleet that does not exist: the API says so (was an empty list)
     const none = await ctl.api('GET', '/v1/instances?fleet=nope');

@@ -221,13 +221,15 @@ export function createAgent(opts: AgentOptions): Agent {
         log.error({ err: e }, 'the image marker does not parse: reporting no baked release');
       }
       await loadResults();
+      // The key is made before the boot job can seal this root (a builder's): sealing removes it, so it
+      // never reaches an image whichever runs first.
+      const identity = config.controller ? await loadIdentity(agentDir, log) : undefined;
       queue.add({ kind: 'boot' });
       for (const cmd of await queue.restore()) {
         if (!results.has(cmd.id)) queue.add({ kind: 'command', command: cmd });
       }
-      if (config.controller) {
+      if (config.controller && identity) {
         const c = config.controller;
-        const identity = await loadIdentity(agentDir, log);
         conn = connectToController({
           url: c.url,
           credential: c.credential,

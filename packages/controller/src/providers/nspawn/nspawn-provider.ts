@@ -43,7 +43,7 @@ export interface NspawnProvider extends Provider {
 }
 
 /** Files that belong to one instance, never to an image made from it. */
-const INSTANCE_ONLY = ['etc/kiln/agent.json', 'var/lib/systemd/random-seed'];
+const INSTANCE_ONLY = ['etc/kiln/agent.json', 'var/lib/systemd/random-seed', 'var/lib/kiln/agent/identity.key'];
 const UNITS = 'etc/systemd/system';
 const PORT_DROP_IN = '50-kiln-instance-port.conf';
 

@@ -31,7 +31,7 @@ export interface ProcessProviderOptions {
 }
 
 /** Files that belong to one instance, never to an image made from it. */
-const INSTANCE_ONLY = ['etc/kiln/agent.json', 'var/log'];
+const INSTANCE_ONLY = ['etc/kiln/agent.json', 'var/log', 'var/lib/kiln/agent/identity.key'];
 
 /**
  * The embedded provider: no root, no cloud. An image is a read-only snapshot directory of an
