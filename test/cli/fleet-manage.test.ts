@@ -187,6 +187,8 @@ describe('kiln fleet show, update and delete', { timeout: 120_000 }, () => {
     // Its records are gone from the bucket, not only hidden by the API.
     const docs = createDocStore(createS3Client(s3.s3.location), s3.s3.location.bucket);
     expect([await docs.list('controller/deployments/web/'), await docs.list('controller/fleets/web.json')]).toEqual([[], []]);
+    // and so are its instances' pinned keys (written after the delete answers)
+    await until('the instance records of web gone from the bucket', async () => (await docs.list('controller/instances/web.json')).length === 0);
 
     // A fleet of the same name starts empty: nothing of the old one shows.
     expect((await kiln('fleet', 'create', 'web', '--app', 'web', '--provider', 'process', '--size', '1')).code).toBe(0);

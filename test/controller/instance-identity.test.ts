@@ -153,6 +153,14 @@ describe('refusals fit in a close frame', () => {
     expect(closed.reason).toMatch(/^KILN_INSTANCE_LIMIT: 10 connections of fleet fx+/);
     expect(Buffer.byteLength(closed.reason)).toBeLessThanOrEqual(123);
     expect((await ctl.api('GET', '/v1/health')).status).toBe(200);
+    // what the refusal advises works on a fleet without a provider too: its size raises the limit
+    const grown = await ctl.api('PATCH', `/v1/fleets/${name}`, { size: 20 });
+    expect([grown.status, grown.body.fleet?.size]).toEqual([200, 20]);
+    const admitted = open('long-11');
+    await nonceOf(admitted);
+    await sleep(300); // a refusal closes at once
+    expect(admitted.readyState).toBe(WebSocket.OPEN);
+    admitted.close();
     for (const ws of waiting) ws.close();
   });
 });

@@ -14,6 +14,8 @@ export interface ApiClient {
   agentsUrl: string;
   /** the certificate to trust for https/wss, when the local controller serves TLS */
   ca: string | undefined;
+  /** whether this is the controller `kiln up` runs for this directory (.kiln/controller.json names it) */
+  local: boolean;
   get<T>(route: string): Promise<T>;
   post<T>(route: string, body?: unknown): Promise<T>;
   patch<T>(route: string, body: unknown): Promise<T>;
@@ -37,9 +39,10 @@ export async function openApi(flags: Flags, ctx: CliContext, timeoutMs = 15_000)
   if (!/^https?:\/\/[^/]+$/.test(url)) throw new KilnError('KILN_USAGE', `--controller ${url}: use http://HOST:PORT or https://HOST:PORT`);
   if (!token) throw new KilnError('KILN_UNAUTHORIZED', `no operator token for ${url}: pass --token TOKEN (env KILN_TOKEN); \`kiln up\` prints it`);
   // The local certificate is trusted only when talking to the local controller.
-  const caFile = local && local.url === url ? local.ca : undefined;
+  const isLocal = local?.url === url;
+  const caFile = isLocal ? local!.ca : undefined;
   const ca = caFile ? await readFile(caFile, 'utf8') : undefined;
-  const agentsUrl = local && local.url === url ? local.agentsUrl : `${url.replace(/^http/, 'ws')}/v1/agents`;
+  const agentsUrl = isLocal ? local!.agentsUrl : `${url.replace(/^http/, 'ws')}/v1/agents`;
 
   function call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', route: string, body?: unknown): Promise<T> {
     const target = new URL(route, `${url}/`);
@@ -89,7 +92,7 @@ export async function openApi(flags: Flags, ctx: CliContext, timeoutMs = 15_000)
     });
   }
 
-  return { url, agentsUrl, ca: caFile, get: (route) => call('GET', route), post: (route, body) => call('POST', route, body), patch: (route, body) => call('PATCH', route, body), delete: (route) => call('DELETE', route) };
+  return { url, agentsUrl, ca: caFile, local: isLocal, get: (route) => call('GET', route), post: (route, body) => call('POST', route, body), patch: (route, body) => call('PATCH', route, body), delete: (route) => call('DELETE', route) };
 }
 
 function unreachable(url: string, err: Error): KilnError {

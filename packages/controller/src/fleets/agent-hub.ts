@@ -49,6 +49,8 @@ export interface AgentHub extends EventEmitter<HubEvents> {
   command(instanceId: string, id: string, app: string, action: CommandAction): boolean;
   /** Drops instances for good (terminated, or their fleet deleted): closes their connections and forgets their records. */
   forget(instanceIds: string[]): void;
+  /** Drops every instance of a deleted fleet: those seen since the start and those only pinned in its records. */
+  forgetFleet(fleet: string): void;
   close(): Promise<void>;
 }
 
@@ -304,6 +306,9 @@ export function createAgentHub(opts: AgentHubOptions): AgentHub {
     const had = ids.filter((id) => known.has(id) || records.get(id));
     drop(ids);
     for (const id of had) log.info({ instanceId: id }, 'instance forgotten');
+  };
+  hub.forgetFleet = (fleet) => {
+    hub.forget([...new Set([...hub.instances(fleet).map((i) => i.instanceId), ...records.of(fleet).map((r) => r.instanceId)])]);
   };
   hub.close = async () => {
     clearInterval(beat);

@@ -83,7 +83,11 @@ export function createInstanceRecords(opts: { docs: DocStore; log: Logger; now: 
           await new Promise((resolve) => setTimeout(resolve, RETRY_MS).unref());
         }
       }
-    })().finally(() => writing.delete(fleet));
+    })().finally(() => {
+      writing.delete(fleet);
+      // a change made after the loop's last look and before this: written by a new run
+      if (dirty.has(fleet) && !stopping) schedule(fleet);
+    });
     writing.set(fleet, run);
   }
 

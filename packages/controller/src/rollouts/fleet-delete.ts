@@ -51,7 +51,7 @@ export function deleteFleet(o: { name: string; keepImages: boolean; fleets: Flee
     done.deployments = await o.deployments.removeRecords(fleet.name);
     await o.fleets.remove(fleet.name);
     // After the record: an agent reconnecting meanwhile is refused, not remembered again.
-    o.hub.forget(o.hub.instances(fleet.name).map((i) => i.instanceId));
+    o.hub.forgetFleet(fleet.name);
     o.log.info({ ...done }, 'fleet deleted');
     return done;
   });

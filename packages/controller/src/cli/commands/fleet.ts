@@ -219,9 +219,9 @@ export const fleetDelete: CommandDef = {
     "Then, on the controller: the fleet's instances on its provider are terminated; the images its bakes made are\n" +
     'deleted, unless --keep-images or another fleet launches from them; its deployment records and its record are\n' +
     'removed; its agents are disconnected and its credential refused. The channel pointer stays: it belongs to the\n' +
-    "app's channel in the bucket (releases and `kiln host install --channel` use it). Here: the fleet's local agents\n" +
-    "(`kiln agents start`) are stopped and its saved credential (.kiln/fleets/FLEET.credential) is removed; the\n" +
-    "agents' roots stay.",
+    "app's channel in the bucket (releases and `kiln host install --channel` use it). Here: its saved credential\n" +
+    "(.kiln/fleets/FLEET.credential) is removed and, when the controller is this directory's `kiln up`, the fleet's\n" +
+    "local agents (`kiln agents start`) are stopped; the agents' roots stay.",
   options: {
     'keep-images': { type: 'boolean', help: 'keep the images its bakes made (`kiln images` lists them; a new fleet can launch from one with --image)' },
     ...API_OPTIONS,
@@ -231,7 +231,8 @@ export const fleetDelete: CommandDef = {
   async run(ctx, flags, [name]) {
     const api = await openApi(flags, ctx);
     const done = await api.delete<FleetDeleted>(`/v1/fleets/${encodeURIComponent(name!)}${flags['keep-images'] ? '?keepImages=true' : ''}`);
-    const local = await readLocalAgents(ctx.home, done.fleet);
+    // The local agents of that name belong to the `kiln up` here: a fleet deleted on another controller leaves them.
+    const local = api.local ? await readLocalAgents(ctx.home, done.fleet) : undefined;
     const agents = local ? await Promise.all(local.agents.map(async (a) => ({ instanceId: a.instanceId, ...(await stopLocalAgent(a, local.app, ctx.log)) }))) : [];
     if (local) await removeLocalAgents(ctx.home, done.fleet);
     await rm(fleetCredentialFile(ctx.home, done.fleet), { force: true });

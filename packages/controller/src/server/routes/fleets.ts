@@ -65,7 +65,7 @@ export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: Agent
   /** A change the fleet can take: an image on its provider, a target group on ec2, a channel no other fleet of the app follows. */
   async function checkUpdate(fleet: Fleet, change: FleetUpdate): Promise<void> {
     const noProvider = (field: string) => new KilnError('KILN_REQUEST_INVALID', `${field}: fleet ${fleet.name} has no provider (its instances are agents started elsewhere), so it launches nothing`);
-    if (change.size !== undefined && fleet.provider === 'none') throw noProvider('size');
+    // A fleet without a provider launches nothing, but its size bounds the agents it admits (KILN_INSTANCE_LIMIT).
     if (change.image !== undefined) {
       if (fleet.provider === 'none') throw noProvider('image');
       if (provider?.name !== fleet.provider) throw new KilnError('KILN_REQUEST_INVALID', `image: fleet ${fleet.name} is on the ${fleet.provider} provider, which this controller does not run`);
