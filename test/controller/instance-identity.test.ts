@@ -164,3 +164,18 @@ describe('refusals fit in a close frame', () => {
     for (const ws of waiting) ws.close();
   });
 });
+
+describe('a fleet deleted while its agent waits', () => {
+  it('regression: a connection upgraded before its fleet was deleted was admitted and pinned at its hello; now it is refused', async () => {
+    const created = await ctl.api('POST', '/v1/fleets', { name: 'gone', app: 'goneapp' });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const ws = new WebSocket(ctl.agentsUrl, { headers: { authorization: `Bearer ${created.body.agentCredential}`, 'x-kiln-instance': 'gone-1' } });
+    ws.on('error', () => {});
+    const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+    const nonce = await nonceOf(ws);
+    expect((await ctl.api('DELETE', '/v1/fleets/gone')).status).toBe(200);
+    ws.send(helloFrame({ key: agentKey(), nonce, instanceId: 'gone-1', report: handReport('gone-1', { app: 'goneapp' }) }));
+    expect(await closed).toEqual({ code: 1008, reason: 'KILN_UNAUTHORIZED: fleet gone was deleted: its agent credential is refused' });
+    expect(ctl.server.kiln.hub.get('gone-1')).toBeUndefined();
+  });
+});

@@ -185,7 +185,13 @@ export function createAgentHub(opts: AgentHubOptions): AgentHub {
         return refuse(ws, e.code, e.message);
       }
       if (msg.type === 'hello') {
-        const fleet = opts.fleet(given.name) ?? given;
+        // A fleet deleted while this connection waited: its credential is no longer any fleet's (a bake's builder has no record).
+        const current = opts.fleet(given.name);
+        if (!current && !given.name.startsWith('bake:')) {
+          settle();
+          return turnAway(ws, 'KILN_UNAUTHORIZED', `fleet ${given.name} was deleted: its agent credential is refused`);
+        }
+        const fleet = current ?? given;
         const r = msg.report;
         if (r.instanceId !== instanceId || r.app !== fleet.app) {
           log.warn({ instanceId, claimed: r.instanceId, app: r.app }, 'an agent reported for another instance or app');
