@@ -2,7 +2,8 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
 import { buildServer, type KilnServer, type LaunchOptions, type Provider } from '@kiln/controller';
 import { createS3Client, type Logger } from '@kiln/shared';
-import { makeAgent, type TestAgent } from './agent.js';
+import { expect } from 'vitest';
+import { makeAgent, until, type TestAgent } from './agent.js';
 import { FAST_CONTROLLER_HEARTBEAT_MS, FAST_LAUNCHED_AGENT } from './fast-agent.js';
 import { quietLog, type Keys } from './release.js';
 import type { S3Fixture } from './s3.js';
@@ -98,4 +99,22 @@ export async function startFleet(args: { s3: S3Fixture; keys: Keys; ctl: Pick<Te
   }
   await Promise.all(agents.map((a) => a.agent.start()));
   return { agents, credential, name };
+}
+
+type Api = Pick<TestController, 'api'>;
+
+/** A fleet's instance rows, as `kiln status` reads them. */
+export const fleetRows = async (fleet: string, c: Api): Promise<any[]> => (await c.api('GET', `/v1/fleets/${fleet}/instances`)).body.instances;
+
+/** The server goes on: health and an authenticated call answer. */
+export async function stillServing(c: Api): Promise<void> {
+  expect((await c.api('GET', '/v1/health')).status).toBe(200);
+  expect((await c.api('GET', '/v1/fleets')).status).toBe(200);
+}
+
+/** The deployment once it is no longer running. */
+export async function deploymentOver(id: string, c: Api, timeoutMs = 30_000): Promise<any> {
+  let d: any;
+  await until(`deployment ${id} to finish`, async () => (d = (await c.api('GET', `/v1/deployments/${id}`)).body.deployment).state !== 'running', timeoutMs);
+  return d;
 }
