@@ -1,13 +1,13 @@
 // Changing and removing fleets from the CLI (`kiln fleet show`, `update`, `delete`), and instance
 // records that go with their instance: runCli, the same code as the `kiln` binary, against a real
 // controller on the process provider, real S3, real agents and apps.
-import { rm, stat, writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, runCli, type Provider } from '@kiln/controller';
 import { createDocStore, createS3Client } from '@kiln/shared';
-import { OPERATOR, startController, testLaunch, type TestController } from '../helpers/controller.js';
+import { OPERATOR, closeProcessStack, startController, testLaunch, type TestController } from '../helpers/controller.js';
 import { gatedSpec, makeKeys, pushApp, pushReleases, quietLog, tempDir, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 import { until } from '../helpers/agent.js';
@@ -35,13 +35,7 @@ beforeAll(async () => {
   await pushApp({ store: s3.store, keys, version: '4.0.0', kilnJson: gatedSpec(gate()) });
 }, 60_000);
 
-afterAll(async () => {
-  await ctl?.close();
-  const left = await provider?.describeInstances({});
-  await provider?.terminate((left ?? []).map((i) => i.id));
-  await s3?.close();
-  await rm(dir, { recursive: true, force: true });
-}, 60_000);
+afterAll(() => closeProcessStack({ ctl, provider, s3, dir }), 60_000);
 
 /** One kiln command against the test controller, as the binary runs it. */
 async function kiln(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

@@ -2,10 +2,10 @@
 // S3 is given real state (a fleet baked and hotfixed, rolled back, healed, an instance gone away, a
 // standalone bake, a second fleet deleted); every route it serves is called, each JSON answer walked,
 // and every field name in it must appear in docs/api.md as `name` in backticks.
-import { readFile, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, type Provider } from '@kiln/controller';
-import { startController, testLaunch, type TestController } from '../helpers/controller.js';
+import { closeProcessStack, startController, testLaunch, type TestController } from '../helpers/controller.js';
 import { makeKeys, pushReleases, quietLog, tempDir, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 import { until } from '../helpers/agent.js';
@@ -108,13 +108,7 @@ beforeAll(async () => {
   await pushReleases({ store: s3.store, keys }, { '1.0.0': { channel: 'stable' }, '2.0.0': {} });
 }, 60_000);
 
-afterAll(async () => {
-  await ctl?.close();
-  const left = await provider?.describeInstances({});
-  await provider?.terminate((left ?? []).map((i) => i.id));
-  await s3?.close();
-  await rm(dir, { recursive: true, force: true });
-}, 60_000);
+afterAll(() => closeProcessStack({ ctl, provider, s3, dir }), 60_000);
 
 describe('docs/api.md', () => {
   it('names every field every route returns', { timeout: 60_000 }, async () => {

@@ -1,10 +1,10 @@
 // Bake, relaunch, hotfix, heal and group rollback on the process provider: real controller, real
 // S3 (s3rver), real agents in their own processes, real app processes answering HTTP.
-import { readFile, readdir, rm } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, type Provider } from '@kiln/controller';
-import { startController, testLaunch, type TestController } from '../helpers/controller.js';
+import { closeProcessStack, startController, testLaunch, type TestController } from '../helpers/controller.js';
 import { makeKeys, pushApp, pushReleases, quietLog, tempDir, unhealthySpec, type Keys } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 import { until } from '../helpers/agent.js';
@@ -24,13 +24,7 @@ beforeAll(async () => {
   await pushReleases({ store: s3.store, keys }, ['1.0.0', '2.0.0', '3.0.0']);
 }, 60_000);
 
-afterAll(async () => {
-  await ctl?.close();
-  const left = await provider?.describeInstances({});
-  await provider?.terminate((left ?? []).map((i) => i.id));
-  await s3?.close();
-  await rm(dir, { recursive: true, force: true });
-}, 60_000);
+afterAll(() => closeProcessStack({ ctl, provider, s3, dir }), 60_000);
 
 async function deployed(id: string, timeoutMs = 60_000): Promise<any> {
   let rec: any;

@@ -1,5 +1,6 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
+import { rm } from 'node:fs/promises';
 import { buildServer, type KilnServer, type LaunchOptions, type Provider } from '@kiln/controller';
 import { createS3Client, type Logger } from '@kiln/shared';
 import { expect } from 'vitest';
@@ -117,4 +118,13 @@ export async function deploymentOver(id: string, c: Api, timeoutMs = 30_000): Pr
   let d: any;
   await until(`deployment ${id} to finish`, async () => (d = (await c.api('GET', `/v1/deployments/${id}`)).body.deployment).state !== 'running', timeoutMs);
   return d;
+}
+
+/** Ends a controller on the process provider and what it launched: the controller, every instance left, S3, the provider's dir. */
+export async function closeProcessStack(o: { ctl?: TestController; provider?: Provider; s3?: S3Fixture; dir?: string }): Promise<void> {
+  await o.ctl?.close();
+  const left = await o.provider?.describeInstances({});
+  await o.provider?.terminate((left ?? []).map((i) => i.id));
+  await o.s3?.close();
+  if (o.dir) await rm(o.dir, { recursive: true, force: true });
 }
