@@ -1,6 +1,6 @@
 import { get } from 'node:http';
 import { ListBucketsCommand } from '@aws-sdk/client-s3';
-import { S3Location, createS3Client, peekJsonFile } from '@kiln/shared';
+import { S3Location, createS3Client, ifKilnError, peekJsonFile } from '@kiln/shared';
 import { localS3File, readLocalController } from './local-files.js';
 
 /**
@@ -11,7 +11,7 @@ export async function probeLocalStack(home: string): Promise<string | undefined>
   const loc = await peekJsonFile(localS3File(home), S3Location);
   // An S3 that does not answer is not running: look at the controller.
   if (loc && (await createS3Client(loc, { maxAttempts: 1, connectTimeoutMs: 500 }).send(new ListBucketsCommand({})).then(() => true, () => false))) return `a local S3 at ${loc.endpoint}`;
-  const ctl = await readLocalController(home).catch(() => undefined);
+  const ctl = await ifKilnError(readLocalController(home), ['KILN_CONFIG_INVALID'], undefined);
   if (!ctl || ctl.url.startsWith('https:')) return undefined;
   return (await healthy(`${ctl.url}/v1/health`)) ? `a controller at ${ctl.url}` : undefined;
 }

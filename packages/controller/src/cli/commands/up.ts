@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { KilnError, isKilnError, isSameProcess, peekJsonFile, processStart } from '@kiln/shared';
+import { KilnError, ifKilnError, isKilnError, isSameProcess, peekJsonFile, processStart } from '@kiln/shared';
 import type { CommandDef } from '../cli-command.js';
 import { out, str, type CliContext, type Flags } from '../cli-context.js';
 import type { KeyState } from '../../local/local-controller.js';
@@ -41,7 +41,7 @@ type PortSource = 'flag' | 'recorded' | 'free';
 async function choosePorts(ctx: CliContext, flags: Flags, last: LocalUp | undefined) {
   const pick = (flag: number | undefined, recorded: number | undefined): { port: number; source: PortSource } =>
     flag !== undefined ? { port: flag, source: 'flag' } : recorded ? { port: recorded, source: 'recorded' } : { port: 0, source: 'free' };
-  const ctlFile = last ? undefined : await readLocalController(ctx.home).catch(() => undefined);
+  const ctlFile = last ? undefined : await ifKilnError(readLocalController(ctx.home), ['KILN_CONFIG_INVALID'], undefined);
   const fromCtlFile = ctlFile ? Number(new URL(ctlFile.url).port) || undefined : undefined;
   return { ctl: pick(portFlag(flags, 'port'), last?.port ?? fromCtlFile), s3: pick(portFlag(flags, 's3-port'), last?.s3Port) };
 }
