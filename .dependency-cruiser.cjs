@@ -2,7 +2,7 @@
 // `npm run lint:deps` checks them; a violation names its rule. Rooms are listed top to bottom: a file
 // may import from its own room and from any room below it, never from one above.
 const ROOMS = {
-  controller: ['cli', 'local', 'server', 'rollouts', 'bakes', 'fleets', 'providers', 'system'],
+  controller: ['cli', 'local', 'server', 'rollouts', 'bakes', 'fleets', 'balancers', 'providers', 'system'],
   shared: ['protocol', 'install', 'service', 'release', 's3', 'system', 'errors'],
 };
 

@@ -90,7 +90,7 @@ async function call(route: string, params: Record<string, string>, status: numbe
 /** Polls a deployment (recorded as its GET) until it is over; it must have succeeded. */
 async function finished(id: string): Promise<any> {
   let d: any;
-  await until(`deployment ${id} over`, async () => (d = (await call('GET /v1/deployments/:id', { id }, 200)).deployment).state !== 'running', 30_000);
+  await until(`deployment ${id} over`, async () => !['running', 'paused'].includes((d = (await call('GET /v1/deployments/:id', { id }, 200)).deployment).state), 30_000);
   expect(d.state, JSON.stringify(d)).toBe('succeeded');
   return d;
 }
@@ -117,8 +117,12 @@ describe('docs/api.md', () => {
     await call('POST /v1/fleets', {}, 201, { name: 'web', app: 'web', channel: 'stable', provider: 'process', size: 1 });
     const bake = await call('POST /v1/deployments', {}, 201, { fleet: 'web', version: '1.0.0', strategy: 'bake', healthTimeoutMs: 20_000 });
     const baked = await finished(bake.deployment.id);
-    const hotfix = await call('POST /v1/deployments', {}, 201, { fleet: 'web', version: '2.0.0', batch: { count: 1 }, healthTimeoutMs: 20_000 });
-    await finished(hotfix.deployment.id);
+    const hotfix = await call('POST /v1/deployments', {}, 201, { fleet: 'web', version: '2.0.0', batch: { count: 1 }, healthTimeoutMs: 20_000, soakMs: 200 });
+    const soaked = await finished(hotfix.deployment.id);
+    expect(soaked.soaks).toHaveLength(1);
+    // Promote and abort act on a paused canary only: this one is over.
+    await call('POST /v1/deployments/:id/promote', { id: hotfix.deployment.id }, 409);
+    await call('POST /v1/deployments/:id/abort', { id: hotfix.deployment.id }, 409);
     const drift = await call('GET /v1/fleets/:name/drift', web, 200);
     expect(drift.drifted.map((r: any) => r.drift)).toEqual(['off-image']);
     const rollback = await call('POST /v1/fleets/:name/rollback', web, 201, {});

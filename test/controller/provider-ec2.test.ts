@@ -22,19 +22,11 @@ import {
   type Image,
   type Instance,
 } from '@aws-sdk/client-ec2';
-import {
-  DeregisterTargetsCommand,
-  DescribeTargetHealthCommand,
-  ElasticLoadBalancingV2Client,
-  ElasticLoadBalancingV2ServiceException,
-  RegisterTargetsCommand,
-  type TargetHealthDescription,
-} from '@aws-sdk/client-elastic-load-balancing-v2';
 import { mockClient, type AwsClientStub } from 'aws-sdk-client-mock';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { isKilnError, type KilnError } from '@kiln/shared';
 import { createEc2Provider, renderUserData, type Ec2ProviderOptions } from '@kiln/controller';
 import { quietLog, tempDir } from '../helpers/release.js';
+import { failure } from '../helpers/failure.js';
 
 // There is no EC2 endpoint here: the SDK client is real, its `send` is stubbed by aws-sdk-client-mock,
 // so these tests pin down which calls the provider makes, with what input, in which order, and
@@ -78,16 +70,8 @@ function image(id: string, state: string, extra: Partial<Image> = {}): Image {
 const images = (...list: Image[]) => ({ Images: list });
 
 /** The command names the stub saw, in order. */
-const sequence = (stub: AwsClientStub<EC2Client> | AwsClientStub<ElasticLoadBalancingV2Client> = ec2) => stub.calls().map((c) => c.args[0].constructor.name.replace(/Command$/, ''));
+const sequence = (stub: AwsClientStub<EC2Client> = ec2) => stub.calls().map((c) => c.args[0].constructor.name.replace(/Command$/, ''));
 
-async function failure(p: Promise<unknown>): Promise<KilnError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!isKilnError(err)) throw new Error(`expected a KilnError, got ${err === undefined ? 'success' : String(err)}`);
-  return err;
-}
 
 async function timed<T>(p: Promise<T>): Promise<{ value: T; ms: number }> {
   const t0 = performance.now();
@@ -96,7 +80,7 @@ async function timed<T>(p: Promise<T>): Promise<{ value: T; ms: number }> {
 }
 
 describe('ec2 provider: the AWS SDKs are loaded lazily', () => {
-  it('importing @kiln/controller loads neither the EC2 nor the ELBv2 SDK; making an ec2 provider does', () => {
+  it('importing @kiln/controller loads neither the EC2 nor the ELBv2 SDK; making an ec2 provider loads the EC2 SDK only (ELBv2 is the balancer\'s)', () => {
     // A fresh Node, as an embedder or `kiln up` would import the package: which SDK packages its CommonJS cache holds.
     const loaded = (code: string): boolean[] => {
       const script = [
@@ -111,7 +95,7 @@ describe('ec2 provider: the AWS SDKs are loaded lazily', () => {
       return JSON.parse(out.stdout) as boolean[];
     };
     expect(loaded('')).toEqual([false, false]);
-    expect(loaded("createEc2Provider({ region: 'eu-west-1', log: createLogger({ level: 'silent' }) });")).toEqual([true, true]);
+    expect(loaded("createEc2Provider({ region: 'eu-west-1', log: createLogger({ level: 'silent' }) });")).toEqual([true, false]);
   });
 });
 
@@ -547,142 +531,6 @@ describe('ec2 provider: describe, delete, terminate', () => {
     const err = await failure(provider().terminate(['i-1']));
     expect(err.code).toBe('KILN_PROVIDER_FAILED');
     expect(err.message).toBe('ec2 TerminateInstances failed: OperationNotPermitted: termination protection is on');
-  });
-});
-
-describe('ec2 provider: setLive (ELBv2 target group)', () => {
-  const TG = 'arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/73e2d6bc24d8a067';
-  let elbClient: ElasticLoadBalancingV2Client;
-  let elb: AwsClientStub<ElasticLoadBalancingV2Client>;
-  beforeEach(() => {
-    elbClient = new ElasticLoadBalancingV2Client({ region: REGION, credentials });
-    elb = mockClient(elbClient);
-  });
-  afterEach(() => {
-    elb.restore();
-  });
-  const balanced = (extra: Partial<Ec2ProviderOptions> = {}) => provider({ elbClient, ...extra });
-  const setLive = (live: string[], retired: string[], timeoutMs = 5_000, extra: Partial<Ec2ProviderOptions> = {}) => balanced(extra).setLive!(TG, live, retired, { timeoutMs });
-  /** DescribeTargetHealth's answer: [id, state, reason?] per registration. */
-  const health = (...targets: [string, string, string?][]): { TargetHealthDescriptions: TargetHealthDescription[] } => ({
-    TargetHealthDescriptions: targets.map(([Id, State, Reason]) => ({ Target: { Id, Port: 8080 }, TargetHealth: { State: State as never, ...(Reason ? { Reason: Reason as never } : {}) } })),
-  });
-  const elbError = (name: string, message = `${name} (test)`) => new ElasticLoadBalancingV2ServiceException({ name, message, $fault: 'client', $metadata: { httpStatusCode: 400 } });
-  const targetsOf = (call: { args: [{ input: object }] }) => (call.args[0].input as { Targets: { Id: string }[] }).Targets.map((t) => t.Id);
-
-  it('registers the live ids, polls until all are healthy, then deregisters the retired ones and polls until drained', async () => {
-    elb
-      .on(DescribeTargetHealthCommand)
-      .resolvesOnce(health(['i-old1', 'healthy'], ['i-new1', 'initial', 'Elb.RegistrationInProgress']))
-      .resolvesOnce(health(['i-old1', 'healthy'], ['i-new1', 'healthy'], ['i-new2', 'unhealthy', 'Target.FailedHealthChecks']))
-      .resolvesOnce(health(['i-old1', 'healthy'], ['i-new1', 'healthy'], ['i-new2', 'healthy']))
-      .resolvesOnce(health(['i-old1', 'draining', 'Target.DeregistrationInProgress'], ['i-new1', 'healthy'], ['i-new2', 'healthy']))
-      .resolvesOnce(health(['i-old1', 'unhealthy.draining'], ['i-new1', 'healthy'], ['i-new2', 'healthy']))
-      .resolves(health(['i-new1', 'healthy'], ['i-new2', 'healthy']));
-    // an id in both lists is live: it is never deregistered
-    await setLive(['i-new1', 'i-new2'], ['i-old1', 'i-new2']);
-
-    expect(sequence(elb)).toEqual([
-      'RegisterTargets',
-      'DescribeTargetHealth',
-      'DescribeTargetHealth',
-      'DescribeTargetHealth',
-      'DeregisterTargets',
-      'DescribeTargetHealth',
-      'DescribeTargetHealth',
-      'DescribeTargetHealth',
-    ]);
-    const register = elb.commandCalls(RegisterTargetsCommand)[0]!.args[0].input;
-    expect(register).toEqual({ TargetGroupArn: TG, Targets: [{ Id: 'i-new1' }, { Id: 'i-new2' }] });
-    const deregister = elb.commandCalls(DeregisterTargetsCommand);
-    expect(deregister).toHaveLength(1);
-    expect(deregister[0]!.args[0].input).toEqual({ TargetGroupArn: TG, Targets: [{ Id: 'i-old1' }] });
-    // the whole group is described: a target absent from the answer is not registered
-    expect(elb.commandCalls(DescribeTargetHealthCommand)[0]!.args[0].input).toEqual({ TargetGroupArn: TG });
-    expect(ec2.calls()).toHaveLength(0);
-  });
-
-  it('a retired target left as unused counts as drained', async () => {
-    elb.on(DescribeTargetHealthCommand).resolves(health(['i-old1', 'unused', 'Target.NotRegistered']));
-    await setLive([], ['i-old1']);
-    expect(sequence(elb)).toEqual(['DeregisterTargets', 'DescribeTargetHealth']);
-  });
-
-  it('targets that never turn healthy give KILN_PROVIDER_TIMEOUT at the deadline naming each state, and are deregistered again', async () => {
-    elb.on(DescribeTargetHealthCommand).resolves(health(['i-old1', 'healthy'], ['i-new1', 'unhealthy', 'Target.FailedHealthChecks'], ['i-new2', 'healthy']));
-    const { value: err, ms } = await timed(failure(setLive(['i-new1', 'i-new2', 'i-new3'], ['i-old1'], 300, { pollMs: 20 })));
-    expect(err.code).toBe('KILN_PROVIDER_TIMEOUT');
-    expect(err.message).toContain('timed out after 300 ms waiting for targets i-new1, i-new2, i-new3 to be healthy in ' + TG);
-    expect(err.message).toContain('i-new1 (unhealthy: Target.FailedHealthChecks)');
-    expect(err.message).toContain('i-new3 (not registered)');
-    expect(err.message).not.toContain('i-new2 (');
-    expect(ms).toBeGreaterThanOrEqual(290);
-    expect(ms).toBeLessThan(1_500);
-    expect(elb.commandCalls(DescribeTargetHealthCommand).length).toBeGreaterThan(5);
-    // the new group takes no traffic; the old one was never touched
-    const seq = sequence(elb);
-    expect(seq[0]).toBe('RegisterTargets');
-    expect(seq.at(-1)).toBe('DeregisterTargets');
-    expect(elb.commandCalls(DeregisterTargetsCommand).map(targetsOf)).toEqual([['i-new1', 'i-new2', 'i-new3']]);
-  });
-
-  it('a target that can never be healthy (stopped instance) fails at once with KILN_PROVIDER_FAILED and the new ones are deregistered', async () => {
-    elb.on(DescribeTargetHealthCommand).resolves(health(['i-new1', 'unused', 'Target.InvalidState'], ['i-new2', 'initial']));
-    const { value: err, ms } = await timed(failure(setLive(['i-new1', 'i-new2'], ['i-old1'])));
-    expect(err.code).toBe('KILN_PROVIDER_FAILED');
-    expect(err.message).toContain('i-new1 (unused: Target.InvalidState)');
-    expect(ms).toBeLessThan(1_000);
-    expect(elb.commandCalls(DeregisterTargetsCommand).map(targetsOf)).toEqual([['i-new1', 'i-new2']]);
-  });
-
-  it('an ELBv2 error becomes KILN_PROVIDER_FAILED "elbv2 <Operation> failed: …"; a failing cleanup does not hide it', async () => {
-    const cause = elbError('TargetGroupNotFoundException', 'One or more target groups not found');
-    elb.on(RegisterTargetsCommand).rejects(cause);
-    elb.on(DeregisterTargetsCommand).rejects(elbError('TargetGroupNotFoundException'));
-    const err = await failure(setLive(['i-new1'], ['i-old1']));
-    expect(err.code).toBe('KILN_PROVIDER_FAILED');
-    expect(err.message).toBe('elbv2 RegisterTargets failed: TargetGroupNotFoundException: One or more target groups not found');
-    expect(err.cause).toBe(cause);
-    // a RegisterTargets cut off in flight may have taken effect: the cleanup is tried anyway
-    expect(sequence(elb)).toEqual(['RegisterTargets', 'DeregisterTargets']);
-  });
-
-  it('draining past the deadline is KILN_PROVIDER_TIMEOUT naming the retired targets; the live ones stay registered', async () => {
-    elb.on(DescribeTargetHealthCommand).resolves(health(['i-old1', 'draining', 'Target.DeregistrationInProgress'], ['i-new1', 'healthy']));
-    const err = await failure(setLive(['i-new1'], ['i-old1'], 200));
-    expect(err.code).toBe('KILN_PROVIDER_TIMEOUT');
-    expect(err.message).toContain('to be drained');
-    expect(err.message).toContain('i-old1 (draining: Target.DeregistrationInProgress)');
-    expect(elb.commandCalls(DeregisterTargetsCommand).map(targetsOf)).toEqual([['i-old1']]);
-  });
-
-  it('a retired instance that no longer exists (InvalidTarget for the batch) is skipped; the others are deregistered alone', async () => {
-    elb.on(DeregisterTargetsCommand).callsFake((input: { Targets: { Id: string }[] }) => {
-      if (input.Targets.some((t) => t.Id === 'i-gone')) throw elbError('InvalidTargetException');
-      return {};
-    });
-    elb.on(DescribeTargetHealthCommand).resolves(health());
-    await setLive([], ['i-old1', 'i-gone']);
-    expect(elb.commandCalls(DeregisterTargetsCommand).map(targetsOf)).toEqual([['i-old1', 'i-gone'], ['i-old1'], ['i-gone']]);
-  });
-
-  it('empty lists skip their step; two empty lists make no call', async () => {
-    elb.on(DescribeTargetHealthCommand).resolves(health(['i-new1', 'healthy']));
-    await setLive([], []);
-    expect(elb.calls()).toHaveLength(0);
-    await setLive(['i-new1'], []);
-    expect(sequence(elb)).toEqual(['RegisterTargets', 'DescribeTargetHealth']);
-  });
-
-  it.each([
-    ['a name instead of an ARN', 'web', 'not an ELBv2 target group ARN'],
-    ['a load balancer ARN', 'arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/web/50dc6c495c0c9188', 'not an ELBv2 target group ARN'],
-    ['another region', 'arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/73e2d6bc24d8a067', 'is in us-east-1'],
-  ])('%s is refused with KILN_PROVIDER_FAILED before any call', async (_, arn, message) => {
-    const err = await failure(balanced().setLive!(arn, ['i-new1'], [], { timeoutMs: 1_000 }));
-    expect(err.code).toBe('KILN_PROVIDER_FAILED');
-    expect(err.message).toContain(message);
-    expect(elb.calls()).toHaveLength(0);
   });
 });
 

@@ -113,10 +113,10 @@ export async function stillServing(c: Api): Promise<void> {
   expect((await c.api('GET', '/v1/fleets')).status).toBe(200);
 }
 
-/** The deployment once it is no longer running. */
+/** The deployment once it is over (neither running nor paused at its canary). */
 export async function deploymentOver(id: string, c: Api, timeoutMs = 30_000): Promise<any> {
   let d: any;
-  await until(`deployment ${id} to finish`, async () => (d = (await c.api('GET', `/v1/deployments/${id}`)).body.deployment).state !== 'running', timeoutMs);
+  await until(`deployment ${id} to finish`, async () => !['running', 'paused'].includes((d = (await c.api('GET', `/v1/deployments/${id}`)).body.deployment).state), timeoutMs);
   return d;
 }
 

@@ -13,3 +13,7 @@ export { buildAgentBundle, publishAgentBundle, readPublishedAgent, type AgentBun
 export { Deployment } from './fleets/fleet-model.js';
 export { freePort } from './system/free-port.js';
 export { createEc2Provider, renderUserData, type Ec2ProviderOptions } from './providers/ec2/ec2-provider.js';
+export { type Balancer, type BalancerSource, type AlarmWatch, type Target, type TargetHealth, type TargetStats } from './balancers/balancer.js';
+export { createElbv2Balancer, type Elbv2BalancerOptions } from './balancers/elbv2-balancer.js';
+export { createAlarmWatch, type CloudWatchAlarms, type AlarmWatchOptions } from './balancers/cloudwatch-alarms.js';
+export { findHaproxy, startHaproxy, type Haproxy, type StartHaproxyOptions } from './balancers/haproxy-process.js';

@@ -39,6 +39,24 @@ function countsLine(d: Deployment, started: number): string {
   return `${batch}  healthy ${t.healthy}/${t.targets}, failed ${t.failed}, in flight ${t.inFlight}, pending ${t.pending}${back}  ${((Date.now() - started) / 1000).toFixed(1)} s`;
 }
 
+/** The balancer and the gates a deployment runs with, in one line. */
+export function gatesLine(d: Deployment): string {
+  const gates = [
+    d.canary !== null ? `canary ${d.canary}${d.canaryWaitMs !== null ? ` (promoted after ${d.canaryWaitMs / 1000} s)` : ''}` : '',
+    d.soakMs ? `soak ${d.soakMs / 1000} s` : '',
+    d.maxErrorRate !== null ? `max error rate ${(d.maxErrorRate * 100).toFixed(1)}%` : '',
+    d.alarms.length ? `alarms ${d.alarms.join(', ')}` : '',
+  ].filter(Boolean);
+  return `${d.balancer ? `drained through ${d.balancer}` : 'no load balancer: swaps are not drained'}${gates.length ? `; ${gates.join(', ')}` : ''}`;
+}
+
+/** One soak as a line: how long, what the balancer counted, the verdict. */
+export function soakLine(s: Deployment['soaks'][number]): string {
+  const counts = (c: { requests: number; errors5xx: number } | null) => (c ? `${c.errors5xx} 5xx of ${c.requests}` : '-');
+  const what = s.batch >= 0 ? `batch ${s.batch + 1}` : 'group';
+  return `  soak of ${what} (${s.instances.length} instance(s), ${(s.ms / 1000).toFixed(1)} s): ${s.passed ? 'passed' : 'FAILED'}; new targets ${counts(s.newTargets)}, old ${counts(s.oldTargets)}${s.alarms.length ? `, alarms ${s.alarms.join(', ')}` : ''}${s.reason ? `: ${s.reason}` : ''}`;
+}
+
 /** The exit code of a command that Ctrl-C ended: 128 + SIGINT's number, as shells report it. */
 export const INTERRUPTED_EXIT = 130;
 
@@ -76,6 +94,9 @@ async function follow(ctx: CliContext, api: ApiClient, first: Deployment, pollMs
   let d = first;
   const how = d.strategy === 'hotfix' && d.kind !== 'heal' ? `batch ${'percent' in d.batch ? `${d.batch.percent}%` : d.batch.count}, ` : '';
   progress.phase(`deployment ${d.id}: ${d.kind === 'deploy' ? d.strategy : d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (${how}max failures ${d.maxFailures}, health timeout ${d.healthTimeoutMs / 1000} s)`);
+  progress.phase(`  ${gatesLine(d)}`);
+  let soaksShown = 0;
+  let pauseShown = false;
   let lastReached = Date.now();
   const leftRunning = () => {
     progress.done();
@@ -113,8 +134,21 @@ async function follow(ctx: CliContext, api: ApiClient, first: Deployment, pollMs
       progress.phase(`  ${name.padEnd(14)} ${(p.ms / 1000).toFixed(1).padStart(6)} s`);
     }
     Object.keys(d.instances).sort().forEach(line);
+    for (; soaksShown < d.soaks.length; soaksShown++) progress.phase(soakLine(d.soaks[soaksShown]!));
+    if (d.state === 'paused' && !pauseShown) {
+      pauseShown = true;
+      const auto = d.canaryWaitMs !== null ? `; it is promoted by itself ${d.canaryWaitMs / 1000} s after pausing` : '';
+      progress.phase(`paused after the canary${auto}\n  promote: kiln deployments promote ${d.id}\n  abort:   kiln deployments abort ${d.id}`);
+      // Without --canary-wait the pause lasts until an operator decides: following it would only wait.
+      if (d.canaryWaitMs === null) {
+        progress.done();
+        if (ctx.json) printJson(ctx, d);
+        return 0;
+      }
+    }
+    if (d.state === 'running' && pauseShown) pauseShown = d.promoteRequested || d.abortRequested;
     progress.status(countsLine(d, started));
-    if (d.state !== 'running') break;
+    if (d.state !== 'running' && d.state !== 'paused') break;
     if ((await Promise.race([sleep(pollMs), interrupted])) === 'interrupted') return leftRunning();
     try {
       const next = await Promise.race([api.get<DeploymentBody>(`/v1/deployments/${d.id}`), interrupted]);

@@ -77,20 +77,66 @@ export const BatchSpec = z.union([
 ]);
 export type BatchSpec = z.infer<typeof BatchSpec>;
 
-export const DeploymentCreate = z.strictObject({
-  fleet: fleetName,
-  version: VersionName,
-  strategy: Strategy.default('hotfix'),
-  batch: BatchSpec.default({ percent: 25 }),
-  maxFailures: z.number().int().min(0).default(0),
-  healthTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
-});
+/** A CloudWatch alarm name (AWS allows up to 255 printable characters). */
+const AlarmName = z.string().min(1).max(255).regex(/^[\x20-\x7e]+$/, 'printable ASCII');
+
+/**
+ * The gates on top of the health gate (docs/balancers.md): a canary that pauses, a soak each batch
+ * must stay healthy through, an error-rate limit read from the load balancer or CloudWatch alarms.
+ */
+export const GateFields = {
+  /** hotfix: the first N instances; bake/relaunch: a group of N; then the deployment pauses until promoted */
+  canary: z.number().int().min(1).max(100_000).nullable().default(null),
+  /** promote by itself this long after pausing when nothing failed (null: wait for `promote`) */
+  canaryWaitMs: z.number().int().min(0).max(7 * 86_400_000).nullable().default(null),
+  /** each batch (the new group) must stay healthy this long before the next step */
+  soakMs: z.number().int().min(0).max(86_400_000).default(0),
+  /** the new targets' 5xx share over the soak may exceed the old ones' by at most this (0.05: five points) */
+  maxErrorRate: z.number().min(0).max(1).nullable().default(null),
+  /** CloudWatch alarms that must not fire during the soak (ELBv2 fleets) */
+  alarms: z.array(AlarmName).max(10).default([]),
+};
+
+export const DeploymentCreate = z
+  .strictObject({
+    fleet: fleetName,
+    version: VersionName,
+    strategy: Strategy.default('hotfix'),
+    batch: BatchSpec.default({ percent: 25 }),
+    maxFailures: z.number().int().min(0).default(0),
+    healthTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
+    ...GateFields,
+  })
+  .refine((d) => d.canaryWaitMs === null || d.canary !== null, { message: 'canaryWaitMs needs canary', path: ['canaryWaitMs'] })
+  .refine((d) => (d.maxErrorRate === null && d.alarms.length === 0) || d.soakMs > 0, { message: 'maxErrorRate and alarms are read over the soak window: give soakMs too', path: ['soakMs'] });
 export type DeploymentCreate = z.infer<typeof DeploymentCreate>;
 
 /** A rollback: to the previous release, or to `version` (an older one) when given. */
-export const RollbackCreate = DeploymentCreate.omit({ fleet: true, version: true, strategy: true }).extend({ version: VersionName.optional() });
+export const RollbackCreate = z.strictObject({
+  batch: BatchSpec.default({ percent: 25 }),
+  maxFailures: z.number().int().min(0).default(0),
+  healthTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
+  version: VersionName.optional(),
+});
 
 export const InstanceStep = z.enum(['pending', 'sent', 'healthy', 'failed', 'rolled-back', 'rollback-failed', 'unreachable']);
+
+const Counts = z.strictObject({ requests: z.number().int().min(0), errors5xx: z.number().int().min(0) });
+
+/** One soak: how long, what the balancer counted for the new and the old targets, the alarms that fired. */
+export const SoakResult = z.strictObject({
+  /** the batch (hotfix) or 0 (the new group) */
+  batch: z.number().int(),
+  instances: z.array(z.string()),
+  ms: z.number().int().min(0),
+  /** requests and 5xx the balancer counted during the soak; null: the balancer keeps no counters (ELBv2) */
+  newTargets: Counts.nullable(),
+  oldTargets: Counts.nullable(),
+  alarms: z.array(z.string()),
+  passed: z.boolean(),
+  reason: z.string().nullable(),
+});
+export type SoakResult = z.infer<typeof SoakResult>;
 
 export const Deployment = z.strictObject({
   id: z.string(),
@@ -106,8 +152,8 @@ export const Deployment = z.strictObject({
   batch: BatchSpec,
   maxFailures: z.number().int().min(0),
   healthTimeoutMs: z.number().int(),
-  /** a controller restarted mid-rollout resumes it: `running` records are picked up at start */
-  state: z.enum(['running', 'succeeded', 'failed', 'cancelled']),
+  /** a controller restarted mid-rollout resumes it: `running` and `paused` records are picked up at start */
+  state: z.enum(['running', 'paused', 'succeeded', 'failed', 'cancelled']),
   verdict: z.string().nullable(),
   error: z.strictObject({ code: z.string(), message: z.string() }).nullable(),
   batches: z.array(z.array(z.string())),
@@ -117,6 +163,15 @@ export const Deployment = z.strictObject({
   group: z.string().nullable().default(null),
   image: z.string().nullable().default(null),
   phases: z.array(z.strictObject({ name: z.string(), ms: z.number() })).default([]),
+  ...GateFields,
+  /** the balancer the swaps drained through (its endpoint), null: none (not drained) */
+  balancer: z.string().nullable().default(null),
+  /** when the canary paused it (null: not paused); set by `promote` and `abort` */
+  pausedAt: z.string().nullable().default(null),
+  promoteRequested: z.boolean().default(false),
+  abortRequested: z.boolean().default(false),
+  /** each soak and what it saw */
+  soaks: z.array(SoakResult).default([]),
   createdAt: z.string(),
   updatedAt: z.string(),
   finishedAt: z.string().nullable(),

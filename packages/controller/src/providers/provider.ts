@@ -82,12 +82,6 @@ export interface Provider {
   describeImages(query: { tags?: Tags; ids?: string[] }): Promise<ImageInfo[]>;
   /** Deletes an image and its storage (EC2: deregister *and* delete its snapshots). Unknown ids are no error. */
   deleteImage(imageId: string): Promise<void>;
-  /**
-   * Makes `live` the instances serving behind a load balancer's target group, if the provider has
-   * load balancers (ec2: ELBv2): registers them, waits until they are in service, then deregisters
-   * `retired` and waits for connection draining to end. Fleets without a target group skip this.
-   */
-  setLive?(targetGroup: string, live: string[], retired: string[], opts: WaitOptions): Promise<void>;
   /** The image a fleet created without one launches from (the process provider's plain base), if the provider has one. */
   defaultImage?(): Promise<ImageInfo>;
 }

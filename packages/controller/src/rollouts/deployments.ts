@@ -9,6 +9,10 @@ import { TAG } from '../providers/provider.js';
 import { runRollout } from './rollout.js';
 import { createRolloutWaiter } from '../fleets/rollout-wait.js';
 import { fleetRows } from '../fleets/fleet-view.js';
+import type { AlarmWatch, Balancer } from '../balancers/balancer.js';
+import type { Fleet } from '../fleets/fleet-model.js';
+import { fleetTraffic, type FleetTraffic } from './fleet-traffic.js';
+
 
 export interface DeploymentsOptions {
   docs: DocStore;
@@ -23,10 +27,20 @@ export interface DeploymentsOptions {
   pointerTtlMs: number;
   /** bake, relaunch, heal and group rollback: the fleet's provider and how to bake and boot */
   groups?: Pick<GroupRolloutContext, 'provider' | 'bake' | 'boot' | 'launchTimeoutMs'>;
+  /** the fleet's load balancer, if it has one: every swap drains through it */
+  balancerFor?: (fleet: Fleet) => Balancer | undefined;
+  /** watches CloudWatch alarms (`--alarm`); without it deployments naming alarms are refused */
+  alarmWatch?: (names: string[]) => Promise<AlarmWatch>;
+  /** how long in-flight requests get to end when an instance is drained (default 30 s) */
+  drainMs?: number;
 }
 
+type GateName = 'canary' | 'canaryWaitMs' | 'soakMs' | 'maxErrorRate' | 'alarms';
+/** A deployment to create: the gates may be left out (none). */
+export type DeploymentInput = Omit<DeploymentCreate, GateName> & Partial<Pick<DeploymentCreate, GateName>>;
+
 export interface Deployments {
-  create(input: DeploymentCreate, kind?: 'deploy' | 'rollback'): Promise<Deployment>;
+  create(input: DeploymentInput, kind?: 'deploy' | 'rollback'): Promise<Deployment>;
   /** A deployment of the fleet's previous good release (or `version`, an older one), as a new pointer or its stopped group. */
   rollback(fleet: string, opts: Pick<DeploymentCreate, 'batch' | 'maxFailures' | 'healthTimeoutMs'> & { version?: string | undefined }): Promise<Deployment>;
   /** Replaces the fleet's drifted instances from an image holding its desired release (baked first if none exists). */
@@ -34,6 +48,10 @@ export interface Deployments {
   get(id: string): Promise<Deployment>;
   list(fleet?: string): Promise<Deployment[]>;
   cancel(id: string): Promise<Deployment>;
+  /** A paused canary goes on (KILN_NOT_PAUSED unless paused). */
+  promote(id: string): Promise<Deployment>;
+  /** A paused canary is rolled back (KILN_NOT_PAUSED unless paused). */
+  abort(id: string): Promise<Deployment>;
   /** At start: rollouts a previous controller left running are resumed (commands are idempotent). */
   resume(): Promise<void>;
   /** the release a channel points to now, or null */
@@ -48,6 +66,9 @@ export interface Deployments {
   removeRecords(fleet: string): Promise<number>;
 }
 
+/** Running, or paused at its canary: a rollout still holds its fleet. */
+export const inFlight = (d: Pick<Deployment, 'state'>) => d.state === 'running' || d.state === 'paused';
+
 const keyOf = (fleet: string, id: string) => `controller/deployments/${fleet}/${id}.json`;
 
 export function createDeployments(o: DeploymentsOptions): Deployments {
@@ -58,15 +79,31 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
   // A stopping controller must not record what it did not see: the waits it abandons are no failures.
   let closed = false;
 
-  function start(record: Deployment): void {
+  /** The fleet's instances in its balancer, when it has one. */
+  function trafficOf(fleet: Fleet, healthTimeoutMs: number): FleetTraffic | undefined {
+    const balancer = o.balancerFor?.(fleet);
+    if (!balancer) return undefined;
+    return fleetTraffic({ balancer, fleet: fleet.name, ...(o.groups ? { provider: o.groups.provider } : {}), healthyMs: healthTimeoutMs, drainMs: o.drainMs ?? 30_000, log });
+  }
+
+  /** The alarms a deployment watches, each checked to exist first: a typo fails the deployment before it starts. */
+  async function alarmsOf(names: string[]): Promise<AlarmWatch | undefined> {
+    if (names.length === 0) return undefined;
+    if (!o.alarmWatch) throw new KilnError('KILN_REQUEST_INVALID', `alarms (${names.join(', ')}) are CloudWatch alarms: this controller has no AWS region to read them in (the ec2 provider's)`);
+    return o.alarmWatch(names);
+  }
+
+  function start(record: Deployment, alarms: AlarmWatch | undefined): void {
     const succeeded = async (r: Deployment) => void (closed || (await o.fleets.setDesired(r.fleet, r.release)));
     const save = async (r: Deployment) => void (closed || (await o.docs.put(keyOf(r.fleet, r.id), r)));
+    const stopped = () => closed;
+    const gates = { traffic: trafficOf(o.fleets.get(record.fleet), record.healthTimeoutMs), alarms };
     const run =
       record.strategy === 'hotfix' && record.kind !== 'heal'
-        ? runRollout({ record, known: () => fleetRows(o.fleets.get(record.fleet), o.hub), waiter, save, movePointer, signedManifest: (app, version) => o.store.getManifest(app, version), succeeded, log, now: o.now, stopped: () => closed })
+        ? runRollout({ record, known: () => fleetRows(o.fleets.get(record.fleet), o.hub), waiter, save, movePointer, signedManifest: (app, version) => o.store.getManifest(app, version), succeeded, log, now: o.now, stopped, hub: o.hub, ...gates })
         : // A group rollout stopped by the controller stopping still removes its group, so it puts the pointer back too:
           // the live group's agents follow the pointer while no controller is there.
-          runGroupRollout({ ...o.groups!, record, fleets: o.fleets, hub: o.hub, waiter, save, movePointer: pointTo, log, now: o.now });
+          runGroupRollout({ ...o.groups!, record, fleets: o.fleets, hub: o.hub, waiter, save, movePointer: pointTo, log, now: o.now, stopped, ...gates });
     const done = run
       .then(() => undefined)
       .catch((err) => log.error({ err, id: record.id }, 'rollout crashed'))
@@ -102,7 +139,21 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
 
   let resuming: Promise<void> = Promise.resolve();
 
-  async function create(input: DeploymentCreate, kind: Deployment['kind'] = 'deploy'): Promise<Deployment> {
+  /** Gates that cannot work on this fleet are refused before anything moves. */
+  function checkGates(fleet: Fleet, g: Pick<Deployment, GateName>, strategy: string): void {
+    const balancer = o.balancerFor?.(fleet);
+    if (g.maxErrorRate !== null && (!balancer || balancer.kind === 'elbv2')) {
+      throw new KilnError(
+        'KILN_REQUEST_INVALID',
+        `maxErrorRate reads the balancer's 5xx counters per target: fleet ${fleet.name} has ${balancer ? 'an ELBv2 target group, which keeps none (give CloudWatch alarms instead: --alarm NAME)' : 'no load balancer (a local fleet gets one when `kiln up` runs HAProxy)'}`,
+      );
+    }
+    if (g.canary === null) return;
+    const size = strategy === 'hotfix' ? fleetRows(fleet, o.hub).filter((i) => i.connected).length : fleet.size;
+    if (g.canary >= size) throw new KilnError('KILN_REQUEST_INVALID', `a canary of ${g.canary} is not smaller than the ${size} instance(s) ${strategy === 'hotfix' ? 'connected in' : 'of'} fleet ${fleet.name}: nothing would be left to promote to`);
+  }
+
+  async function create(input: DeploymentInput, kind: Deployment['kind'] = 'deploy'): Promise<Deployment> {
     // What a previous controller left running is resumed or cleaned up before anything new starts.
     // Settled is enough: the start-up that called resume() awaits it and reports its failure.
     await Promise.allSettled([resuming]);
@@ -113,7 +164,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     }
     // A rollout whose verdict is out (the API shows it finished) only writes its record still.
     const ending = running.get(fleet.name);
-    if (ending && ending.record.state !== 'running') await ending.done;
+    if (ending && !inFlight(ending.record)) await ending.done;
     if (busy.has(fleet.name)) {
       const id = running.get(fleet.name)?.record.id;
       throw new KilnError(
@@ -123,8 +174,11 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
           : `fleet ${fleet.name} has a deployment starting: try again in a moment (\`kiln deployments ${fleet.name}\` lists them)`,
       );
     }
+    const gates = { canary: input.canary ?? null, canaryWaitMs: input.canaryWaitMs ?? null, soakMs: input.soakMs ?? 0, maxErrorRate: input.maxErrorRate ?? null, alarms: input.alarms ?? [] };
+    checkGates(fleet, gates, onGroups ? 'group' : 'hotfix');
     busy.add(fleet.name);
     try {
+      const alarms = await alarmsOf(gates.alarms);
       if (!o.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to move channel pointers with; start it with one (`kiln keys generate`)');
       const { manifest, manifestSha256, summary } = await showRelease(o.store, fleet.app, input.version, o.trustedKeys);
       if (!summary.verified) throw new KilnError('KILN_SIGNATURE_INVALID', `${fleet.app} ${input.version} is not signed by a key this controller trusts; agents would refuse it`);
@@ -152,13 +206,19 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
         group: null,
         image: null,
         phases: [],
+        ...gates,
+        balancer: o.balancerFor?.(fleet)?.endpoint ?? null,
+        pausedAt: null,
+        promoteRequested: false,
+        abortRequested: false,
+        soaks: [],
         createdAt: at,
         updatedAt: at,
         finishedAt: null,
       };
       await o.docs.put(keyOf(fleet.name, record.id), record);
       log.info({ id: record.id, fleet: fleet.name, version: release.version, kind }, 'deployment created');
-      start(record);
+      start(record, alarms);
       return record;
     } catch (err) {
       if (!running.has(fleet.name)) busy.delete(fleet.name);
@@ -193,6 +253,18 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     });
     await o.docs.put(keyOf(rec.fleet, rec.id), rec);
     log.warn({ id: rec.id, fleet: rec.fleet, state: rec.state }, 'a bake, relaunch or heal was interrupted by a controller restart');
+  }
+
+  /** A paused canary is promoted or aborted by flagging its record; the rollout acts on it within a poll. */
+  async function decide(id: string, what: 'promote' | 'abort'): Promise<Deployment> {
+    const rec = await read(id);
+    if (rec.state !== 'paused') {
+      throw new KilnError('KILN_NOT_PAUSED', `deployment ${id} is ${rec.state}, not paused at its canary: only a deployment made with --canary pauses${rec.state === 'running' && rec.canary !== null ? ' (its canary is still on its way: try again when `kiln deployments show ' + id + '` says paused)' : ''}`);
+    }
+    if (what === 'promote') rec.promoteRequested = true;
+    else rec.abortRequested = true;
+    log.info({ id }, `${what} requested`);
+    return rec;
   }
 
   async function read(id: string): Promise<Deployment> {
@@ -253,23 +325,25 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     list,
     async cancel(id) {
       const rec = await read(id);
-      if (rec.state !== 'running') return rec;
+      if (!inFlight(rec)) return rec;
       rec.cancelRequested = true;
       log.info({ id }, 'cancel requested: stopping after the running batch');
       return rec;
     },
+    promote: (id) => decide(id, 'promote'),
+    abort: (id) => decide(id, 'abort'),
     resume() {
       resuming = (async () => {
         for (const f of o.fleets.list()) {
           for (const rec of await list(f.name)) {
-            if (rec.state !== 'running' || busy.has(f.name)) continue;
+            if (!inFlight(rec) || busy.has(f.name)) continue;
             if (rec.strategy !== 'hotfix' || rec.kind === 'heal') {
               await interrupted(rec);
               continue;
             }
             log.warn({ id: rec.id, fleet: f.name }, 'resuming a rollout a previous controller left running');
             busy.add(f.name);
-            start(rec);
+            start(rec, await alarmsOf(rec.alarms).catch((err: unknown) => void log.error({ err, id: rec.id }, 'cannot watch the alarms of a resumed rollout: it goes on without them')));
           }
         }
       })();
@@ -286,7 +360,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     async exclusive(fleet, fn) {
       await Promise.allSettled([resuming]);
       const ending = running.get(fleet);
-      if (ending && ending.record.state !== 'running') await ending.done;
+      if (ending && !inFlight(ending.record)) await ending.done;
       if (busy.has(fleet)) {
         const id = running.get(fleet)?.record.id;
         throw new KilnError('KILN_FLEET_BUSY', `fleet ${fleet} has a deployment running${id ? ` (${id}): wait for it, or stop it with \`kiln deployments cancel ${id}\`` : ': wait for it'}, then try again`);

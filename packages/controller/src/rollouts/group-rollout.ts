@@ -6,6 +6,10 @@ import type { FleetRegistry } from '../fleets/fleet-registry.js';
 import { fleetRows } from '../fleets/fleet-view.js';
 import { TAG, type BootData, type Provider } from '../providers/provider.js';
 import { healthyOn, type RolloutWaiter, type WaitOutcome } from '../fleets/rollout-wait.js';
+import { pauseAfterCanary } from './canary-pause.js';
+import type { FleetTraffic } from './fleet-traffic.js';
+import { soak } from './soak.js';
+import type { AlarmWatch } from '../balancers/balancer.js';
 
 export interface GroupRolloutContext {
   record: Deployment;
@@ -23,6 +27,12 @@ export interface GroupRolloutContext {
   launchTimeoutMs: number;
   log: Logger;
   now: () => Date;
+  /** the fleet's balancer: a new group is in it and healthy before the old one drains and stops */
+  traffic?: FleetTraffic | undefined;
+  /** CloudWatch alarms watched during the soak */
+  alarms?: AlarmWatch | undefined;
+  /** true once the controller is stopping (a paused canary ends there) */
+  stopped?: () => boolean;
 }
 
 export const groupName = (fleet: string, seq: number) => `${fleet}-v${String(seq).padStart(3, '0')}`;
@@ -123,19 +133,44 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
       groups: f.groups.filter((g) => !oldStandby.includes(g)).map((g) => (g.name === group ? { ...g, state: 'live' as const } : oldLive.some((o) => o.name === g.name) ? { ...g, state: 'standby' as const } : g)),
     }));
     await c.fleets.setDesired(r.fleet, r.release);
-    await balance(before, group, oldLive.flatMap((g) => g.instances));
+    await c.traffic?.swap(c.fleets.get(r.fleet).groups.find((g) => g.name === group)?.instances ?? [], oldLive.flatMap((g) => g.instances));
     await step('retire');
     await c.provider.stop(oldLive.flatMap((g) => g.instances), { timeoutMs: c.launchTimeoutMs });
     await c.provider.terminate(oldStandby.flatMap((g) => g.instances));
   }
 
-  /** With a target group (ec2), the live group serves behind it before the old one drains and stops. */
-  async function balance(fleet: Fleet, group: string, retired: string[]): Promise<void> {
-    if (!fleet.targetGroup) return;
-    if (!c.provider.setLive) throw new KilnError('KILN_PROVIDER_FAILED', `fleet ${fleet.name} names a target group, but the ${c.provider.name} provider has no load balancers`);
-    const live = (c.fleets.get(fleet.name).groups.find((g) => g.name === group)?.instances ?? []).filter((id) => !retired.includes(id));
-    // Draining lasts the target group's deregistration delay (AWS: 300 s by default, at most 3600 s).
-    await c.provider.setLive(fleet.targetGroup, live, retired, { timeoutMs: r.healthTimeoutMs + c.launchTimeoutMs + 3_600_000 });
+  /**
+   * The new instances take traffic next to the old ones; with --soak they must stay healthy (and
+   * under --max-error-rate against the old ones) that long before anything old is drained.
+   */
+  async function serveAndSoak(ids: string[], old: string[]): Promise<void> {
+    await c.traffic?.admit(ids);
+    if (r.soakMs <= 0) return;
+    await step('soak');
+    const soaked = await soak({ batch: r.soaks.length, ids, others: old, manifestSha256: r.release.manifestSha256, soakMs: r.soakMs, maxErrorRate: r.maxErrorRate, traffic: c.traffic, alarms: c.alarms, hub: c.hub, stopped: c.stopped });
+    r.soaks.push(soaked.result);
+    if (soaked.error) {
+      ids.forEach((id) => mark(id, 'failed', { code: soaked.error!.code, message: soaked.error!.message }));
+      throw soaked.error;
+    }
+  }
+
+  /** A new group of the fleet's size, or a canary of N first that pauses until promoted; abort and cancel remove it. */
+  async function launchGroup(fleet: Fleet, group: string, image: string): Promise<void> {
+    const size = Math.max(1, fleet.size);
+    const old = liveGroup(fleet)?.instances ?? [];
+    const first = r.canary !== null && r.canary < size ? r.canary : size;
+    await serveAndSoak(await launchHealthy(fleet, group, image, first), old);
+    if (first === size) return;
+    await step('paused');
+    const save = async () => {
+      r.updatedAt = c.now().toISOString();
+      await c.save(structuredClone(r));
+    };
+    const decision = await pauseAfterCanary({ record: r, save, now: c.now, ...(c.stopped ? { stopped: c.stopped } : {}) });
+    if (decision !== 'promote') throw new KilnError(decision === 'abort' ? 'KILN_DEPLOY_ABORTED' : 'KILN_DEPLOY_CANCELLED', `the canary group ${group} (${first} of ${size}) was ${decision === 'abort' ? 'aborted' : decision === 'cancel' ? 'cancelled' : 'left paused by a stopping controller'}`);
+    await step('launch');
+    await serveAndSoak(await launchHealthy(c.fleets.get(fleet.name), group, image, size - first), old);
   }
 
   const end: Partial<Pick<Deployment, 'state' | 'verdict' | 'error' | 'finishedAt'>> = {};
@@ -168,7 +203,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
       r.group = newGroup;
       const group: Group = { name: newGroup, image, release: r.release, instances: [], state: 'launching', createdAt: c.now().toISOString() };
       fleet = await c.fleets.update(fleet.name, (f) => ({ ...f, groupSeq: seq, groups: [...f.groups, group] }));
-      await launchHealthy(fleet, newGroup, image, Math.max(1, fleet.size));
+      await launchGroup(fleet, newGroup, image);
       await step('live');
       await makeLive(newGroup, r.strategy === 'bake' ? image : null);
       newGroup = null;
@@ -181,6 +216,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
   } catch (err) {
     const e = asKilnError(err);
     log.error({ err: e, phase: watch.phase }, 'group rollout failed: removing what it launched');
+    await c.traffic?.drain(launched).catch((err) => log.error({ err }, 'cannot drain the launched instances out of the balancer'));
     await c.provider.terminate(launched).catch((err) => log.error({ err }, 'cannot terminate the launched instances'));
     if (newGroup) await c.fleets.update(r.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== newGroup) })).catch((err) => log.error({ err, group: newGroup }, 'cannot remove the failed group from the fleet'));
     // A rollback that failed before its group went live points the channel back too: the live group's
@@ -222,8 +258,9 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     r.group = live.name;
     r.image = live.image;
     await step('launch');
-    await launchHealthy(fleet, live.name, live.image, drifted.length);
-    await balance(fleet, live.name, drifted);
+    const fresh = await launchHealthy(fleet, live.name, live.image, drifted.length);
+    await serveAndSoak(fresh, rows.map((x) => x.instanceId).filter((id) => !drifted.includes(id)));
+    await c.traffic?.drain(drifted);
     await step('retire');
     await c.provider.terminate(drifted);
     await c.fleets.update(fleet.name, (f) => ({ ...f, groups: f.groups.map((g) => (g.name === live.name ? { ...g, instances: g.instances.filter((id) => !drifted.includes(id)) } : g)) }));
@@ -259,7 +296,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     const current = liveGroup(fleet);
     await c.fleets.update(fleet.name, (f) => ({ ...f, image: standby.image, groups: f.groups.map((g) => (g.name === standby.name ? { ...g, state: 'live' as const } : g.name === current?.name ? { ...g, state: 'standby' as const } : g)) }));
     await c.fleets.setDesired(fleet.name, r.release);
-    await balance(fleet, standby.name, current?.instances ?? []);
+    await c.traffic?.swap(standby.instances, current?.instances ?? []);
     await step('retire');
     if (current) await c.provider.stop(current.instances, { timeoutMs: c.launchTimeoutMs });
   }

@@ -1,6 +1,11 @@
 import { CommandAction, KilnError, MAX_INLINE_MANIFEST, asKilnError, type Logger, type ReleaseRef, type SignedObject } from '@kiln/shared';
 import type { BatchSpec, Deployment } from '../fleets/fleet-model.js';
 import type { RolloutWaiter } from '../fleets/rollout-wait.js';
+import type { AgentHub } from '../fleets/agent-hub.js';
+import { pauseAfterCanary } from './canary-pause.js';
+import type { FleetTraffic } from './fleet-traffic.js';
+import { soak } from './soak.js';
+import type { AlarmWatch } from '../balancers/balancer.js';
 
 export interface RolloutContext {
   record: Deployment;
@@ -17,15 +22,25 @@ export interface RolloutContext {
   now: () => Date;
   /** true once the controller is stopping: the rollout ends where it is, its record left running for the next one */
   stopped?: () => boolean;
+  /** the fleet's balancer: each batch is drained before its install and back in service, healthy, before the next */
+  traffic?: FleetTraffic | undefined;
+  /** CloudWatch alarms watched during each soak */
+  alarms?: AlarmWatch | undefined;
+  /** what the soak reads the instances' health from */
+  hub: Pick<AgentHub, 'get'>;
 }
 
-/** Splits the targets into batches of a share or a count of the fleet. */
-export function planBatches(ids: string[], spec: BatchSpec): string[][] {
-  const size = 'count' in spec ? spec.count : Math.max(1, Math.ceil((ids.length * spec.percent) / 100));
-  const out: string[][] = [];
-  for (let i = 0; i < ids.length; i += size) out.push(ids.slice(i, i + size));
+type Mark = (id: string, step: Deployment['instances'][string]['step'], error?: { code: string; message: string }) => void;
+
+/** Splits the targets into batches of a share or a count of the fleet; a canary of N is a first batch of its own. */
+export function planBatches(ids: string[], spec: BatchSpec, canary: number | null = null): string[][] {
+  const size = batchSize(ids.length, spec);
+  const out: string[][] = canary ? [ids.slice(0, canary)] : [];
+  for (let i = canary ?? 0; i < ids.length; i += size) out.push(ids.slice(i, i + size));
   return out;
 }
+
+const batchSize = (n: number, spec: BatchSpec) => ('count' in spec ? spec.count : Math.max(1, Math.ceil((n * spec.percent) / 100)));
 
 /**
  * A hotfix rollout: move the channel pointer (instances launched later boot into the release),
@@ -62,7 +77,7 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     const withManifest = CommandAction.safeParse({ ...plain, manifest: { bytes: signed.bytes.toString('base64'), sig: signed.sig.toString('base64') } });
     return withManifest.success ? withManifest.data : plain;
   };
-  const mark = (id: string, step: Deployment['instances'][string]['step'], error?: { code: string; message: string }) => {
+  const mark: Mark = (id, step, error) => {
     r.instances[id] = { step, batch: r.instances[id]?.batch ?? -1, ...(error ? { error } : {}), at: c.now().toISOString() };
     void save();
   };
@@ -88,7 +103,7 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     await c.movePointer(r.app, r.channel, r.release);
     if (!planned) {
       const targets = all.filter((i) => i.connected).map((i) => i.instanceId).sort();
-      r.batches = planBatches(targets, r.batch);
+      r.batches = planBatches(targets, r.batch, r.canary);
       r.batches.forEach((b, n) => b.forEach((id) => (r.instances[id] = { step: 'pending', batch: n, at: c.now().toISOString() })));
       await save();
       log.info({ targets: targets.length, unreachable: all.length - targets.length, batches: r.batches.length }, 'rollout started');
@@ -106,25 +121,51 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
         break;
       }
       const todo = batch.filter((id) => r.instances[id]?.step === 'pending' || r.instances[id]?.step === 'sent');
-      await Promise.all(
+      // Out of the balancer first: no request reaches an app while it restarts.
+      await c.traffic?.drain(todo);
+      const outcomes = await Promise.all(
         todo.map(async (id) => {
           mark(id, 'sent');
-          const o = await c.waiter.run({ instanceId: id, commandId: `${r.id}.${id}`, app: r.app, action: install, manifestSha256: r.release.manifestSha256, timeoutMs: r.healthTimeoutMs });
-          if (o.ok) mark(id, 'healthy');
-          else mark(id, 'failed', { code: o.code, message: o.message });
+          return c.waiter.run({ instanceId: id, commandId: `${r.id}.${id}`, app: r.app, action: install, manifestSha256: r.release.manifestSha256, timeoutMs: r.healthTimeoutMs });
         }),
       );
       if (c.stopped?.()) {
         log.info('the controller is stopping: the rollout is left running for the next controller to resume');
         return r;
       }
-      const failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
+      const ok = todo.filter((_, i) => outcomes[i]!.ok);
+      todo.forEach((id, i) => {
+        const o = outcomes[i]!;
+        if (!o.ok) mark(id, 'failed', { code: o.code, message: o.message });
+      });
+      // Back in and healthy in the balancer before the batch counts: the next one may take others out.
+      const admitted = await admit(c, ok, mark);
+      admitted.forEach((id) => mark(id, 'healthy'));
+      let failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
+      let cause: { code: string; message: string } | undefined;
+      if (failed <= r.maxFailures && r.soakMs > 0 && admitted.length > 0) {
+        const untouched = r.batches.slice(n + 1).flat().filter((id) => r.instances[id]?.step === 'pending');
+        const soaked = await soak({ batch: n, ids: admitted, others: untouched, manifestSha256: r.release.manifestSha256, soakMs: r.soakMs, maxErrorRate: r.maxErrorRate, traffic: c.traffic, alarms: c.alarms, hub: c.hub, stopped: c.stopped });
+        r.soaks.push(soaked.result);
+        if (soaked.error) {
+          admitted.forEach((id) => mark(id, 'failed', { code: soaked.error!.code, message: soaked.error!.message }));
+          cause = { code: soaked.error.code, message: `batch ${n + 1} of ${r.batches.length} failed its soak: ${soaked.error.message}` };
+        }
+      }
+      failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
       log.info({ batch: n + 1, of: r.batches.length, failed }, 'batch done');
-      if (failed > r.maxFailures) {
+      if (!cause && failed > r.maxFailures) cause = { code: 'KILN_DEPLOY_FAILED', message: `${failed} instance(s) failed in batch ${n + 1} of ${r.batches.length}, over the limit of ${r.maxFailures}` };
+      if (!cause && n === 0 && r.canary !== null && r.batches.length > 1) {
+        const decision = await pauseAfterCanary({ record: r, save, now: c.now, ...(c.stopped ? { stopped: c.stopped } : {}) });
+        if (decision === 'stopped') return r;
+        if (decision === 'abort') cause = { code: 'KILN_DEPLOY_ABORTED', message: `the canary (${batch.join(', ')}) was aborted by an operator` };
+        log.info({ decision }, 'canary decided');
+      }
+      if (cause) {
         await rollBack(c, r, mark);
         end.state = 'failed';
-        end.error = { code: 'KILN_DEPLOY_FAILED', message: `${failed} instance(s) failed in batch ${n + 1} of ${r.batches.length}, over the limit of ${r.maxFailures}` };
-        end.verdict = `failed: ${end.error.message}; ${r.previous ? `touched instances rolled back to ${r.previous.version}` : 'no earlier release to roll back to'}`;
+        end.error = cause;
+        end.verdict = `failed: ${cause.message}; ${r.previous ? `touched instances rolled back to ${r.previous.version}` : 'no earlier release to roll back to'}`;
         break;
       }
     }
@@ -151,17 +192,45 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
   return r;
 }
 
-/** Every instance this rollout touched goes back to the previous release; the pointer too. */
-async function rollBack(c: RolloutContext, r: Deployment, mark: (id: string, step: Deployment['instances'][string]['step'], error?: { code: string; message: string }) => void): Promise<void> {
+/**
+ * Puts instances back in the balancer; those it does not see healthy in time are marked failed
+ * (and stay out). Returns the ones in service. Without a balancer, every one.
+ */
+async function admit(c: RolloutContext, ids: string[], mark: Mark): Promise<string[]> {
+  if (!c.traffic || ids.length === 0) return ids;
+  try {
+    await c.traffic.admit(ids);
+    return ids;
+  } catch (err) {
+    // One target that never got healthy fails its own admission; the others go in alone.
+    const results = await Promise.all(ids.map((id) => c.traffic!.admit([id]).then(() => null, (e: unknown) => asKilnError(e))));
+    ids.forEach((id, i) => results[i] && mark(id, 'failed', { code: results[i]!.code, message: results[i]!.message }));
+    c.log.warn({ err }, 'instances did not become healthy in the balancer');
+    return ids.filter((_, i) => !results[i]);
+  }
+}
+
+/**
+ * Every instance this rollout touched goes back to the previous release; the pointer too. With a
+ * balancer, batch by batch as they went forward: drained, rolled back, healthy in it again.
+ */
+async function rollBack(c: RolloutContext, r: Deployment, mark: Mark): Promise<void> {
   const prev = r.previous;
   if (!prev) return;
   await c.movePointer(r.app, r.channel, prev);
   const touched = Object.entries(r.instances).filter(([, i]) => i.step === 'healthy' || i.step === 'failed' || i.step === 'sent').map(([id]) => id);
-  await Promise.all(
-    touched.map(async (id) => {
-      const o = await c.waiter.run({ instanceId: id, commandId: `${r.id}.rb.${id}`, app: r.app, action: { kind: 'rollback', version: prev.version, manifestSha256: prev.manifestSha256 }, manifestSha256: prev.manifestSha256, timeoutMs: r.healthTimeoutMs });
-      if (o.ok) mark(id, 'rolled-back', r.instances[id]?.error);
-      else mark(id, 'rollback-failed', { code: o.code, message: o.message });
-    }),
-  );
+  const size = c.traffic ? batchSize(r.batches.flat().length, r.batch) : touched.length;
+  for (let i = 0; i < touched.length; i += size) {
+    const chunk = touched.slice(i, i + size);
+    await c.traffic?.drain(chunk);
+    const back = await Promise.all(
+      chunk.map(async (id) => {
+        const o = await c.waiter.run({ instanceId: id, commandId: `${r.id}.rb.${id}`, app: r.app, action: { kind: 'rollback', version: prev.version, manifestSha256: prev.manifestSha256 }, manifestSha256: prev.manifestSha256, timeoutMs: r.healthTimeoutMs });
+        if (o.ok) mark(id, 'rolled-back', r.instances[id]?.error);
+        else mark(id, 'rollback-failed', { code: o.code, message: o.message });
+        return o.ok ? id : null;
+      }),
+    );
+    await admit(c, back.filter((id): id is string => id !== null), (id, _step, error) => mark(id, 'rollback-failed', error));
+  }
 }

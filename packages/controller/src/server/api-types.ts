@@ -9,7 +9,10 @@ import type { ImageInfo, InstanceInfo } from '../providers/provider.js';
 import type { FleetDeleted } from '../rollouts/fleet-delete.js';
 
 /** A fleet as the API shows it: never its credential digest or salt. */
-export type PublicFleet = Omit<Fleet, 'agentCredentialSha256' | 'credentialSalt'>;
+export type PublicFleet = Omit<Fleet, 'agentCredentialSha256' | 'credentialSalt'> & {
+  /** where the fleet's balancer takes requests (`http://127.0.0.1:PORT/` for HAProxy, the target group ARN for ELBv2); null: none */
+  endpoint: string | null;
+};
 
 /** `POST /v1/fleets`: the fleet, and the credential its agents present (shown this once). */
 export interface FleetCreated {
@@ -71,5 +74,6 @@ export interface ReleaseDetail {
 }
 /** The rollout fields of a deployment, rollback or heal request; absent ones take the API's defaults. */
 export type RolloutFields = Pick<z.input<typeof DeploymentCreate>, 'batch' | 'maxFailures' | 'healthTimeoutMs'>;
+export type GateFields = Pick<z.input<typeof DeploymentCreate>, 'canary' | 'canaryWaitMs' | 'soakMs' | 'maxErrorRate' | 'alarms'>;
 
 export type { BakeRecord, BatchSpec, Deployment, FleetDeleted, FleetSummary, ImageInfo, InstanceInfo, InstanceRow };

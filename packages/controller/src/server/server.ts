@@ -13,6 +13,8 @@ import { forgetTerminated } from '../fleets/forget-terminated.js';
 import type { Fleet } from '../fleets/fleet-model.js';
 import { bakeBase } from '../rollouts/group-rollout.js';
 import type { BootData, Provider } from '../providers/provider.js';
+import type { Balancer, BalancerSource } from '../balancers/balancer.js';
+import { restoreTraffic } from '../rollouts/fleet-traffic.js';
 import { createRolloutWaiter } from '../fleets/rollout-wait.js';
 import { providerRoutes } from './routes/provider.js';
 import { identify, requireOperator } from './http-auth.js';
@@ -45,6 +47,10 @@ export interface ServerOptions {
   now?: () => Date;
   /** bake, relaunch, heal: the provider fleets launch on and what their instances boot with */
   launch?: LaunchOptions;
+  /** load balancers (docs/balancers.md): every swap of a fleet behind one is drained */
+  balancers?: BalancerSource;
+  /** how long in-flight requests get to end when an instance is drained (default 30 s) */
+  drainMs?: number;
 }
 
 export interface LaunchOptions {
@@ -63,7 +69,16 @@ export interface LaunchOptions {
   launchTimeoutMs?: number;
 }
 
-export type KilnServer = FastifyInstance & { kiln: { hub: AgentHub; fleets: FleetRegistry; deployments: Deployments; bakes?: Bakes } };
+export type KilnServer = FastifyInstance & {
+  kiln: {
+    hub: AgentHub;
+    fleets: FleetRegistry;
+    deployments: Deployments;
+    bakes?: Bakes;
+    /** puts the running instances of every fleet's live group in its local balancer (after a restart of either) */
+    restoreTraffic(): Promise<void>;
+  };
+};
 
 export const AGENTS_PATH = '/v1/agents';
 
@@ -138,6 +153,19 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
     });
   };
   const waiter = createRolloutWaiter(hub);
+  const local = (f: Fleet) => f.provider === 'process' || f.provider === 'nspawn';
+  /** The fleet's balancer: its target group, or the local HAProxy backend; undefined: it has none (not drained). */
+  const balancerFor = (f: Fleet): Balancer | undefined => {
+    if (f.targetGroup) {
+      if (!opts.balancers?.targetGroup) throw new KilnError('KILN_BALANCER_FAILED', `fleet ${f.name} names the target group ${f.targetGroup}, but this controller has no ELBv2 client to drive it (buildServer's balancers.targetGroup)`);
+      return opts.balancers.targetGroup(f.targetGroup);
+    }
+    return local(f) ? opts.balancers?.local?.balancer(f.name) : undefined;
+  };
+  /** HAProxy gets a frontend for each local fleet, and loses the frontends of deleted ones. */
+  const fleetsChanged = async () => opts.balancers?.local?.setFleets(fleets.list().filter(local).map((f) => f.name));
+  const restore = () =>
+    restoreTraffic({ fleets: fleets.list().filter((f) => local(f) && !f.targetGroup), balancerFor, ...(launch ? { provider: launch.provider } : {}), log, healthyMs: 10_000 });
   const deployments = createDeployments({
     docs,
     hub,
@@ -148,6 +176,9 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
     log,
     now,
     pointerTtlMs: opts.pointerTtlMs ?? 30 * 86_400_000,
+    balancerFor,
+    ...(opts.balancers?.alarms ? { alarmWatch: opts.balancers.alarms } : {}),
+    ...(opts.drainMs !== undefined ? { drainMs: opts.drainMs } : {}),
     ...(launch
       ? {
           groups: {
@@ -171,7 +202,7 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
     frameworkErrors,
     ...(opts.https ? { https: opts.https } : {}),
   }) as unknown as KilnServer;
-  app.decorate('kiln', { hub, fleets, deployments, ...(bakes ? { bakes } : {}) });
+  app.decorate('kiln', { hub, fleets, deployments, ...(bakes ? { bakes } : {}), restoreTraffic: restore });
   installErrorHandler(app);
   app.server.on('upgrade', (req, socket, head) => {
     if (new URL(req.url ?? '/', 'http://x').pathname !== AGENTS_PATH) return socket.destroy();
@@ -180,7 +211,7 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   app.get('/v1/health', async () => ({ ok: true }));
   await app.register(async (api) => {
     requireOperator(api, opts.operatorTokens, fleets);
-    await api.register(fleetRoutes, { fleets, hub, deployments, ...(launch ? { provider: launch.provider } : {}) });
+    await api.register(fleetRoutes, { fleets, hub, deployments, balancerFor, fleetsChanged, ...(launch ? { provider: launch.provider } : {}) });
     await api.register(deploymentRoutes, { deployments });
     await api.register(releaseRoutes, { store, keys: opts.trustedKeys });
     if (launch && bakes) await api.register(providerRoutes, { provider: launch.provider, bakes, deployments, fleets });
@@ -189,6 +220,9 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
     const address = app.server.address();
     if (!agentsUrl && address && typeof address === 'object') agentsUrl = `${opts.https ? 'wss' : 'ws'}://127.0.0.1:${address.port}${AGENTS_PATH}`;
     await bakes?.resume();
+    // The balancer knows every fleet and serves the live groups before a resumed rollout drains anything.
+    await fleetsChanged();
+    await restore();
     await deployments.resume();
   });
   // Before the HTTP server closes: it waits for every socket, and the agents' sockets end only here.

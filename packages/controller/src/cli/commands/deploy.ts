@@ -2,17 +2,23 @@ import { KilnError, formatTable, parseDuration } from '@kiln/shared';
 import { openApi } from '../api-client.js';
 import { API_OPTIONS, JSON_OPTION, type CommandDef, type OptionDef } from '../cli-command.js';
 import { out, printJson, str, type CliContext, type Flags } from '../cli-context.js';
-import { followDeployment, tally } from '../deploy-watch.js';
+import { followDeployment, gatesLine, soakLine, tally } from '../deploy-watch.js';
 import type { Deployment, DeploymentBody, DeploymentList } from '../../server/api-types.js';
-import { ROLLOUT_OPTIONS, rolloutBody } from '../rollout-options.js';
+import { GATE_OPTIONS, ROLLOUT_OPTIONS, gateBody, rolloutBody } from '../rollout-options.js';
 
 const STRATEGIES = ['hotfix', 'bake', 'relaunch'];
 
 export const deployCommand: CommandDef = {
   name: 'deploy',
   summary: 'deploy a release to a fleet and follow it live: hotfix (in place), relaunch or bake (new instances)',
-  usage: 'deploy FLEET VERSION [--strategy hotfix|relaunch|bake] [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--no-wait] [--json]',
-  examples: ['kiln deploy web 2.0.0 --batch 50%', 'kiln deploy web 2.0.0 --strategy bake --health-timeout 2m', 'kiln deploy web 2.0.1 --max-failures 1 --no-wait'],
+  usage: 'deploy FLEET VERSION [--strategy hotfix|relaunch|bake] [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--canary N [--canary-wait 10m]] [--soak 30s [--max-error-rate 5%] [--alarm NAME]] [--no-wait] [--json]',
+  examples: [
+    'kiln deploy web 2.0.0 --batch 50%',
+    'kiln deploy web 2.0.0 --strategy bake --health-timeout 2m',
+    'kiln deploy web 2.0.1 --max-failures 1 --no-wait',
+    'kiln deploy web 2.0.2 --canary 1 --soak 30s --max-error-rate 1%   # pauses after the canary: kiln deployments promote ID',
+    'kiln deploy web 2.0.2 --strategy relaunch --canary 1 --canary-wait 10m',
+  ],
   details:
     "hotfix: the fleet's channel pointer moves first (instances launched later boot into the release); then each\n" +
     'batch is told to install it, and counts once its agents report it installed and healthy. Past --max-failures\n' +
@@ -21,11 +27,16 @@ export const deployCommand: CommandDef = {
     'bake: an image holding the release is baked first (or found by its bake key), and the new group launches from it.\n' +
     'Either way the new group must pass its health gate to go live; the old group is stopped (kept for `kiln rollback`),\n' +
     'the one before it terminated; a group that fails is removed and the live one stays. Exit 0 only on success.\n' +
+    "Behind a load balancer (HAProxy under `kiln up`, a fleet's ELBv2 target group) every swap is drained: a hotfix batch\n" +
+    'leaves the balancer before its install and is back, healthy, before the next; a new group serves before the old one\n' +
+    'drains. --canary pauses after the first N (exit 0, state paused; with --canary-wait it goes on by itself);\n' +
+    '--soak and --max-error-rate judge each batch before the next (docs/balancers.md).\n' +
     'The deployment runs in the controller: Ctrl-C stops following it, not the deployment (exit 130, with the commands\n' +
     'that follow or cancel it).',
   options: {
     strategy: { type: 'string', value: 'NAME', help: 'hotfix (default), relaunch or bake; relaunch and bake need a fleet on a provider' },
     ...ROLLOUT_OPTIONS,
+    ...GATE_OPTIONS,
     ...API_OPTIONS,
     ...JSON_OPTION,
   },
@@ -33,7 +44,7 @@ export const deployCommand: CommandDef = {
   async run(ctx, flags, [fleet, version]) {
     const strategy = str(flags, 'strategy') ?? 'hotfix';
     if (!STRATEGIES.includes(strategy)) throw new KilnError('KILN_USAGE', `--strategy ${strategy}: one of ${STRATEGIES.join(', ')}`);
-    const body = rolloutBody(flags);
+    const body = { ...rolloutBody(flags), ...gateBody(flags) };
     const api = await openApi(flags, ctx);
     const { deployment } = await api.post<DeploymentBody>('/v1/deployments', { fleet, version, strategy, ...body });
     if (flags['no-wait']) return printCreated(ctx, deployment);
@@ -87,6 +98,7 @@ function strategyOf(d: Deployment): string {
 
 const summaryOf = (d: Deployment) => {
   const t = tally(d);
+  if (d.state === 'paused') return `paused after the canary: ${t.healthy}/${t.targets} healthy; kiln deployments promote ${d.id} (or abort)`;
   return d.state === 'running' ? `${t.healthy}/${t.targets} healthy, ${t.failed} failed` : (d.verdict ?? d.state);
 };
 
@@ -118,11 +130,39 @@ export const deploymentsShow: CommandDef = {
     const { deployment: d } = await api.get<DeploymentBody>(`/v1/deployments/${encodeURIComponent(id!)}`);
     if (flags.follow) return followDeployment(ctx, api, d);
     if (ctx.json) return printJson(ctx, d);
-    out(ctx, `deployment ${d.id}: ${d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (from ${d.previous?.version ?? '-'}), ${d.state}\nstrategy ${strategyOf(d)}${d.group ? `, group ${d.group}` : ''}${d.image ? `, image ${d.image}` : ''}\n${summaryOf(d)}\n`);
+    out(ctx, `deployment ${d.id}: ${d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (from ${d.previous?.version ?? '-'}), ${d.state}\nstrategy ${strategyOf(d)}${d.group ? `, group ${d.group}` : ''}${d.image ? `, image ${d.image}` : ''}\n${gatesLine(d)}\n${summaryOf(d)}\n`);
+    for (const s of d.soaks) out(ctx, soakLine(s));
     const rows = Object.entries(d.instances).sort(([a], [b]) => a.localeCompare(b)).map(([iid, i]) => [iid, i.batch >= 0 ? String(i.batch + 1) : '-', i.step, i.error ? `${i.error.code}: ${i.error.message}` : '-']);
     out(ctx, rows.length ? formatTable(['INSTANCE', 'BATCH', 'STEP', 'ERROR'], rows) : 'no instances (none was connected when it started)');
   },
 };
+
+export const deploymentsPromote: CommandDef = {
+  name: 'deployments promote',
+  summary: 'promote a deployment paused at its canary: the rest of the fleet follows',
+  usage: 'deployments promote ID [--json]',
+  examples: ['kiln deployments promote d-mx82njlz-2bbab9'],
+  options: { ...API_OPTIONS, ...JSON_OPTION },
+  positionals: [1, 1],
+  run: (ctx, flags, [id]) => decide(ctx, flags, id!, 'promote'),
+};
+
+export const deploymentsAbort: CommandDef = {
+  name: 'deployments abort',
+  summary: 'abort a deployment paused at its canary: the canary is rolled back (hotfix) or removed (bake, relaunch)',
+  usage: 'deployments abort ID [--json]',
+  examples: ['kiln deployments abort d-mx82njlz-2bbab9'],
+  options: { ...API_OPTIONS, ...JSON_OPTION },
+  positionals: [1, 1],
+  run: (ctx, flags, [id]) => decide(ctx, flags, id!, 'abort'),
+};
+
+async function decide(ctx: CliContext, flags: Flags, id: string, what: 'promote' | 'abort'): Promise<void> {
+  const api = await openApi(flags, ctx);
+  const { deployment: d } = await api.post<DeploymentBody>(`/v1/deployments/${encodeURIComponent(id)}/${what}`);
+  if (ctx.json) return printJson(ctx, d);
+  out(ctx, `${what} requested: ${d.id} ${what === 'promote' ? 'goes on with the rest of the fleet' : 'rolls the canary back'} (\`kiln deployments show ${d.id} --follow\`)`);
+}
 
 export const deploymentsCancel: CommandDef = {
   name: 'deployments cancel',

@@ -1,10 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { EC2Client, _InstanceType } from '@aws-sdk/client-ec2';
-import type { ElasticLoadBalancingV2Client } from '@aws-sdk/client-elastic-load-balancing-v2';
 import { KilnError, type Logger } from '@kiln/shared';
-import { setLiveIn } from './ec2-balancer.js';
 import { ec2Call, errorName, toEc2Tags, type Ec2Context } from './ec2-calls.js';
-import { ec2Sdk, elbSdk } from './ec2-sdk.js';
+import { ec2Sdk } from './ec2-sdk.js';
 import { copyImageTo, createImageFrom, deleteImageIn, describeImagesIn } from './ec2-images.js';
 import { describeInstancesIn, startInstances, stopInstances, terminateInstances, toInstanceInfo, waitInstances } from './ec2-instances.js';
 import { renderUserData } from './ec2-user-data.js';
@@ -16,8 +14,6 @@ export interface Ec2ProviderOptions {
   region: string;
   /** the home region's client; default: one made for `region` with the SDK's credential chain */
   client?: EC2Client;
-  /** the home region's ELBv2 client (setLive, for fleets with a target group); default: one made for `region` */
-  elbClient?: ElasticLoadBalancingV2Client;
   log: Logger;
   subnetId?: string;
   securityGroupIds?: string[];
@@ -36,7 +32,7 @@ export interface Ec2ProviderOptions {
 
 const IMAGE_MISSING = ['InvalidAMIID.NotFound', 'InvalidAMIID.Malformed'];
 
-/** The `ec2` provider: instances and AMIs through the EC2 API, target groups through ELBv2, every wait bounded by its caller's deadline. */
+/** The `ec2` provider: instances and AMIs through the EC2 API, every wait bounded by its caller's deadline (target groups: balancers/elbv2-balancer.ts). */
 export function createEc2Provider(opts: Ec2ProviderOptions): Provider {
   const log = opts.log.child({ module: 'provider-ec2' });
   const now = opts.now ?? Date.now;
@@ -44,7 +40,6 @@ export function createEc2Provider(opts: Ec2ProviderOptions): Provider {
   const contextFor = (region: string, client: EC2Client): Ec2Context => ({ client, region, log: log.child({ region }), now, pollMs });
   const home = contextFor(opts.region, opts.client ?? new (ec2Sdk().EC2Client)({ region: opts.region }));
   const regions = new Map<string, Ec2Context>([[opts.region, home]]);
-  const balancer = { client: opts.elbClient ?? new (elbSdk().ElasticLoadBalancingV2Client)({ region: opts.region }), region: opts.region, log: home.log, now, pollMs };
   const ctxFor = (region: string): Ec2Context => {
     let ctx = regions.get(region);
     if (!ctx) {
@@ -100,6 +95,5 @@ export function createEc2Provider(opts: Ec2ProviderOptions): Provider {
     describeInstances: (tags) => describeInstancesIn(home, { tags, live: true }),
     describeImages: (query) => describeImagesIn(home, query),
     deleteImage: (imageId) => deleteImageIn(home, imageId),
-    setLive: (targetGroup, live, retired, w) => setLiveIn(balancer, targetGroup, live, retired, w),
   };
 }

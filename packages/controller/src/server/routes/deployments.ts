@@ -15,4 +15,6 @@ export const deploymentRoutes: FastifyPluginAsync<{ deployments: Deployments }> 
   app.get<{ Reply: DeploymentList }>('/v1/deployments', async (req) => ({ deployments: await deployments.list(parseInput(Query, req.query, 'the query').fleet) }));
   app.get<{ Reply: DeploymentBody }>('/v1/deployments/:id', async (req) => ({ deployment: await deployments.get(parseInput(Params, req.params, 'the deployment id').id) }));
   app.post<{ Reply: DeploymentBody }>('/v1/deployments/:id/cancel', async (req) => ({ deployment: await deployments.cancel(parseInput(Params, req.params, 'the deployment id').id) }));
+  app.post<{ Reply: DeploymentBody }>('/v1/deployments/:id/promote', async (req) => ({ deployment: await deployments.promote(parseInput(Params, req.params, 'the deployment id').id) }));
+  app.post<{ Reply: DeploymentBody }>('/v1/deployments/:id/abort', async (req) => ({ deployment: await deployments.abort(parseInput(Params, req.params, 'the deployment id').id) }));
 };

@@ -7,20 +7,37 @@ import type { FleetRegistry } from '../../fleets/fleet-registry.js';
 import { fleetRows, summarize } from '../../fleets/fleet-view.js';
 import type { AgentHub } from '../../fleets/agent-hub.js';
 import type { Provider } from '../../providers/provider.js';
+import type { Balancer } from '../../balancers/balancer.js';
 import { KilnError } from '@kiln/shared';
 import type { DeploymentBody, FleetBody, FleetCreated, FleetDeleted, FleetDrift, FleetInstances, FleetList, PublicFleet } from '../api-types.js';
 
 const Params = z.strictObject({ name: fleetName });
 const DeleteQuery = z.strictObject({ keepImages: z.enum(['true', 'false']).default('false') });
 
-/** The public view of a fleet: never its credential digest, nor the salt its credential is derived with. */
-export function publicFleet(f: Fleet): PublicFleet {
-  const { agentCredentialSha256: _digest, credentialSalt: _salt, ...rest } = f;
-  return rest;
+export interface FleetRouteOptions {
+  fleets: FleetRegistry;
+  hub: AgentHub;
+  deployments: Deployments;
+  provider?: Provider;
+  /** the fleet's load balancer, for its endpoint */
+  balancerFor?: (f: Fleet) => Balancer | undefined;
+  /** after a fleet was created or deleted (HAProxy's frontends follow) */
+  fleetsChanged?: () => Promise<void>;
 }
 
-export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: AgentHub; deployments: Deployments; provider?: Provider }> = async (app, { fleets, hub, deployments, provider }) => {
+export const fleetRoutes: FastifyPluginAsync<FleetRouteOptions> = async (app, { fleets, hub, deployments, provider, balancerFor, fleetsChanged }) => {
   const fleetOf = (params: unknown) => fleets.get(parseInput(Params, params, 'the fleet name').name);
+  /** The public view of a fleet: never its credential digest, nor the salt its credential is derived with; its endpoint, if it has a balancer. */
+  const publicFleet = (f: Fleet): PublicFleet => {
+    const { agentCredentialSha256: _digest, credentialSalt: _salt, ...rest } = f;
+    let endpoint: string | null = null;
+    try {
+      endpoint = balancerFor?.(f)?.endpoint ?? null;
+    } catch (err) {
+      app.log.warn({ err, fleet: f.name }, 'cannot tell the fleet\'s balancer');
+    }
+    return { ...rest, endpoint };
+  };
 
   app.post<{ Reply: FleetCreated }>('/v1/fleets', async (req, reply) => {
     const input = parseInput(FleetCreate, req.body, 'the fleet');
@@ -34,6 +51,7 @@ export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: Agent
     }
     // A new fleet wants what its channel points to now.
     const { fleet, agentCredential } = await fleets.create(input, await deployments.pointed(input.app, input.channel));
+    await fleetsChanged?.();
     return reply.status(201).send({ fleet: publicFleet(fleet), agentCredential });
   });
   app.get<{ Reply: FleetList }>('/v1/fleets', async () => ({ fleets: fleets.list().map(publicFleet) }));
@@ -50,7 +68,9 @@ export const fleetRoutes: FastifyPluginAsync<{ fleets: FleetRegistry; hub: Agent
   app.delete<{ Reply: FleetDeleted }>('/v1/fleets/:name', async (req) => {
     const { name } = fleetOf(req.params);
     const { keepImages } = parseInput(DeleteQuery, req.query, 'the query');
-    return deleteFleet({ name, keepImages: keepImages === 'true', fleets, deployments, hub, log: app.log, ...(provider ? { provider } : {}) });
+    const deleted = await deleteFleet({ name, keepImages: keepImages === 'true', fleets, deployments, hub, log: app.log, ...(provider ? { provider } : {}) });
+    await fleetsChanged?.();
+    return deleted;
   });
   app.get<{ Reply: FleetInstances }>('/v1/fleets/:name/instances', async (req) => {
     const fleet = fleetOf(req.params);

@@ -1,0 +1,99 @@
+import { KilnError, type Logger } from '@kiln/shared';
+import type { Balancer, Target, TargetHealth, TargetStats } from '../balancers/balancer.js';
+import type { Fleet } from '../fleets/fleet-model.js';
+import { TAG, type Provider } from '../providers/provider.js';
+
+/**
+ * A fleet's instances in its balancer, by instance id: the rollouts' view of traffic. Addresses
+ * come from the provider (HAProxy needs them; ELBv2 registers the ids).
+ */
+export interface FleetTraffic {
+  /** the frontend URL or target group a deployment record names */
+  readonly endpoint: string;
+  /** out of service with drain: no new requests, in-flight ones end (or the drain time passes) */
+  drain(ids: string[]): Promise<void>;
+  /** (back) in service; resolves when the balancer reports each healthy */
+  admit(ids: string[]): Promise<void>;
+  /** `live` in and healthy first, then `retired` drained: never a moment with neither serving */
+  swap(live: string[], retired: string[]): Promise<void>;
+  health(ids: string[]): Promise<Map<string, TargetHealth>>;
+  stats(ids: string[]): Promise<Map<string, TargetStats> | null>;
+}
+
+export interface FleetTrafficOptions {
+  balancer: Balancer;
+  fleet: string;
+  /** where the fleet's instances answer (none: the balancer needs no addresses) */
+  provider?: Provider;
+  /** how long targets get to become healthy in the balancer */
+  healthyMs: number;
+  /** how long in-flight requests get to end (HAProxy; ELBv2 has its deregistration delay) */
+  drainMs: number;
+  log: Logger;
+}
+
+export function fleetTraffic(o: FleetTrafficOptions): FleetTraffic {
+  const log = o.log.child({ module: 'traffic', fleet: o.fleet, balancer: o.balancer.endpoint });
+
+  async function targets(ids: string[]): Promise<Target[]> {
+    if (ids.length === 0 || o.balancer.kind === 'elbv2' || !o.provider) return ids.map((id) => ({ id }));
+    const known = new Map((await o.provider.describeInstances({ [TAG.fleet]: o.fleet })).map((i) => [i.id, i.address]));
+    return ids.map((id) => {
+      const address = known.get(id);
+      if (!address) throw new KilnError('KILN_BALANCER_FAILED', `instance ${id} of fleet ${o.fleet} has no address the ${o.balancer.kind} balancer could send requests to (the ${o.provider!.name} provider does not know it)`);
+      return { id, address };
+    });
+  }
+
+  const drain = async (ids: string[]) => {
+    if (ids.length === 0) return;
+    const t = Date.now();
+    await o.balancer.drain(await targets(ids), { timeoutMs: o.drainMs + 30_000, drainMs: o.drainMs });
+    log.info({ targets: ids, ms: Date.now() - t }, 'drained');
+  };
+  const admit = async (ids: string[]) => {
+    if (ids.length === 0) return;
+    const t = Date.now();
+    await o.balancer.register(await targets(ids), { timeoutMs: o.healthyMs });
+    log.info({ targets: ids, ms: Date.now() - t }, 'in service and healthy');
+  };
+  return {
+    endpoint: o.balancer.endpoint,
+    drain,
+    admit,
+    async swap(live, retired) {
+      // an id in both stays: draining it would take a live instance out
+      await admit(live);
+      await drain(retired.filter((id) => !live.includes(id)));
+    },
+    health: (ids) => o.balancer.health(ids),
+    stats: (ids) => o.balancer.stats(ids),
+  };
+}
+
+/**
+ * After a start of the controller or of the balancer: every running instance of each fleet's live
+ * group goes (back) into its balancer. Registering one already there is a no-op; one that does not
+ * get healthy in time stays out and is logged (a deployment or heal deals with it).
+ */
+export async function restoreTraffic(o: {
+  fleets: Fleet[];
+  balancerFor: (fleet: Fleet) => Balancer | undefined;
+  provider?: Provider;
+  log: Logger;
+  healthyMs: number;
+}): Promise<void> {
+  await Promise.all(
+    o.fleets.map(async (fleet) => {
+      try {
+        const balancer = o.balancerFor(fleet);
+        if (!balancer || !o.provider) return;
+        const live = new Set(fleet.groups.filter((g) => g.state === 'live').flatMap((g) => g.instances));
+        const running = (await o.provider.describeInstances({ [TAG.fleet]: fleet.name })).filter((i) => live.has(i.id) && i.state === 'running').map((i) => i.id);
+        await fleetTraffic({ balancer, fleet: fleet.name, provider: o.provider, healthyMs: o.healthyMs, drainMs: 0, log: o.log }).admit(running);
+      } catch (err) {
+        o.log.warn({ err, fleet: fleet.name }, 'cannot put the live group in its balancer: it serves once a deployment or heal admits it');
+      }
+    }),
+  );
+}
