@@ -1,4 +1,4 @@
-import { access, constants, readFile, rm } from 'node:fs/promises';
+import { access, constants, mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { hasErrno, isKilnError, isPollTimeout, isSameProcess, KilnError, type Logger, peekJsonFile, pollUntil, processStart, writeFileAtomic } from '@kiln/shared';
@@ -39,6 +39,16 @@ const ANSWER_MS = 5_000;
 // SIGUSR1 lets requests in flight finish; past this the process is ended with SIGTERM, then SIGKILL.
 const SOFT_STOP_MS = 3_000;
 
+/** What a HAProxy of kiln's keeps in its directory. */
+const haproxyFiles = (dir: string) => ({
+  config: path.join(dir, 'haproxy.cfg'),
+  socket: path.join(dir, 'haproxy.sock'),
+  pid: path.join(dir, 'haproxy.pid'),
+  // the pid file's process with its start time: a pid reused by another program is never signalled
+  owner: path.join(dir, 'haproxy.json'),
+  ports: path.join(dir, 'frontends.json'),
+});
+
 /** Where `haproxy` is: env.PATH, then /usr/sbin and /sbin (Debian installs it there, off a normal user's PATH). */
 export async function findHaproxy(env: Record<string, string | undefined>): Promise<string | null> {
   const dirs = [...(env.PATH ?? '').split(path.delimiter).filter(Boolean), '/usr/sbin', '/sbin'];
@@ -62,17 +72,11 @@ export async function findHaproxy(env: Record<string, string | undefined>): Prom
 export async function startHaproxy(o: StartHaproxyOptions): Promise<Haproxy> {
   const log = o.log.child({ module: 'haproxy' });
   const binary = o.binary ?? 'haproxy';
-  const files = {
-    config: path.join(o.dir, 'haproxy.cfg'),
-    socket: path.join(o.dir, 'haproxy.sock'),
-    pid: path.join(o.dir, 'haproxy.pid'),
-    // the pid file's process with its start time: a pid reused by another program is never signalled
-    owner: path.join(o.dir, 'haproxy.json'),
-    ports: path.join(o.dir, 'frontends.json'),
-  };
+  const files = haproxyFiles(o.dir);
   if (Buffer.byteLength(files.socket) > MAX_SOCKET_PATH) {
     throw new KilnError('KILN_BALANCER_FAILED', `HAProxy's socket ${files.socket} is longer than a UNIX socket path may be (${MAX_SOCKET_PATH} bytes): use a shorter directory`);
   }
+  await mkdir(o.dir, { recursive: true, mode: 0o700 });
   const ports = new Map(Object.entries((await peekJsonFile(files.ports, FleetPorts)) ?? {}));
   const servers = new Map<string, Map<string, ServerEntry>>([...ports.keys()].map((f) => [f, new Map()]));
   const carried = new Map<string, TargetStats>();
@@ -265,4 +269,17 @@ async function softStop(p: ProcessRef, log: Logger): Promise<void> {
   }
   log.warn({ pid: p.pid }, `HAProxy still serving ${SOFT_STOP_MS} ms after a soft stop: ending it`);
   await stopProcess(p.pid, p.start, 2_000);
+}
+
+/**
+ * Stops the HAProxy a start in `dir` left running (`kiln down`): its pid and start time from the
+ * owner file, so a reused pid is never signalled. Its pid, or null when none ran.
+ */
+export async function stopHaproxy(dir: string, log: Logger): Promise<number | null> {
+  const files = haproxyFiles(dir);
+  const owner = await peekJsonFile(files.owner, Owner);
+  if (!owner || !isSameProcess(owner.pid, owner.start)) return null;
+  await softStop(owner, log.child({ module: 'haproxy' }));
+  await Promise.all([files.socket, files.pid, files.owner].map((f) => rm(f, { force: true })));
+  return owner.pid;
 }

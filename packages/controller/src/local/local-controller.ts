@@ -2,6 +2,7 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { createS3Client, ifMissing, loadPrivateKey, loadPublicKeys, pollUntil, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
 import type { Provider } from '../providers/provider.js';
+import type { LocalBalancer } from '../balancers/balancer.js';
 import { AGENTS_PATH, buildServer, type KilnServer } from '../server/server.js';
 
 export interface LocalControllerOptions {
@@ -19,6 +20,8 @@ export interface LocalControllerOptions {
   launch?: { provider: Provider; agentSecret: Buffer; serviceManager: 'process' | 'systemd' };
   /** told when the keys changed and the controller restarted with them */
   onKeys?: (keys: KeyState) => void;
+  /** HAProxy in front of the fleets on the provider (it outlives a restart of the server) */
+  balancer?: LocalBalancer;
 }
 
 export interface KeyState {
@@ -30,6 +33,8 @@ export interface LocalController {
   url: string;
   agentsUrl: string;
   keys: KeyState;
+  /** every running instance of each fleet's live group (back) in the balancer */
+  restoreTraffic(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -77,6 +82,7 @@ export async function startLocalController(opts: LocalControllerOptions): Promis
       trustedKeys: keys.trustedKeys,
       ...(https ? { https } : {}),
       ...(opts.launch ? { launch: { ...opts.launch, s3: opts.s3 } } : {}),
+      ...(opts.balancer ? { balancers: { local: opts.balancer } } : {}),
     });
     try {
       await server.listen({ host: '127.0.0.1', port });
@@ -118,6 +124,7 @@ export async function startLocalController(opts: LocalControllerOptions): Promis
     get keys() {
       return keys;
     },
+    restoreTraffic: () => server.kiln.restoreTraffic(),
     async close() {
       clearInterval(poll);
       await pollUntil({ check: () => !busy, timeoutMs: Infinity, intervalMs: 20 });

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { KilnError, ifKilnError, ifMissing, writeFileAtomic, type Logger } from '@kiln/shared';
+import { KilnError, ifKilnError, ifMissing, isKilnError, writeFileAtomic, type Logger } from '@kiln/shared';
 import { startEmbeddedS3, type EmbeddedS3 } from './embedded-s3.js';
 import { startLocalController, type KeyState, type LocalController } from './local-controller.js';
 import { defaultKeyDir, localControllerFile, localS3File, readLocalController, type LocalController as LocalControllerFile } from './local-files.js';
@@ -9,6 +9,7 @@ import { kilnCacheDir } from '../providers/nspawn/nspawn-rootfs.js';
 import { createNspawnProvider } from '../providers/nspawn/nspawn-provider.js';
 import { createProcessProvider } from '../providers/process/process-provider.js';
 import type { Provider } from '../providers/provider.js';
+import { startHaproxy, type Haproxy } from '../balancers/haproxy-process.js';
 
 export interface LocalStack {
   s3: EmbeddedS3;
@@ -18,8 +19,16 @@ export interface LocalStack {
   s3File: string;
   /** where fleets launch instances */
   provider: Provider;
-  /** the controller first (it stops its rollouts and says goodbye to the agents while S3 still answers), then S3 */
-  close(): Promise<void>;
+  /** the HAProxy in front of the fleets, when one runs */
+  haproxy?: Haproxy;
+  /** one line on the balancer: its pid, or why deployments are not drained */
+  balancerNote: string;
+  /**
+   * The controller first (it stops its rollouts and says goodbye to the agents while S3 still
+   * answers), then S3; HAProxy only with `balancer` (else it goes on serving the fleets, which keep
+   * running, until `kiln down` or the next `kiln up` takes it over).
+   */
+  close(opts?: { balancer?: boolean }): Promise<void>;
 }
 
 /**
@@ -39,6 +48,8 @@ export async function startLocalStack(o: {
   cacheDir?: string;
   tls?: { certFile: string; keyFile: string };
   onKeys?: (k: KeyState) => void;
+  /** the haproxy program to put in front of the fleets (findHaproxy); none: deployments are not drained */
+  haproxy?: string;
 }): Promise<LocalStack> {
   // A controller.json that does not parse is replaced, with a new operator token.
   const previous = await ifKilnError(readLocalController(o.home), ['KILN_CONFIG_INVALID'], undefined);
@@ -50,7 +61,10 @@ export async function startLocalStack(o: {
   const ctlFile = localControllerFile(o.home);
   let ctl;
   let provider: Provider;
+  let haproxy: Haproxy | undefined;
+  let balancerNote: string;
   try {
+    ({ haproxy, balancerNote } = await localBalancer(o.home, o.haproxy, o.log));
     await writeFileAtomic(s3File, JSON.stringify(s3.location, null, 2) + '\n', 0o600);
     provider = o.provider === 'nspawn'
       ? createNspawnProvider({ dir: path.join(o.home, 'nspawn'), cacheDir: o.cacheDir ?? kilnCacheDir(), log: o.log })
@@ -64,10 +78,12 @@ export async function startLocalStack(o: {
       ...(o.tls ? { tls: o.tls } : {}),
       launch: { provider, agentSecret: await agentSecret(o.home), serviceManager: o.provider === 'nspawn' ? 'systemd' : 'process' },
       ...(o.onKeys ? { onKeys: o.onKeys } : {}),
+      ...(haproxy ? { balancer: haproxy } : {}),
     });
   } catch (err) {
     await rm(s3File, { force: true });
     await s3.close();
+    await haproxy?.close();
     throw portTaken(err, o.port, 'controller');
   }
   const local: LocalControllerFile = { url: ctl.url, agentsUrl: ctl.agentsUrl, operatorToken, ...(o.tls ? { ca: o.tls.certFile } : {}) };
@@ -79,10 +95,13 @@ export async function startLocalStack(o: {
     ctlFile,
     s3File,
     provider,
-    async close() {
+    ...(haproxy ? { haproxy } : {}),
+    balancerNote,
+    async close(opts = {}) {
       await ctl.close();
       await rm(s3File, { force: true });
       await s3.close();
+      if (opts.balancer) await haproxy?.close();
     },
   };
 }
@@ -111,4 +130,20 @@ async function processProvider(dir: string, log: Logger) {
   const provider = createProcessProvider({ dir, log });
   await provider.defaultImage!();
   return provider;
+}
+
+/**
+ * HAProxy for the fleets, in `.kiln/haproxy` (it takes over one an earlier `kiln up` left running).
+ * One that cannot start leaves kiln running without it: deployments work, undrained, and the note says why.
+ */
+async function localBalancer(home: string, binary: string | undefined, log: Logger): Promise<{ haproxy?: Haproxy; balancerNote: string }> {
+  if (!binary) return { balancerNote: 'none: deployments are not drained (install haproxy, or see `kiln up --help`)' };
+  try {
+    const haproxy = await startHaproxy({ dir: path.join(home, 'haproxy'), log, binary });
+    return { haproxy, balancerNote: `HAProxy (pid ${haproxy.pid}): one frontend per fleet (\`kiln fleet show FLEET\`); every swap is drained` };
+  } catch (err) {
+    if (!isKilnError(err, 'KILN_BALANCER_FAILED') && !isKilnError(err, 'KILN_PORT_IN_USE')) throw err;
+    log.warn({ err }, 'HAProxy could not start: deployments are not drained');
+    return { balancerNote: `none: HAProxy could not start (${err.code}: ${err.message}); deployments are not drained` };
+  }
 }

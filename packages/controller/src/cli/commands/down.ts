@@ -10,6 +10,7 @@ import { probeLocalStack } from '../../local/probe-local-stack.js';
 import { stopLocalAgent } from '../../providers/process/agent-process.js';
 import { createProcessProvider } from '../../providers/process/process-provider.js';
 import { stopProcess, type StopOutcome } from '../../system/stop-process.js';
+import { stopHaproxy } from '../../balancers/haproxy-process.js';
 
 // kiln up stops its rollouts where they are and says goodbye to its agents; past this it is killed.
 const UP_GRACE_MS = 60_000;
@@ -52,14 +53,15 @@ async function stopInstances(ctx: CliContext): Promise<string[]> {
 
 export const downCommand: CommandDef = {
   name: 'down',
-  summary: 'stop what `kiln up` started in this directory: the controller and S3, the process instances, the local agents',
+  summary: 'stop what `kiln up` started in this directory: the controller and S3, the process instances, the local agents, HAProxy',
   usage: 'down [--wipe] [--json]',
   details:
     'Stops the `kiln up` recorded in .kiln/up.json (SIGTERM, only while that pid is still that process; SIGKILL after\n' +
     `${UP_GRACE_MS / 1000} s), then the process provider's instances (agents and apps; their roots and records stay) and the agents\n` +
     '`kiln agents start` runs for any fleet here. The next `kiln up` here starts those instances again, on the same ports;\n' +
     'local agents start again with `kiln agents start FLEET`. Rollouts running when kiln up stops are resumed or\n' +
-    "marked interrupted by the next one. The nspawn provider's machines stop with kiln up.\n" +
+    "marked interrupted by the next one. The nspawn provider's machines stop with kiln up. Then HAProxy (which outlives\n" +
+    'kiln up so the fleets keep serving) stops; their ports stay recorded for the next kiln up.\n' +
     'With --wipe, the kiln directory (.kiln) is removed afterwards: the bucket, the release keys, the fleets\'\n' +
     'credentials, every image and instance. Nothing else is touched.',
   examples: ['kiln down', 'kiln down --wipe'],
@@ -78,6 +80,7 @@ export const downCommand: CommandDef = {
     if (unknown && wipe) throw new KilnError('KILN_ALREADY_RUNNING', `${unknown} still runs for ${ctx.home} with no pid recorded here; stop it where it runs, then \`kiln down --wipe\` again`);
     const instances = await stopInstances(ctx);
     if (rec && !wipe) await writeLocalUp(ctx.home, { ...rec, stopped: [...new Set([...rec.stopped, ...instances])] });
+    const haproxy = await stopHaproxy(path.join(ctx.home, 'haproxy'), ctx.log);
     const agents = [];
     for (const local of await listLocalAgents(ctx.home)) {
       await Promise.all(local.agents.map((a) => stopLocalAgent(a, local.app, ctx.log)));
@@ -86,13 +89,14 @@ export const downCommand: CommandDef = {
     }
     if (wipe) await rm(ctx.home, { recursive: true, force: true });
 
-    if (ctx.json) return printJson(ctx, { up: { pid: rec?.pid ?? null, result: up }, ...(unknown ? { unknown } : {}), instances, agents, wiped: wipe ? ctx.home : null });
+    if (ctx.json) return printJson(ctx, { up: { pid: rec?.pid ?? null, result: up }, ...(unknown ? { unknown } : {}), instances, agents, haproxy, wiped: wipe ? ctx.home : null });
     const lines = [
       up === 'not running' ? `kiln up: not running for ${ctx.home}` : `kiln up (pid ${rec!.pid}): ${up}; the controller (port ${rec!.port}) and S3 (port ${rec!.s3Port}) are down`,
       ...(unknown ? [`${unknown} still answers, with no pid recorded here: stop it where it runs`] : []),
       instances.length
         ? `process instances: ${instances.length} stopped (${instances.join(' ')})${wipe ? '' : rec ? '; the next `kiln up` here starts them again' : ''}`
         : 'process instances: none running',
+      ...(haproxy ? [`HAProxy (pid ${haproxy}): stopped`] : []),
       ...agents.map((a) => `local agents of ${a.fleet}: ${a.instances.join(' ')} stopped${wipe ? '' : `; \`kiln agents start ${a.fleet} --count ${a.instances.length}\` starts them again once kiln up runs`}`),
       ...(wipe ? [`removed ${ctx.home}`] : []),
     ];

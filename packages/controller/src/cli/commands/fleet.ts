@@ -67,6 +67,7 @@ export const fleetCreate: CommandDef = {
       [
         `fleet ${f.name}: app ${f.app}, channel ${f.channel}, desired ${f.desired?.version ?? '- (the channel points nowhere yet)'}${f.provider !== 'none' ? `, ${f.provider} provider, image ${f.image}, size ${f.size}` : ''}`,
         ...(f.targetGroup ? [`target group      ${f.targetGroup}`] : []),
+        `endpoint          ${f.endpoint ?? (f.provider === 'none' ? '- (no load balancer: its hosts are reached directly)' : '- (no load balancer: deployments are not drained)')}`,
         `agent credential  ${res.agentCredential}`,
         `                  shown once; saved to ${file} (0600)`,
         `agents connect to ${api.agentsUrl}`,
@@ -132,6 +133,7 @@ export const fleetShow: CommandDef = {
         `provider          ${f.provider}`,
         ...(f.provider !== 'none' ? [`image             ${f.image ?? '-'}`, `size              ${f.size}`] : []),
         ...(f.targetGroup ? [`target group      ${f.targetGroup}`] : []),
+        `endpoint          ${f.endpoint ?? (f.provider === 'none' ? '- (no load balancer: its hosts are reached directly)' : '- (no load balancer: deployments are not drained)')}`,
         `desired           ${desired}`,
         `earlier           ${f.history.map((h) => h.version).join(' ') || '-'}`,
         `created           ${f.createdAt}`,

@@ -35,7 +35,7 @@ export const statusCommand: CommandDef = {
     const body = await (await openApi(flags, ctx)).get<FleetInstances>(fleetPath(fleet!, 'instances'));
     if (ctx.json) return printJson(ctx, body);
     const f = body.fleet;
-    out(ctx, `fleet ${f.name}: ${f.app} on channel ${f.channel}, desired ${f.desired?.version ?? '-'}\n`);
+    out(ctx, `fleet ${f.name}: ${f.app} on channel ${f.channel}, desired ${f.desired?.version ?? '-'}${f.endpoint ? `, serving at ${f.endpoint}` : ''}\n`);
     if (body.instances.length) {
       const rows = body.instances.map((r) => [r.instanceId, r.connected ? 'yes' : r.lastSeen ? 'no' : 'never', imageOf(r), dash(r.desired), dash(r.installed), dash(r.via), r.tree, r.operation ?? '-', dash(r.lastError)]);
       out(ctx, formatTable(['INSTANCE', 'CONNECTED', 'IMAGE (BAKED)', 'DESIRED', 'INSTALLED', 'VIA', 'TREE', 'OPERATION', 'LAST ERROR'], rows));

@@ -7,6 +7,7 @@ import { LocalUp, localUpFile, readLocalController, writeLocalUp } from '../../l
 import { probeLocalStack } from '../../local/probe-local-stack.js';
 import { startLocalStack, type LocalStack } from '../../local/local-stack.js';
 import { kilnCacheDir } from '../../providers/nspawn/nspawn-rootfs.js';
+import { findHaproxy } from '../../balancers/haproxy-process.js';
 
 /** A `kiln up` that runs for this home is named by its pid; one without a record (an older kiln) by what still answers. */
 async function refuseWhenRunning(home: string, last: LocalUp | undefined): Promise<void> {
@@ -84,6 +85,15 @@ async function startStopped(ctx: CliContext, stack: LocalStack, ids: string[]): 
   }
 }
 
+/** The haproxy program for --balancer (default: haproxy when installed), or undefined for none. */
+async function chooseBalancer(ctx: CliContext, choice: string | undefined): Promise<string | undefined> {
+  if (choice !== undefined && choice !== 'haproxy' && choice !== 'none') throw new KilnError('KILN_USAGE', `--balancer ${choice}: haproxy or none`);
+  if (choice === 'none') return undefined;
+  const found = await findHaproxy(ctx.io.env);
+  if (!found && choice === 'haproxy') throw new KilnError('KILN_BALANCER_FAILED', 'no haproxy on PATH or in /usr/sbin: install it (apt-get install haproxy), or run without one: --balancer none');
+  return found ?? undefined;
+}
+
 const describeKeys = (k: KeyState) =>
   k.signingKey
     ? `signing key ${k.signingKey.keyId}; trusting ${k.trustedKeys.map((p) => p.keyId).join(', ') || 'no key'}`
@@ -92,7 +102,7 @@ const describeKeys = (k: KeyState) =>
 export const upCommand: CommandDef = {
   name: 'up',
   summary: 'run the controller and an embedded S3 endpoint on 127.0.0.1 (stays in the foreground)',
-  usage: 'up [--port N] [--s3-port N] [--data DIR] [--bucket NAME] [--tls-cert FILE --tls-key FILE] [--provider process|nspawn]',
+  usage: 'up [--port N] [--s3-port N] [--data DIR] [--bucket NAME] [--tls-cert FILE --tls-key FILE] [--provider process|nspawn] [--balancer haproxy|none]',
   details:
     'The controller keeps its state in the bucket; kiln commands run in the same directory find both\n' +
     'through .kiln/controller.json and .kiln/s3.json. The operator token is made on the first start and kept\n' +
@@ -101,8 +111,11 @@ export const upCommand: CommandDef = {
     'here listens on the same ones, so agents and instances started before reconnect. A recorded port another\n' +
     'process holds is KILN_PORT_IN_USE (--port 0 / --s3-port 0 pick free ones). One kiln up per directory: a\n' +
     'second one is KILN_ALREADY_RUNNING naming the first one\'s pid.\n' +
-    'Stop it with Ctrl-C, or `kiln down` from another terminal (which also stops the instances and local agents).',
-  examples: ['kiln up &', 'kiln up --port 8080 --s3-port 8081', 'kiln up --provider nspawn'],
+    'With haproxy installed (PATH or /usr/sbin), every fleet on the provider gets a frontend of its own on 127.0.0.1 (a\n' +
+    'port kept across restarts: `kiln fleet show FLEET`), and every deployment drains through it (docs/balancers.md).\n' +
+    'HAProxy outlives kiln up, so the fleets keep serving while it is stopped; the next kiln up takes it over.\n' +
+    'Stop it with Ctrl-C, or `kiln down` from another terminal (which also stops the instances, local agents and HAProxy).',
+  examples: ['kiln up &', 'kiln up --port 8080 --s3-port 8081', 'kiln up --provider nspawn', 'kiln up --balancer none         # no HAProxy: deployments are not drained'],
   options: {
     port: { type: 'string', value: 'N', help: "the controller's port (default: the last kiln up's here, else a free one; 0: a free one)" },
     's3-port': { type: 'string', value: 'N', help: "the S3 endpoint's port (default: the last kiln up's here, else a free one; 0: a free one)" },
@@ -111,12 +124,14 @@ export const upCommand: CommandDef = {
     'tls-cert': { type: 'string', value: 'FILE', help: 'serve https and wss with this PEM certificate (with --tls-key)' },
     'tls-key': { type: 'string', value: 'FILE', help: "the certificate's PEM private key" },
     provider: { type: 'string', value: 'NAME', help: 'where fleets launch instances: process (default; .kiln/process) or nspawn (root, Linux: real systemd machines; .kiln/nspawn)' },
+    balancer: { type: 'string', value: 'NAME', help: 'haproxy (default when installed: a frontend per fleet, every swap drained; .kiln/haproxy) or none' },
   },
   positionals: [0, 0],
   async run(ctx, flags) {
     const tls = tlsFlags(ctx, flags);
     const provider = str(flags, 'provider') ?? 'process';
     if (provider !== 'process' && provider !== 'nspawn') throw new KilnError('KILN_USAGE', `--provider ${provider}: process or nspawn (ec2 needs a controller agents can reach: see docs/providers.md)`);
+    const haproxy = await chooseBalancer(ctx, str(flags, 'balancer'));
     // A record that does not parse is no record: it holds only hints (ports, a pid checked against its start time).
     const last = await peekJsonFile(localUpFile(ctx.home), LocalUp);
     await refuseWhenRunning(ctx.home, last);
@@ -132,6 +147,7 @@ export const upCommand: CommandDef = {
       cacheDir: kilnCacheDir(ctx.io.env.KILN_CACHE_DIR),
       ...(tls ? { tls } : {}),
       onKeys: (k) => out(ctx, `release keys changed: ${describeKeys(k)}`),
+      ...(haproxy ? { haproxy } : {}),
     }).catch((err: unknown) => {
       const recorded = isKilnError(err, 'KILN_PORT_IN_USE') && (err.details?.what === 'controller' ? ports.ctl : ports.s3).source === 'recorded';
       throw recorded ? recordedPortTaken(err as KilnError, ctx.home) : err;
@@ -147,6 +163,7 @@ export const upCommand: CommandDef = {
         `operator token    ${operatorToken}`,
         `release keys      ${describeKeys(ctl.keys)}`,
         `provider          ${provider}: images and instances under ${path.join(ctx.home, provider)} (\`kiln images\`, \`kiln instances\`)`,
+        `balancer          ${stack.balancerNote}`,
         `S3 endpoint       ${s3.location.endpoint}`,
         `bucket            ${s3.location.bucket}`,
         `S3 credentials    ${s3.location.accessKeyId} / ${s3.location.secretAccessKey} (local only)`,
@@ -157,11 +174,13 @@ export const upCommand: CommandDef = {
       ].join('\n'),
     );
     if (last?.stopped.length && last.provider === provider) await startStopped(ctx, stack, last.stopped);
+    // The instances started again serve once the balancer has them.
+    if (stack.haproxy) await ctl.restoreTraffic();
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);
     });
     await stack.close();
-    out(ctx, 'stopped');
+    out(ctx, `stopped${stack.haproxy ? `; HAProxy (pid ${stack.haproxy.pid}) goes on serving the fleets' endpoints: \`kiln down\` stops it` : ''}`);
   },
 };
