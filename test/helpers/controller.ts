@@ -1,7 +1,7 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
-import { buildServer, type KilnServer, type LaunchOptions, type Provider } from '@kiln/controller';
+import { buildServer, type BalancerSource, type KilnServer, type LaunchOptions, type Provider } from '@kiln/controller';
 import { createS3Client, type Logger } from '@kiln/shared';
 import { expect } from 'vitest';
 import { makeAgent, until, type TestAgent } from './agent.js';
@@ -45,6 +45,7 @@ export async function startController(args: {
   client?: S3Client;
   launch?: LaunchOptions;
   https?: { cert: string; key: string };
+  balancers?: BalancerSource;
 }): Promise<TestController> {
   const server = await buildServer({
     log: args.log ?? quietLog(),
@@ -56,6 +57,7 @@ export async function startController(args: {
     heartbeatMs: FAST_CONTROLLER_HEARTBEAT_MS,
     ...(args.launch ? { launch: args.launch } : {}),
     ...(args.https ? { https: args.https } : {}),
+    ...(args.balancers ? { balancers: args.balancers } : {}),
   });
   await server.listen({ host: '127.0.0.1', port: args.port ?? 0 });
   const { port } = server.server.address() as { port: number };
