@@ -269,6 +269,19 @@ function windowFigures(w, ms) {
   };
 }
 
+/** What the endpoint serves now: the release named in the demo app's answer to 6 GETs (2 rounds of the 3). */
+async function servedVersions(url) {
+  const seen = {};
+  for (let n = 0; n < 6; n++) {
+    const text = await fetch(url, { signal: AbortSignal.timeout(5_000) })
+      .then((r) => r.text())
+      .catch((err) => `error ${err.message}`);
+    const v = /kiln-demo (\S+)/.exec(text)?.[1] ?? text.trim().slice(0, 60);
+    seen[v] = (seen[v] ?? 0) + 1;
+  }
+  return seen;
+}
+
 /** One strategy under load: warm-up, steady window, the deploy, the tail up to --min-requests. */
 async function measure(s, { home, endpoint, logFile }) {
   if (s.before) {
@@ -318,7 +331,11 @@ async function measure(s, { home, endpoint, logFile }) {
       group: rec.group,
       recordMs: rec.finishedAt ? Date.parse(rec.finishedAt) - Date.parse(rec.createdAt) : null,
       phases: rec.phases,
+      batches: rec.batches,
+      // each instance's last step, in ms after the record's creation
+      instances: Object.fromEntries(Object.entries(rec.instances ?? {}).map(([id, i]) => [id, { step: i.step, atMs: Date.parse(i.at) - Date.parse(rec.createdAt), error: i.error ?? null }])),
     },
+    servedAfter: await servedVersions(endpoint),
     succeeded: dep.code === 0 && rec?.state === 'succeeded',
     cliError: dep.code === 0 ? null : dep.stderr.trim().split('\n').slice(-5).join('\n'),
     deployMs: Math.round(deployMs),
@@ -344,7 +361,7 @@ async function measure(s, { home, endpoint, logFile }) {
     machineBusyCoresDeploy: r2((m2.busy - m1.busy) / CLK_TCK / (deployMs / 1000)),
   };
   say(
-    `  ${s.key}: ${rec?.state ?? `no record (exit ${dep.code})`} in ${r2(deployMs / 1000)} s; requests during the deploy ${during.requests}, from its start to the end ${out.afterSpawn.requests}, failed ${out.afterSpawn.failed}` +
+    `  ${s.key}: ${rec?.state ?? `no record (exit ${dep.code})`} in ${r2(deployMs / 1000)} s (${rec?.verdict ?? '-'}; serving ${JSON.stringify(out.servedAfter)}); requests during the deploy ${during.requests}, from its start to the end ${out.afterSpawn.requests}, failed ${out.afterSpawn.failed}` +
       `${out.afterSpawn.failed ? ` (during: ${JSON.stringify(load.win.deploy.failures)}, after: ${JSON.stringify(load.win.tail.failures)})` : ''}; ` +
       `p50/p99 steady ${steady.p50Ms}/${steady.p99Ms} ms, during ${during.p50Ms}/${during.p99Ms} ms (x${out.p99Ratio}); ${steady.perSecond} req/s steady, ${during.perSecond} during; busy ${busyBefore} cores before, ${out.machineBusyCoresDeploy} during`,
   );
@@ -459,6 +476,8 @@ function report(runs, machine, error) {
       p99Ratio: stats(ratios),
       rateSteady: stats(done.map((d) => d.steady.perSecond)),
       rateDuring: stats(done.map((d) => d.during.perSecond)),
+      records: done.map((d) => (d.deployment ? `${d.deployment.kind} ${d.deployment.strategy} → ${d.deployment.release}: ${d.deployment.state}` : `no record (exit ${d.exitCode})`)),
+      servedAfter: done.map((d) => d.servedAfter),
       busyBefore: done.map((d) => d.machineBusyCoresBefore),
       busySteady: done.map((d) => d.machineBusyCoresSteady),
       busyDeploy: done.map((d) => d.machineBusyCoresDeploy),
@@ -501,7 +520,7 @@ function report(runs, machine, error) {
     if (!x) continue;
     const fails = x.failures.map((f, i) => (Object.keys(f).length ? `run ${i + 1}: ${Object.entries(f).map(([k, v]) => `${k} ×${v}`).join(', ')}` : null)).filter(Boolean);
     lines.push(
-      `- ${s.key}: the record's own time (created → finished) median ${sec(x.recordMs?.median)} s; the longest answer during the deploy ${x.maxDuring?.median} ms (median); machine busy ${x.busyBefore.join(', ')} cores before, ${x.busySteady.join(', ')} steady, ${x.busyDeploy.join(', ')} during the deploy` +
+      `- ${s.key}: ${[...new Set(x.records)].join('; ')}; serving afterwards (6 GETs) ${[...new Set(x.servedAfter.map((v) => Object.entries(v).map(([k, n]) => `${k} ×${n}`).join(', ')))].join(' | ')}; the record's own time (created → finished) median ${sec(x.recordMs?.median)} s; the longest answer during the deploy ${x.maxDuring?.median} ms (median); machine busy ${x.busyBefore.join(', ')} cores before, ${x.busySteady.join(', ')} steady, ${x.busyDeploy.join(', ')} during the deploy` +
         `${fails.length ? `; failures: ${fails.join('; ')}` : ''}${x.steadyFailed.some(Boolean) ? `; failed in the steady window: ${x.steadyFailed.join(', ')}` : ''}`,
     );
   }

@@ -70,6 +70,7 @@ describe('a session against `kiln up`', () => {
   afterAll(async () => {
     await kiln(['host', 'stop', 'web', '--root', root()], { cwd });
     await stopKiln(up);
+    await kiln(['down'], { cwd }); // HAProxy outlives kiln up: kiln down stops it
     // kiln up removes its address file when it stops
     await expect(stat(path.join(cwd, '.kiln/s3.json'))).rejects.toThrow();
   });

@@ -68,6 +68,7 @@ describe('the operator story against `kiln up`', { timeout: 90_000 }, () => {
   afterAll(async () => {
     await k('agents', 'stop', 'web');
     await stopKiln(up);
+    await k('down'); // HAProxy outlives kiln up: kiln down stops it
   });
 
   it('kiln up keeps its operator token in .kiln/controller.json (0600) and picks up keys made later', async () => {
@@ -265,6 +266,7 @@ describe('kiln up with TLS', { timeout: 90_000 }, () => {
     } finally {
       await kiln(['agents', 'stop', 'api'], { cwd });
       await stopKiln(up);
+      await kiln(['down'], { cwd });
     }
   });
 });
