@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { KilnError, findPointer, promoteRelease, showRelease, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseRef, type ReleaseStore } from '@kiln/shared';
+import { KilnError, findPointer, isKilnError, promoteRelease, showRelease, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseRef, type ReleaseStore } from '@kiln/shared';
 import type { AgentHub } from '../fleets/agent-hub.js';
 import { Deployment, type DeploymentCreate } from '../fleets/fleet-model.js';
 import type { FleetRegistry } from '../fleets/fleet-registry.js';
@@ -90,7 +90,13 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
   async function alarmsOf(names: string[]): Promise<AlarmWatch | undefined> {
     if (names.length === 0) return undefined;
     if (!o.alarmWatch) throw new KilnError('KILN_REQUEST_INVALID', `alarms (${names.join(', ')}) are CloudWatch alarms: this controller has no AWS region to read them in (the ec2 provider's)`);
-    return o.alarmWatch(names);
+    try {
+      return await o.alarmWatch(names);
+    } catch (err) {
+      // a name CloudWatch does not know is the request's fault, not the controller's
+      if (isKilnError(err) && Array.isArray(err.details?.missing)) throw new KilnError('KILN_REQUEST_INVALID', `alarms: ${err.message}`, { cause: err });
+      throw err;
+    }
   }
 
   function start(record: Deployment, alarms: AlarmWatch | undefined): void {
