@@ -14,7 +14,11 @@ export interface FleetTraffic {
   drain(ids: string[]): Promise<void>;
   /** (back) in service; resolves when the balancer reports each healthy */
   admit(ids: string[]): Promise<void>;
-  /** `live` in and healthy first, then `retired` drained: never a moment with neither serving */
+  /**
+   * `live` in and healthy first, then `retired` drained: never a moment with neither serving. A
+   * drain that fails past that point is logged, not thrown: the new ones serve, and the retired
+   * ones are stopped next either way (gracefully: their requests in flight get the app's stop time).
+   */
   swap(live: string[], retired: string[]): Promise<void>;
   health(ids: string[]): Promise<Map<string, TargetHealth>>;
   stats(ids: string[]): Promise<Map<string, TargetStats> | null>;
@@ -45,16 +49,20 @@ export function fleetTraffic(o: FleetTrafficOptions): FleetTraffic {
     });
   }
 
+  // ELBv2 drains for its target group's deregistration delay (AWS allows up to an hour), not kiln's drain time.
+  const drainTimeoutMs = (o.balancer.kind === 'elbv2' ? 3_600_000 : o.drainMs) + 30_000;
   const drain = async (ids: string[]) => {
     if (ids.length === 0) return;
     const t = Date.now();
-    await o.balancer.drain(await targets(ids), { timeoutMs: o.drainMs + 30_000, drainMs: o.drainMs });
+    await o.balancer.drain(await targets(ids), { timeoutMs: drainTimeoutMs, drainMs: o.drainMs });
     log.info({ targets: ids, ms: Date.now() - t }, 'drained');
   };
+  // An ELBv2 health check needs its healthy threshold of passes at its interval (5 × 30 s by default): minutes, not seconds.
+  const admitTimeoutMs = o.balancer.kind === 'elbv2' ? Math.max(o.healthyMs, 600_000) : o.healthyMs;
   const admit = async (ids: string[]) => {
     if (ids.length === 0) return;
     const t = Date.now();
-    await o.balancer.register(await targets(ids), { timeoutMs: o.healthyMs });
+    await o.balancer.register(await targets(ids), { timeoutMs: admitTimeoutMs });
     log.info({ targets: ids, ms: Date.now() - t }, 'in service and healthy');
   };
   return {
@@ -64,7 +72,7 @@ export function fleetTraffic(o: FleetTrafficOptions): FleetTraffic {
     async swap(live, retired) {
       // an id in both stays: draining it would take a live instance out
       await admit(live);
-      await drain(retired.filter((id) => !live.includes(id)));
+      await drain(retired.filter((id) => !live.includes(id))).catch((err: unknown) => log.warn({ err, retired }, 'the retired instances did not drain cleanly: they are stopped anyway'));
     },
     health: (ids) => o.balancer.health(ids),
     stats: (ids) => o.balancer.stats(ids),

@@ -260,7 +260,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     await step('launch');
     const fresh = await launchHealthy(fleet, live.name, live.image, drifted.length);
     await serveAndSoak(fresh, rows.map((x) => x.instanceId).filter((id) => !drifted.includes(id)));
-    await c.traffic?.drain(drifted);
+    await c.traffic?.swap(fresh, drifted);
     await step('retire');
     await c.provider.terminate(drifted);
     await c.fleets.update(fleet.name, (f) => ({ ...f, groups: f.groups.map((g) => (g.name === live.name ? { ...g, instances: g.instances.filter((id) => !drifted.includes(id)) } : g)) }));
