@@ -12,7 +12,7 @@
 // Usage: node --openssl-legacy-provider scripts/bench-traffic.mjs [--runs N (3)] [--connections N (10)]
 //        [--steady S (5)] [--warmup S (1)] [--min-requests N (50000)] [--quiet-wait S (10: the longest wait, before
 //        each strategy, for the machine to use < 0.5 core)] [--json-out FILE (default bench-results/traffic.json)]
-//        [--keep-temp] [--help]
+//        [--keep-temp] [--help]   (env KILN_BENCH_COMMIT: the commit measured, in a tree without .git)
 // Writes a markdown report to stdout and the figures as JSON to the file. At the end of each run, on failure and
 // on Ctrl-C: `kiln down --wipe` (kiln up, the instances, HAProxy) and the temp dir removed (kept with --keep-temp).
 import { spawn } from 'node:child_process';
@@ -193,27 +193,33 @@ const WINDOWS = ['warmup', 'steady', 'deploy', 'tail'];
 function startLoad(url) {
   const t0 = performance.now();
   const marks = { warmup: t0 };
-  const win = Object.fromEntries(WINDOWS.map((w) => [w, { ok: 0, failed: 0, latencies: [], failures: {}, perSecond: new Map() }]));
+  const win = Object.fromEntries(WINDOWS.map((w) => [w, { ok: 0, failed: 0, latencies: [], failures: {} }]));
+  // per second from the deploy's spawn (negative: before it), by send time: answers, failures, latencies
+  const perSecond = new Map();
   const windowAt = (t) => {
     let at = 'warmup';
     for (const w of WINDOWS) if (marks[w] !== undefined && t >= marks[w]) at = w;
     return at;
   };
-  // per second from the deploy's spawn (negative: before it), for the JSON timeline
-  const second = (t) => (marks.deploy === undefined ? null : Math.floor((t - marks.deploy) / 1000));
-  const bump = (w, t, field) => {
+  // Until the deploy is spawned its second is not known: the steady window's seconds count back from its end.
+  const second = (t) => Math.floor((t - (marks.deploy ?? marks.steady + STEADY_MS)) / 1000);
+  const bump = (t, latency) => {
+    if (marks.steady === undefined || t < marks.steady) return;
     const s = second(t);
-    if (s === null) return;
-    const row = w.perSecond.get(s) ?? { ok: 0, failed: 0 };
-    row[field]++;
-    w.perSecond.set(s, row);
+    const row = perSecond.get(s) ?? { ok: 0, failed: 0, latencies: [] };
+    if (latency === undefined) row.failed++;
+    else {
+      row.ok++;
+      row.latencies.push(latency);
+    }
+    perSecond.set(s, row);
   };
   const failures = [];
   const fail = (t, what) => {
     const w = win[windowAt(t)];
     w.failed++;
     w.failures[what] = (w.failures[what] ?? 0) + 1;
-    bump(w, t, 'failed');
+    bump(t);
     if (failures.length < 200) failures.push({ window: windowAt(t), what, msFromDeploy: marks.deploy === undefined ? null : Math.round(t - marks.deploy) });
   };
   let result;
@@ -230,7 +236,7 @@ function startLoad(url) {
       const w = win[windowAt(sent)];
       w.ok++;
       w.latencies.push(ms);
-      bump(w, sent, 'ok');
+      bump(sent, ms);
     } else fail(sent, `HTTP ${status}`);
   });
   instance.on('reqError', (err) => {
@@ -240,6 +246,7 @@ function startLoad(url) {
   return {
     win,
     marks,
+    perSecond,
     failures,
     mark: (name) => (marks[name] = performance.now()),
     /** requests answered or failed, sent from the deploy's spawn on */
@@ -282,6 +289,29 @@ async function servedVersions(url) {
   return seen;
 }
 
+/**
+ * What the deployment was doing `ms` after the CLI's spawn, from its record: before the record, a top-level phase
+ * (bake, launch, health, live, retire, …; the bake's own sub-phases are inside `bake`), or for a hotfix the batch in
+ * flight (each ends when its instance is healthy); `after the record` past its end (the CLI's last poll and exit).
+ */
+function phaseAt(out, ms) {
+  const d = out.deployment;
+  if (!d || out.recordCreatedMsAfterSpawn == null) return '-';
+  let t = ms - out.recordCreatedMsAfterSpawn;
+  if (t < 0) return 'before the record (the CLI starting)';
+  const phases = (d.phases ?? []).filter((p) => !p.name.includes(':'));
+  if (phases.length) {
+    for (const p of phases) {
+      if (t < p.ms) return p.name;
+      t -= p.ms;
+    }
+    return 'after the record';
+  }
+  const ends = (d.batches ?? []).map((ids) => Math.max(...ids.map((id) => d.instances[id]?.atMs ?? Infinity)));
+  const b = ends.findIndex((end) => t < end);
+  return b >= 0 ? `batch ${b + 1}` : 'after the record';
+}
+
 /** One strategy under load: warm-up, steady window, the deploy, the tail up to --min-requests. */
 async function measure(s, { home, endpoint, logFile }) {
   if (s.before) {
@@ -298,6 +328,7 @@ async function measure(s, { home, endpoint, logFile }) {
   await sleep(STEADY_MS);
   const m1 = machineTicks();
   load.mark('deploy');
+  const spawnedAt = Date.now();
   const dep = await kiln(home, [...s.args, '--json'], { logFile });
   load.mark('tail');
   const m2 = machineTicks();
@@ -347,23 +378,23 @@ async function measure(s, { home, endpoint, logFile }) {
     warmup: { requests: load.win.warmup.ok + load.win.warmup.failed, failed: load.win.warmup.failed },
     p99Ratio: steady.p99Ms && during.p99Ms != null ? r2(during.p99Ms / steady.p99Ms) : null,
     failures: load.failures,
-    timeline: [...new Set([...load.win.deploy.perSecond.keys(), ...load.win.tail.perSecond.keys()])]
-      .sort((a, b) => a - b)
-      .map((sec) => {
-        const d = load.win.deploy.perSecond.get(sec) ?? { ok: 0, failed: 0 };
-        const t = load.win.tail.perSecond.get(sec) ?? { ok: 0, failed: 0 };
-        return [sec, d.ok + t.ok, d.failed + t.failed];
-      }),
+    // [second from the deploy's spawn, answered, failed, p99 ms of those answered], steady window to the end
+    timeline: [...load.perSecond.entries()].sort(([a], [b]) => a - b).map(([sec, row]) => [sec, row.ok, row.failed, row.latencies.length ? ms2(pct(row.latencies, 99)) : null]),
+    // the record's clock against the spawn: its creation, ms after the spawn (its phases follow one another from there)
+    recordCreatedMsAfterSpawn: rec?.createdAt ? Date.parse(rec.createdAt) - spawnedAt : null,
     // autocannon's own totals over the whole load (warm-up to stop), to check the counts above against
     autocannon: { answered: total.requests.total, sent: total.requests.sent, non2xx: total.non2xx, errors: total.errors, timeouts: total.timeouts, statusCodeStats: total.statusCodeStats },
     machineBusyCoresBefore: busyBefore,
     machineBusyCoresSteady: r2((m1.busy - m0.busy) / CLK_TCK / ((m.deploy - m.steady) / 1000)),
     machineBusyCoresDeploy: r2((m2.busy - m1.busy) / CLK_TCK / (deployMs / 1000)),
   };
+  // the second of the deploy with the highest p99 (of those with at least 100 answers), and what kiln was doing then
+  const worst = out.timeline.filter(([sec, ok, , p99]) => sec >= 0 && (sec + 1) * 1000 <= deployMs && ok >= 100 && p99 != null).sort((a, b) => b[3] - a[3])[0];
+  out.worstSecond = worst ? { second: worst[0], answered: worst[1], p99Ms: worst[3], phase: phaseAt(out, worst[0] * 1000 + 500) } : null;
   say(
     `  ${s.key}: ${rec?.state ?? `no record (exit ${dep.code})`} in ${r2(deployMs / 1000)} s (${rec?.verdict ?? '-'}; serving ${JSON.stringify(out.servedAfter)}); requests during the deploy ${during.requests}, from its start to the end ${out.afterSpawn.requests}, failed ${out.afterSpawn.failed}` +
       `${out.afterSpawn.failed ? ` (during: ${JSON.stringify(load.win.deploy.failures)}, after: ${JSON.stringify(load.win.tail.failures)})` : ''}; ` +
-      `p50/p99 steady ${steady.p50Ms}/${steady.p99Ms} ms, during ${during.p50Ms}/${during.p99Ms} ms (x${out.p99Ratio}); ${steady.perSecond} req/s steady, ${during.perSecond} during; busy ${busyBefore} cores before, ${out.machineBusyCoresDeploy} during`,
+      `p50/p99 steady ${steady.p50Ms}/${steady.p99Ms} ms, during ${during.p50Ms}/${during.p99Ms} ms (x${out.p99Ratio}); ${steady.perSecond} req/s steady, ${during.perSecond} during; busy ${busyBefore} cores before, ${out.machineBusyCoresDeploy} during; worst second ${out.worstSecond ? `+${out.worstSecond.second} s p99 ${out.worstSecond.p99Ms} ms (${out.worstSecond.phase})` : '-'}`,
   );
   return out;
 }
@@ -423,9 +454,12 @@ function machineInfo() {
   let dirty = null;
   let haproxy = null;
   try {
-    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: TOP, encoding: 'utf8' }).trim();
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: TOP, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
     dirty = execFileSync('git', ['status', '--porcelain', '--', 'packages'], { cwd: TOP, encoding: 'utf8' }).trim().split('\n').filter(Boolean).length;
-  } catch {}
+  } catch {
+    // a tree without .git (a `git archive` export, measured apart from work in progress) names its commit here
+    commit = process.env.KILN_BENCH_COMMIT ?? null;
+  }
   try {
     haproxy = /version (\S+)/.exec(execFileSync('/usr/sbin/haproxy', ['-v'], { encoding: 'utf8' }))?.[1] ?? null;
   } catch {}
@@ -478,6 +512,7 @@ function report(runs, machine, error) {
       rateDuring: stats(done.map((d) => d.during.perSecond)),
       records: done.map((d) => (d.deployment ? `${d.deployment.kind} ${d.deployment.strategy} → ${d.deployment.release}: ${d.deployment.state}` : `no record (exit ${d.exitCode})`)),
       servedAfter: done.map((d) => d.servedAfter),
+      worstSeconds: done.map((d) => d.worstSecond),
       busyBefore: done.map((d) => d.machineBusyCoresBefore),
       busySteady: done.map((d) => d.machineBusyCoresSteady),
       busyDeploy: done.map((d) => d.machineBusyCoresDeploy),
@@ -521,6 +556,7 @@ function report(runs, machine, error) {
     const fails = x.failures.map((f, i) => (Object.keys(f).length ? `run ${i + 1}: ${Object.entries(f).map(([k, v]) => `${k} ×${v}`).join(', ')}` : null)).filter(Boolean);
     lines.push(
       `- ${s.key}: ${[...new Set(x.records)].join('; ')}; serving afterwards (6 GETs) ${[...new Set(x.servedAfter.map((v) => Object.entries(v).map(([k, n]) => `${k} ×${n}`).join(', ')))].join(' | ')}; the record's own time (created → finished) median ${sec(x.recordMs?.median)} s; the longest answer during the deploy ${x.maxDuring?.median} ms (median); machine busy ${x.busyBefore.join(', ')} cores before, ${x.busySteady.join(', ')} steady, ${x.busyDeploy.join(', ')} during the deploy` +
+        `; the worst second of each deploy (p99): ${x.worstSeconds.map((w) => (w ? `+${w.second} s ${w.p99Ms} ms in ${w.phase}` : '-')).join(', ')}` +
         `${fails.length ? `; failures: ${fails.join('; ')}` : ''}${x.steadyFailed.some(Boolean) ? `; failed in the steady window: ${x.steadyFailed.join(', ')}` : ''}`,
     );
   }

@@ -118,3 +118,22 @@ describe('gates refused before anything moves', () => {
     expect((await ctl.api('GET', '/v1/deployments?fleet=web')).body.deployments.some((d: any) => d.release.version === '1.0.0')).toBe(false);
   }, 60_000);
 });
+
+describe('a paused canary must keep serving', () => {
+  it('its agent gone while paused: the pause ends with KILN_SOAK_FAILED, no promote needed, and the rest is never touched', async () => {
+    const started = await ctl.api('POST', '/v1/deployments', { fleet: 'web', version: '1.0.0', canary: 1, batch: { count: 1 }, healthTimeoutMs: 2_000 });
+    expect(started.status, JSON.stringify(started.body)).toBe(201);
+    const id = started.body.deployment.id;
+    await until('paused', async () => (await deployment(id)).state === 'paused', 20_000);
+    const [canary] = (await deployment(id)).batches[0];
+    await agents.find((a) => a.instanceId === canary)!.stop();
+    const done = await deploymentOver(id, ctl, 30_000);
+    expect(done.state).toBe('failed');
+    expect(done.error.code).toBe('KILN_SOAK_FAILED');
+    expect(done.error.message).toContain(`the canary stopped serving while paused: ${canary} lost its agent's connection`);
+    expect(done.promoteRequested).toBe(false);
+    // The others stayed where they were, and the channel points back.
+    expect(Object.entries(done.instances).filter(([i]) => i !== canary).map(([, i]: [string, any]) => i.step)).toEqual(['pending', 'pending']);
+    expect((await findPointer(s3.store, 'web', 'stable', keys.keys))?.version).toBe('4.0.0');
+  }, 60_000);
+});

@@ -119,7 +119,7 @@ describe('an ec2 fleet behind an ELBv2 target group', () => {
     const done = await deploymentOver(d.body.deployment.id, ctl, 60_000);
     alarmState = 'OK';
     expect(done.state).toBe('failed');
-    expect(done.error).toMatchObject({ code: 'KILN_ERROR_RATE', message: expect.stringContaining('CloudWatch alarm(s) fired during the soak: web-5xx') });
+    expect(done.error).toMatchObject({ code: 'KILN_ERROR_RATE', message: expect.stringContaining('CloudWatch alarm(s) fired: web-5xx during the soak') });
     expect(done.soaks[0]).toMatchObject({ passed: false, alarms: ['web-5xx'], newTargets: null });
     const [first] = done.batches[0];
     // Out for the install, back, out for the rollback, back: the others never left.

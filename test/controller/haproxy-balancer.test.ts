@@ -5,12 +5,14 @@ import { createServer as createNetServer } from 'node:net';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isAlive } from '@kiln/shared';
+import { createLogger, isAlive, pollUntil } from '@kiln/shared';
 import { findHaproxy, startHaproxy, type Haproxy } from '@kiln/controller';
-import { quietLog, tempDir } from '../helpers/release.js';
+import { tempDir } from '../helpers/release.js';
 
 const haproxy = await findHaproxy(process.env);
-const log = quietLog();
+// Kept, not printed: a test reads what the watchdog decided.
+const logged: string[] = [];
+const log = createLogger({ level: 'info', destination: { write: (l: string) => void logged.push(l) } });
 const started: Haproxy[] = [];
 const servers: Server[] = [];
 let dir: string;
@@ -143,6 +145,10 @@ describe.skipIf(!haproxy)(`HAProxy balancer${haproxy ? '' : ' (skipped: haproxy 
     for (let i = 0; i < 4; i++) expect((await get(h.endpoint('web')!)).status).toBe(200);
   });
 
+  it('lists the registered ids: the backend\'s servers only, not its BACKEND row', async () => {
+    expect((await h.balancer('web').registered!()).sort()).toEqual(['a', 'b']);
+  });
+
   it('drains: a request in flight ends with 200, no new one reaches the server, drain resolves after it', async () => {
     const lb = h.balancer('web');
     const c = await app('c');
@@ -224,6 +230,40 @@ describe.skipIf(!haproxy)(`HAProxy balancer${haproxy ? '' : ' (skipped: haproxy 
     expect(h.endpoint('api')).toBeUndefined();
   });
 
+  /** Kills HAProxy the way a crash would, and waits until it is gone. */
+  async function crash(): Promise<number> {
+    const pid = h.pid;
+    process.kill(pid, 'SIGKILL');
+    await pollUntil({ check: () => !isAlive(pid), timeoutMs: 2_000 });
+    return pid;
+  }
+
+  it('a reload after HAProxy died starts a fresh one instead of signalling its pid (-sf), which may be another program\'s now', async () => {
+    const before = await h.balancer('web').registered!();
+    const dead = await crash();
+    await h.setFleets(['web', 'errs', 'api']);
+    expect(h.pid).not.toBe(dead);
+    expect(isAlive(h.pid)).toBe(true);
+    expect(await h.balancer('web').registered!()).toEqual(before);
+    expect((await get(h.endpoint('web')!)).body).toBe('e');
+    expect((await get(h.endpoint('api')!)).status).toBe(503);
+    await h.setFleets(['web', 'errs']);
+  });
+
+  it('starts HAProxy again when it dies: the endpoint answers within seconds, with the same servers registered', async () => {
+    const before = { web: await h.balancer('web').registered!(), errs: await h.balancer('errs').registered!() };
+    const dead = await crash();
+    const t = Date.now();
+    // The new process answers a moment before kiln has checked it and records its pid.
+    const answers = async () => h.pid !== dead && (await get(h.endpoint('web')!).catch(() => undefined))?.body === 'e';
+    await pollUntil({ check: answers, timeoutMs: 6_000, intervalMs: 100 });
+    console.log(`HAProxy killed → answering again: ${Date.now() - t} ms`);
+    expect(h.pid).not.toBe(dead);
+    expect(isAlive(h.pid)).toBe(true);
+    expect({ web: await h.balancer('web').registered!(), errs: await h.balancer('errs').registered!() }).toEqual(before);
+    expect((await h.balancer('web').health(['e'])).get('e')?.state).toBe('healthy');
+  });
+
   it('a second start on the same directory takes the running HAProxy over without a failed request', async () => {
     const oldPid = h.pid;
     const loop = load(h.endpoint('web')!);
@@ -236,6 +276,10 @@ describe.skipIf(!haproxy)(`HAProxy balancer${haproxy ? '' : ' (skipped: haproxy 
     await waitFor(() => !isAlive(oldPid), 3_000);
     expect(h2.endpoint('web')).toBe(h.endpoint('web'));
     expect((await h2.balancer('web').health(['e'])).get('e')?.state).toBe('healthy');
+    // The first one's watchdog sees its process gone and leaves the one that replaced it alone.
+    const about = (pid: number, words: string) => logged.some((l) => l.includes(`"pid":${pid},`) && l.includes(words));
+    await pollUntil({ check: () => about(oldPid, 'no longer watched'), timeoutMs: 5_000, intervalMs: 100 });
+    expect(about(oldPid, 'HAProxy is gone')).toBe(false);
     // The first one's close must leave the new process and its files alone.
     await h.close();
     expect(isAlive(h2.pid)).toBe(true);

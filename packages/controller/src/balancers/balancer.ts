@@ -58,6 +58,8 @@ export interface Balancer {
   health(ids: string[]): Promise<Map<string, TargetHealth>>;
   /** per-target counters, when the balancer keeps them (ELBv2 does not: null; use CloudWatch alarms there) */
   stats(ids: string[]): Promise<Map<string, TargetStats> | null>;
+  /** the ids registered now (HAProxy: the backend's servers); absent where the balancer cannot list them cheaply */
+  registered?(): Promise<string[]>;
 }
 
 /** CloudWatch alarms watched during a soak (ELBv2 fleets keep no per-target counters of their own). */

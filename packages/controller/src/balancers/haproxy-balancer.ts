@@ -203,6 +203,11 @@ export function createHaproxyBalancer(b: HaproxyBackend): Balancer {
       return new Map(ids.map((id) => [id, targetHealth(seen.get(id))]));
     },
 
+    async registered() {
+      // backendStats asks for server rows only (type 4): the backend's own BACKEND row is not among them.
+      return (await backendStats(b.socketPath, b.fleet)).map((r) => r.svname);
+    },
+
     async stats(ids) {
       const seen = await rows();
       return new Map(

@@ -2,13 +2,15 @@ import { access, constants, mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { hasErrno, isKilnError, isPollTimeout, isSameProcess, KilnError, type Logger, peekJsonFile, pollUntil, processStart, writeFileAtomic } from '@kiln/shared';
-import { checkPortFree, freePort } from '../system/free-port.js';
+import { freePort } from '../system/free-port.js';
 import { runCommand } from '../system/run-command.js';
 import { stopProcess } from '../system/stop-process.js';
 import type { Balancer, LocalBalancer, TargetStats } from './balancer.js';
 import { createHaproxyBalancer } from './haproxy-balancer.js';
 import { HAPROXY_NAME, renderHaproxyConfig, type ServerEntry } from './haproxy-config.js';
+import { checkFrontendPorts } from './haproxy-ports.js';
 import { allServerStats, runtimePid, type StatRow } from './haproxy-runtime.js';
+import { type ProcessRef, watchHaproxy } from './haproxy-watchdog.js';
 
 /** kiln's local balancer: one HAProxy process (replaced seamlessly on a reload), a frontend and backend per fleet. */
 export interface Haproxy extends LocalBalancer {
@@ -29,8 +31,7 @@ export interface StartHaproxyOptions {
 }
 
 const FleetPorts = z.record(z.string(), z.number().int().min(1).max(65535));
-const Owner = z.object({ pid: z.number().int().positive(), start: z.string().nullable() });
-type ProcessRef = z.infer<typeof Owner>;
+const Owner: z.ZodType<ProcessRef> = z.object({ pid: z.number().int().positive(), start: z.string().nullable() });
 
 // A UNIX socket path longer than this cannot be bound (sun_path is 108 bytes with its NUL).
 const MAX_SOCKET_PATH = 107;
@@ -95,26 +96,21 @@ export async function startHaproxy(o: StartHaproxyOptions): Promise<Haproxy> {
       fleets: [...fleets].map(([name, port]) => ({ name, port, servers: [...(servers.get(name)?.values() ?? [])] })),
     });
 
-  /** Each port not held by our own HAProxy must be free now: a taken one would fail the start with a vaguer error. */
-  async function checkPorts(fleets: Map<string, number>, names: Iterable<string>): Promise<void> {
-    for (const name of names) {
-      const port = fleets.get(name)!;
-      try {
-        await checkPortFree(port);
-      } catch (err) {
-        if (!hasErrno(err, 'EADDRINUSE', 'EACCES')) throw err;
-        throw new KilnError('KILN_PORT_IN_USE', `port ${port} of fleet ${name}'s HAProxy frontend (recorded in ${files.ports}) is taken by another process: stop it, or remove the fleet's line from that file for a new port`, {
-          cause: err,
-        });
-      }
-    }
-  }
-
-  /** Runs haproxy for `fleets`; with `previous`, the new process takes over its sockets and stops it. */
-  async function launch(fleets: Map<string, number>, previous: ProcessRef | undefined): Promise<void> {
+  /**
+   * Runs haproxy for `fleets`. With `previous` still running, the new process takes over its sockets
+   * and stops it; `added` are the fleets whose ports it does not hold. Otherwise a fresh start.
+   */
+  async function launch(fleets: Map<string, number>, previous: ProcessRef | undefined, added: Iterable<string> = []): Promise<void> {
     const started = Date.now();
+    // -sf signals a pid: a HAProxy that died may have left its pid to an unrelated program.
+    const replaced = previous && isSameProcess(previous.pid, previous.start) ? previous : undefined;
+    if (previous && !replaced) log.warn({ pid: previous.pid }, 'HAProxy is gone: starting a new one with the registered servers instead of a reload');
+    // The ports of a process taken over come with it (-x); every other one must be free.
+    await checkFrontendPorts(fleets, replaced ? added : fleets.keys(), files.ports);
+    // A dead process's counters are lost with it.
+    if (replaced) await carryCounters();
     await writeFileAtomic(files.config, config(fleets));
-    const takeover = previous ? ['-sf', String(previous.pid), '-x', files.socket] : [];
+    const takeover = replaced ? ['-sf', String(replaced.pid), '-x', files.socket] : [];
     let result;
     try {
       result = await runCommand(binary, ['-f', files.config, '-p', files.pid, '-D', ...takeover], { timeoutMs: 30_000 });
@@ -140,9 +136,9 @@ export async function startHaproxy(o: StartHaproxyOptions): Promise<Haproxy> {
     });
     // The replaced process finishes its requests and exits on its own (-sf): kept only while it may still serve.
     const serving = oldProcesses.filter((p) => isSameProcess(p.pid, p.start));
-    oldProcesses.splice(0, oldProcesses.length, ...serving, ...(previous ? [previous] : []));
+    oldProcesses.splice(0, oldProcesses.length, ...serving, ...(replaced ? [replaced] : []));
     current = next;
-    log.info({ pid, replaced: previous?.pid, ms: Date.now() - started }, previous ? 'HAProxy reloaded' : 'HAProxy started');
+    log.info({ pid, replaced: replaced?.pid, ms: Date.now() - started }, replaced ? 'HAProxy reloaded' : 'HAProxy started');
   }
 
   /**
@@ -180,12 +176,18 @@ export async function startHaproxy(o: StartHaproxyOptions): Promise<Haproxy> {
       servers.get(r.pxname)?.set(r.svname, { id: r.svname, hostPort: r.addr, admin });
     }
     current = earlier;
-    await carryCounters();
     await launch(ports, earlier);
   } else {
-    await checkPorts(ports, ports.keys());
     await launch(ports, undefined);
   }
+  const watchdog = watchHaproxy({
+    current: () => current!,
+    ownerPid: async () => (await peekJsonFile(files.owner, Owner))?.pid,
+    socketPath: files.socket,
+    serial,
+    relaunch: () => launch(ports, undefined),
+    log,
+  });
 
   const endpoint = (fleet: string) => (ports.has(fleet) ? `http://127.0.0.1:${ports.get(fleet)}/` : undefined);
 
@@ -205,11 +207,9 @@ export async function startHaproxy(o: StartHaproxyOptions): Promise<Haproxy> {
         const next = new Map([...ports].filter(([n]) => names.includes(n)));
         for (const name of added) next.set(name, await freePort());
         try {
-          await checkPorts(next, added);
-          await carryCounters();
-          await launch(next, current);
+          await launch(next, current, added);
         } catch (err) {
-          // The old process still serves the old fleets: so does the config file.
+          // The old process (or, when it died, the one the watchdog starts) serves the old fleets: so does the config file.
           await writeFileAtomic(files.config, config(ports));
           throw err;
         }
@@ -244,6 +244,7 @@ export async function startHaproxy(o: StartHaproxyOptions): Promise<Haproxy> {
     },
 
     close() {
+      watchdog.stop();
       return serial(async () => {
         const me = current!;
         await Promise.all([me, ...oldProcesses].map((p) => softStop(p, log)));

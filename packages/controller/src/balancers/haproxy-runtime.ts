@@ -23,7 +23,7 @@ export function runtimeCommand(socketPath: string, line: string, opts: RuntimeOp
     const fail = (why: string, cause?: unknown) => {
       sock.destroy();
       reject(
-        new KilnError('KILN_BALANCER_FAILED', `HAProxy's runtime API at ${socketPath} ${why} (command "${line}"); check that HAProxy runs (kiln restarts it on its next start)`, {
+        new KilnError('KILN_BALANCER_FAILED', `HAProxy's runtime API at ${socketPath} ${why} (command "${line}"); check that HAProxy runs (a running controller starts it again within seconds, a stopped one on its next start)`, {
           cause,
         }),
       );

@@ -83,7 +83,7 @@ export async function startLocalStack(o: {
   } catch (err) {
     await rm(s3File, { force: true });
     await s3.close();
-    await haproxy?.close();
+    // HAProxy stays: it may be one an earlier kiln up left serving the fleets (kiln down stops it).
     throw portTaken(err, o.port, 'controller');
   }
   const local: LocalControllerFile = { url: ctl.url, agentsUrl: ctl.agentsUrl, operatorToken, ...(o.tls ? { ca: o.tls.certFile } : {}) };

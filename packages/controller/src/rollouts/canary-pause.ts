@@ -1,6 +1,7 @@
+import { pollUntil, type KilnError } from '@kiln/shared';
 import type { Deployment } from '../fleets/fleet-model.js';
 
-export type PauseOutcome = 'promote' | 'abort' | 'cancel' | 'stopped';
+export type PauseOutcome = 'promote' | 'abort' | 'cancel' | 'stopped' | { unhealthy: KilnError };
 
 export interface PauseOptions {
   record: Deployment;
@@ -8,17 +9,20 @@ export interface PauseOptions {
   save: () => Promise<void>;
   now: () => Date;
   /** true once the controller is stopping: the record stays paused for the next controller */
-  stopped?: () => boolean;
-  /** how often the record's requests are looked at (default 200 ms) */
-  pollMs?: number;
+  stopped?: (() => boolean) | undefined;
+  /** what is wrong with the canary now (it must keep serving while paused), or undefined */
+  problem: () => Promise<KilnError | undefined>;
+  /** whether --canary-wait may promote: nothing of the canary failed (else only an operator decides) */
+  mayPromoteItself: boolean;
+  /** how often the record and the canary are looked at */
+  intervalMs: number;
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms).unref?.());
 
 /**
  * After the canary: the deployment is `paused` until `kiln deployments promote` (or, with
- * --canary-wait, that long after pausing), `abort` or `cancel`. Re-entrant: a record resumed by a
- * restarted controller keeps its pausedAt, so --canary-wait counts from the first pause.
+ * --canary-wait and nothing failed, that long after pausing), `abort` or `cancel`; a canary that
+ * stops serving meanwhile ends the pause as unhealthy. Re-entrant: a record resumed by a restarted
+ * controller keeps its pausedAt, so --canary-wait counts from the first pause.
  */
 export async function pauseAfterCanary(o: PauseOptions): Promise<PauseOutcome> {
   const r = o.record;
@@ -26,7 +30,7 @@ export async function pauseAfterCanary(o: PauseOptions): Promise<PauseOutcome> {
     if (r.abortRequested) return 'abort';
     if (r.cancelRequested) return 'cancel';
     if (r.promoteRequested) return 'promote';
-    if (r.canaryWaitMs !== null && r.pausedAt && o.now().getTime() - Date.parse(r.pausedAt) >= r.canaryWaitMs) {
+    if (o.mayPromoteItself && r.canaryWaitMs !== null && r.pausedAt && o.now().getTime() - Date.parse(r.pausedAt) >= r.canaryWaitMs) {
       r.promoteRequested = true;
       return 'promote';
     }
@@ -37,10 +41,16 @@ export async function pauseAfterCanary(o: PauseOptions): Promise<PauseOutcome> {
     r.state = 'paused';
     r.pausedAt ??= o.now().toISOString();
     await o.save();
-    while (!(outcome = decided())) {
-      if (o.stopped?.()) return 'stopped';
-      await sleep(o.pollMs ?? 200);
-    }
+    outcome = await pollUntil<PauseOutcome>({
+      check: async () => {
+        if (o.stopped?.()) return 'stopped';
+        const unhealthy = await o.problem();
+        return unhealthy ? { unhealthy } : decided();
+      },
+      timeoutMs: Infinity,
+      intervalMs: o.intervalMs,
+    });
+    if (outcome === 'stopped') return outcome;
   }
   r.state = 'running';
   await o.save();

@@ -10,6 +10,7 @@ import { runRollout } from './rollout.js';
 import { createRolloutWaiter } from '../fleets/rollout-wait.js';
 import { fleetRows } from '../fleets/fleet-view.js';
 import type { AlarmWatch, Balancer } from '../balancers/balancer.js';
+import { alarmsOf, checkGates, resumedAlarms, type GateName } from './deployment-gates.js';
 import type { Fleet } from '../fleets/fleet-model.js';
 import { fleetTraffic, type FleetTraffic } from './fleet-traffic.js';
 
@@ -35,7 +36,6 @@ export interface DeploymentsOptions {
   drainMs?: number;
 }
 
-type GateName = 'canary' | 'canaryWaitMs' | 'soakMs' | 'maxErrorRate' | 'alarms';
 /** A deployment to create: the gates may be left out (none). */
 export type DeploymentInput = Omit<DeploymentCreate, GateName> & Partial<Pick<DeploymentCreate, GateName>>;
 
@@ -86,19 +86,6 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     return fleetTraffic({ balancer, fleet: fleet.name, ...(o.groups ? { provider: o.groups.provider } : {}), healthyMs: healthTimeoutMs, drainMs: o.drainMs ?? 30_000, log });
   }
 
-  /** The alarms a deployment watches, each checked to exist first: a typo fails the deployment before it starts. */
-  async function alarmsOf(names: string[]): Promise<AlarmWatch | undefined> {
-    if (names.length === 0) return undefined;
-    if (!o.alarmWatch) throw new KilnError('KILN_REQUEST_INVALID', `alarms (${names.join(', ')}) are CloudWatch alarms: this controller has no AWS region to read them in (the ec2 provider's)`);
-    try {
-      return await o.alarmWatch(names);
-    } catch (err) {
-      // a name CloudWatch does not know is the request's fault, not the controller's
-      if (isKilnError(err) && Array.isArray(err.details?.missing)) throw new KilnError('KILN_REQUEST_INVALID', `alarms: ${err.message}`, { cause: err });
-      throw err;
-    }
-  }
-
   function start(record: Deployment, alarms: AlarmWatch | undefined): void {
     const succeeded = async (r: Deployment) => void (closed || (await o.fleets.setDesired(r.fleet, r.release)));
     const save = async (r: Deployment) => void (closed || (await o.docs.put(keyOf(r.fleet, r.id), r)));
@@ -145,20 +132,6 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
 
   let resuming: Promise<void> = Promise.resolve();
 
-  /** Gates that cannot work on this fleet are refused before anything moves. */
-  function checkGates(fleet: Fleet, g: Pick<Deployment, GateName>, strategy: string): void {
-    const balancer = o.balancerFor?.(fleet);
-    if (g.maxErrorRate !== null && (!balancer || balancer.kind === 'elbv2')) {
-      throw new KilnError(
-        'KILN_REQUEST_INVALID',
-        `maxErrorRate reads the balancer's 5xx counters per target: fleet ${fleet.name} has ${balancer ? 'an ELBv2 target group, which keeps none (give CloudWatch alarms instead: --alarm NAME)' : 'no load balancer (a local fleet gets one when `kiln up` runs HAProxy)'}`,
-      );
-    }
-    if (g.canary === null) return;
-    const size = strategy === 'hotfix' ? fleetRows(fleet, o.hub).filter((i) => i.connected).length : fleet.size;
-    if (g.canary >= size) throw new KilnError('KILN_REQUEST_INVALID', `a canary of ${g.canary} is not smaller than the ${size} instance(s) ${strategy === 'hotfix' ? 'connected in' : 'of'} fleet ${fleet.name}: nothing would be left to promote to`);
-  }
-
   async function create(input: DeploymentInput, kind: Deployment['kind'] = 'deploy'): Promise<Deployment> {
     // What a previous controller left running is resumed or cleaned up before anything new starts.
     // Settled is enough: the start-up that called resume() awaits it and reports its failure.
@@ -175,16 +148,18 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
       const id = running.get(fleet.name)?.record.id;
       throw new KilnError(
         'KILN_FLEET_BUSY',
-        id
+        running.get(fleet.name)?.record.state === 'paused'
+          ? `fleet ${fleet.name} has a deployment paused at its canary (${id}): go on with \`kiln deployments promote ${id}\`, or roll it back with \`kiln deployments abort ${id}\``
+          : id
           ? `fleet ${fleet.name} already has a deployment running (${id}): wait for it (\`kiln deployments show ${id} --follow\`) or stop it (\`kiln deployments cancel ${id}\`)`
           : `fleet ${fleet.name} has a deployment starting: try again in a moment (\`kiln deployments ${fleet.name}\` lists them)`,
       );
     }
     const gates = { canary: input.canary ?? null, canaryWaitMs: input.canaryWaitMs ?? null, soakMs: input.soakMs ?? 0, maxErrorRate: input.maxErrorRate ?? null, alarms: input.alarms ?? [] };
-    checkGates(fleet, gates, onGroups ? 'group' : 'hotfix');
+    checkGates(fleet, gates, o.balancerFor?.(fleet), onGroups ? { n: fleet.size, what: 'of' } : { n: fleetRows(fleet, o.hub).filter((i) => i.connected).length, what: 'connected in' });
     busy.add(fleet.name);
     try {
-      const alarms = await alarmsOf(gates.alarms);
+      const alarms = await alarmsOf(gates.alarms, o.alarmWatch);
       if (!o.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to move channel pointers with; start it with one (`kiln keys generate`)');
       const { manifest, manifestSha256, summary } = await showRelease(o.store, fleet.app, input.version, o.trustedKeys);
       if (!summary.verified) throw new KilnError('KILN_SIGNATURE_INVALID', `${fleet.app} ${input.version} is not signed by a key this controller trusts; agents would refuse it`);
@@ -243,7 +218,10 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     if (p) {
       await reapBakes({ provider: p, store: o.store, tags: { [TAG.deployment]: rec.id } });
       if (rec.group && !live && rec.kind !== 'rollback') {
-        await p.terminate((await p.describeInstances({ [TAG.fleet]: rec.fleet, [TAG.group]: rec.group })).map((i) => i.id));
+        const ids = (await p.describeInstances({ [TAG.fleet]: rec.fleet, [TAG.group]: rec.group })).map((i) => i.id);
+        // A canary group served: out of the balancer before it goes.
+        await trafficOf(fleet, rec.healthTimeoutMs)?.drain(ids).catch((err: unknown) => log.warn({ err, ids }, 'cannot drain the interrupted group out of the balancer'));
+        await p.terminate(ids);
         await o.fleets.update(rec.fleet, (f) => ({ ...f, groups: f.groups.filter((g) => g.name !== rec.group) }));
       }
     }
@@ -264,6 +242,9 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
   /** A paused canary is promoted or aborted by flagging its record; the rollout acts on it within a poll. */
   async function decide(id: string, what: 'promote' | 'abort'): Promise<Deployment> {
     const rec = await read(id);
+    if (rec.state === 'paused' && ![...running.values()].some((r) => r.record === rec)) {
+      throw new KilnError('KILN_NOT_PAUSED', `deployment ${id} is recorded paused, but no rollout of this controller holds it (it was not resumed at start: the controller's log says why); restart the controller to resume it`);
+    }
     if (rec.state !== 'paused') {
       throw new KilnError('KILN_NOT_PAUSED', `deployment ${id} is ${rec.state}, not paused at its canary: only a deployment made with --canary pauses${rec.state === 'running' && rec.canary !== null ? ' (its canary is still on its way: try again when `kiln deployments show ' + id + '` says paused)' : ''}`);
     }
@@ -349,7 +330,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
             }
             log.warn({ id: rec.id, fleet: f.name }, 'resuming a rollout a previous controller left running');
             busy.add(f.name);
-            start(rec, await alarmsOf(rec.alarms).catch((err: unknown) => void log.error({ err, id: rec.id }, 'cannot watch the alarms of a resumed rollout: it goes on without them')));
+            start(rec, await resumedAlarms(rec.alarms, o.alarmWatch));
           }
         }
       })();

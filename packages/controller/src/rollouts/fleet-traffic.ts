@@ -8,6 +8,7 @@ import { TAG, type Provider } from '../providers/provider.js';
  * come from the provider (HAProxy needs them; ELBv2 registers the ids).
  */
 export interface FleetTraffic {
+  readonly kind: Balancer['kind'];
   /** the frontend URL or target group a deployment record names */
   readonly endpoint: string;
   /** out of service with drain: no new requests, in-flight ones end (or the drain time passes) */
@@ -66,6 +67,7 @@ export function fleetTraffic(o: FleetTrafficOptions): FleetTraffic {
     log.info({ targets: ids, ms: Date.now() - t }, 'in service and healthy');
   };
   return {
+    kind: o.balancer.kind,
     endpoint: o.balancer.endpoint,
     drain,
     admit,
@@ -80,14 +82,17 @@ export function fleetTraffic(o: FleetTrafficOptions): FleetTraffic {
 }
 
 /**
- * After a start of the controller or of the balancer: every running instance of each fleet's live
- * group goes (back) into its balancer. Registering one already there is a no-op; one that does not
- * get healthy in time stays out and is logged (a deployment or heal deals with it).
+ * After a start of the controller or of the balancer, each fleet's balancer is made to hold what it
+ * should: every running instance of the live group, except those a rollout in flight has taken out
+ * (`busy`: it puts them back itself); servers of instances that are gone or retired are drained out
+ * (a freed port could be another instance's by now). One that does not get healthy in time stays
+ * out and is logged: a deployment or heal deals with it.
  */
 export async function restoreTraffic(o: {
   fleets: Fleet[];
   balancerFor: (fleet: Fleet) => Balancer | undefined;
   provider?: Provider;
+  busy: Set<string>;
   log: Logger;
   healthyMs: number;
 }): Promise<void> {
@@ -97,8 +102,11 @@ export async function restoreTraffic(o: {
         const balancer = o.balancerFor(fleet);
         if (!balancer || !o.provider) return;
         const live = new Set(fleet.groups.filter((g) => g.state === 'live').flatMap((g) => g.instances));
-        const running = (await o.provider.describeInstances({ [TAG.fleet]: fleet.name })).filter((i) => live.has(i.id) && i.state === 'running').map((i) => i.id);
-        await fleetTraffic({ balancer, fleet: fleet.name, provider: o.provider, healthyMs: o.healthyMs, drainMs: 0, log: o.log }).admit(running);
+        const wanted = (await o.provider.describeInstances({ [TAG.fleet]: fleet.name })).filter((i) => live.has(i.id) && i.state === 'running' && !o.busy.has(i.id)).map((i) => i.id);
+        const traffic = fleetTraffic({ balancer, fleet: fleet.name, provider: o.provider, healthyMs: o.healthyMs, drainMs: 0, log: o.log });
+        const stale = ((await balancer.registered?.()) ?? []).filter((id) => !wanted.includes(id) && !o.busy.has(id));
+        await balancer.drain(stale.map((id) => ({ id })), { timeoutMs: 30_000, drainMs: 0 });
+        await traffic.admit(wanted);
       } catch (err) {
         o.log.warn({ err, fleet: fleet.name }, 'cannot put the live group in its balancer: it serves once a deployment or heal admits it');
       }

@@ -8,7 +8,7 @@ import { TAG, type BootData, type Provider } from '../providers/provider.js';
 import { healthyOn, type RolloutWaiter, type WaitOutcome } from '../fleets/rollout-wait.js';
 import { pauseAfterCanary } from './canary-pause.js';
 import type { FleetTraffic } from './fleet-traffic.js';
-import { soak } from './soak.js';
+import { servingProblem, soak, watchInterval } from './soak.js';
 import type { AlarmWatch } from '../balancers/balancer.js';
 
 export interface GroupRolloutContext {
@@ -75,7 +75,8 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
    */
   function gateFailure(group: string, ids: string[], outcomes: WaitOutcome[], since: number, what: string): KilnError | undefined {
     const failed = ids.flatMap((id, n) => (outcomes[n]!.ok ? [] : [{ id, o: outcomes[n] as Extract<WaitOutcome, { ok: false }> }]));
-    if (failed.length <= r.maxFailures) return undefined;
+    // A canary group's failures count with the rest's: one budget for the whole group.
+    if (Object.values(r.instances).filter((i) => i.step === 'failed').length <= r.maxFailures) return undefined;
     // What the hub remembers from before `since` (a standby group's last run) does not count.
     const reached = (id: string) => Date.parse(c.hub.get(id)?.connectedAt ?? '') >= since;
     const list = (xs: string[]) => `${xs.slice(0, 10).join(', ')}${xs.length > 10 ? ` and ${xs.length - 10} more` : ''}`;
@@ -88,7 +89,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     return new KilnError('KILN_GROUP_UNHEALTHY', `${failed.length} of ${ids.length} ${what} of ${group} failed their health gate (limit ${r.maxFailures}): ${failed.slice(0, 3).map((f) => `${f.id}: ${f.o.code}: ${f.o.message}`).join('; ')}${failed.length > 3 ? `; and ${list(failed.slice(3).map((f) => f.id))}` : ''}`);
   }
 
-  /** Launches `count` instances into `group` and waits for every agent to report the release healthy. */
+  /** Launches `count` instances into `group` and waits for every agent to report the release healthy; the healthy ones (failures within maxFailures left out). */
   async function launchHealthy(fleet: Fleet, group: string, image: string, count: number): Promise<string[]> {
     const since = Date.now();
     const insts = await c.provider.launch({ imageId: image, count, tags: { [TAG.fleet]: fleet.name, [TAG.group]: group, [TAG.app]: fleet.app, [TAG.release]: r.release.version }, boot: await c.boot(fleet) });
@@ -119,7 +120,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     ids.forEach((id, n) => gated(id, outcomes[n]!));
     const failure = gateFailure(group, ids, outcomes, since, 'new instances');
     if (failure) throw failure;
-    return ids;
+    return ids.filter((_, n) => outcomes[n]!.ok);
   }
 
   /** The new group goes live; the live one stops (standby, for rollback); the standby before it is terminated. */
@@ -127,13 +128,16 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     const before = c.fleets.get(r.fleet);
     const oldLive = before.groups.filter((g) => g.state === 'live' && g.name !== group);
     const oldStandby = before.groups.filter((g) => g.state === 'standby' && g.name !== group);
+    const serving = before.groups.find((g) => g.name === group)?.instances.filter((id) => r.instances[id]?.step === 'healthy') ?? [];
+    // In the balancer before the record says live: a failure here leaves the old group live, as the record says.
+    await c.traffic?.admit(serving);
     await c.fleets.update(r.fleet, (f) => ({
       ...f,
       ...(image ? { image } : {}),
       groups: f.groups.filter((g) => !oldStandby.includes(g)).map((g) => (g.name === group ? { ...g, state: 'live' as const } : oldLive.some((o) => o.name === g.name) ? { ...g, state: 'standby' as const } : g)),
     }));
     await c.fleets.setDesired(r.fleet, r.release);
-    await c.traffic?.swap(c.fleets.get(r.fleet).groups.find((g) => g.name === group)?.instances ?? [], oldLive.flatMap((g) => g.instances));
+    await c.traffic?.swap(serving, oldLive.flatMap((g) => g.instances));
     await step('retire');
     await c.provider.stop(oldLive.flatMap((g) => g.instances), { timeoutMs: c.launchTimeoutMs });
     await c.provider.terminate(oldStandby.flatMap((g) => g.instances));
@@ -148,6 +152,8 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     if (r.soakMs <= 0) return;
     await step('soak');
     const soaked = await soak({ batch: r.soaks.length, ids, others: old, manifestSha256: r.release.manifestSha256, soakMs: r.soakMs, maxErrorRate: r.maxErrorRate, traffic: c.traffic, alarms: c.alarms, hub: c.hub, stopped: c.stopped });
+    // A group is not resumed by the next controller: what it launched is removed, like any failure's.
+    if (!soaked) throw new KilnError('KILN_INTERRUPTED', 'the controller stopped during the soak');
     r.soaks.push(soaked.result);
     if (soaked.error) {
       ids.forEach((id) => mark(id, 'failed', { code: soaked.error!.code, message: soaked.error!.message }));
@@ -160,15 +166,26 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     const size = Math.max(1, fleet.size);
     const old = liveGroup(fleet)?.instances ?? [];
     const first = r.canary !== null && r.canary < size ? r.canary : size;
-    await serveAndSoak(await launchHealthy(fleet, group, image, first), old);
+    const canary = await launchHealthy(fleet, group, image, first);
+    await serveAndSoak(canary, old);
     if (first === size) return;
     await step('paused');
     const save = async () => {
       r.updatedAt = c.now().toISOString();
       await c.save(structuredClone(r));
     };
-    const decision = await pauseAfterCanary({ record: r, save, now: c.now, ...(c.stopped ? { stopped: c.stopped } : {}) });
-    if (decision !== 'promote') throw new KilnError(decision === 'abort' ? 'KILN_DEPLOY_ABORTED' : 'KILN_DEPLOY_CANCELLED', `the canary group ${group} (${first} of ${size}) was ${decision === 'abort' ? 'aborted' : decision === 'cancel' ? 'cancelled' : 'left paused by a stopping controller'}`);
+    const decision = await pauseAfterCanary({
+      record: r,
+      save,
+      now: c.now,
+      stopped: c.stopped,
+      problem: () => servingProblem({ ids: canary, manifestSha256: r.release.manifestSha256, traffic: c.traffic, alarms: c.alarms, hub: c.hub }),
+      mayPromoteItself: canary.length === first,
+      intervalMs: watchInterval(c.traffic, c.alarms),
+    });
+    if (typeof decision === 'object') throw new KilnError(decision.unhealthy.code, `the canary group ${group} stopped serving while paused: ${decision.unhealthy.message}`);
+    // A cancel of a paused group is an abort: half a group cannot stay.
+    if (decision !== 'promote') throw new KilnError(decision === 'stopped' ? 'KILN_INTERRUPTED' : 'KILN_DEPLOY_ABORTED', `the canary group ${group} (${first} of ${size}) was ${decision === 'stopped' ? 'left paused by a stopping controller' : `${decision === 'abort' ? 'aborted' : 'cancelled'}: it is removed`}`);
     await step('launch');
     await serveAndSoak(await launchHealthy(c.fleets.get(fleet.name), group, image, size - first), old);
   }
@@ -287,16 +304,20 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     const outcomes = await Promise.all(standby.instances.map((id) => c.waiter.until(id, (i) => (fresh(i) ? { ok: true } : undefined), r.healthTimeoutMs, late(id))));
     standby.instances.forEach((id, n) => gated(id, outcomes[n]!));
     const failure = gateFailure(standby.name, standby.instances, outcomes, since, 'instances brought back');
-    if (failure) {
+    const serving = standby.instances.filter((_, n) => outcomes[n]!.ok);
+    // In the balancer before the record says live: one that does not get healthy there fails the rollback like the gate.
+    const admitted = failure ? undefined : await c.traffic?.admit(serving).then(() => undefined, (err: unknown) => asKilnError(err));
+    if (failure || admitted) {
+      await c.traffic?.drain(serving).catch((err) => log.error({ err }, 'cannot drain the group brought back'));
       await c.provider.stop(standby.instances, { timeoutMs: c.launchTimeoutMs }).catch((err) => log.error({ err }, 'cannot stop the group brought back'));
-      throw failure;
+      throw failure ?? admitted;
     }
     await step('live');
     swapped = true;
     const current = liveGroup(fleet);
     await c.fleets.update(fleet.name, (f) => ({ ...f, image: standby.image, groups: f.groups.map((g) => (g.name === standby.name ? { ...g, state: 'live' as const } : g.name === current?.name ? { ...g, state: 'standby' as const } : g)) }));
     await c.fleets.setDesired(fleet.name, r.release);
-    await c.traffic?.swap(standby.instances, current?.instances ?? []);
+    await c.traffic?.swap(serving, current?.instances ?? []);
     await step('retire');
     if (current) await c.provider.stop(current.instances, { timeoutMs: c.launchTimeoutMs });
   }

@@ -1,10 +1,10 @@
 import { CommandAction, KilnError, MAX_INLINE_MANIFEST, asKilnError, type Logger, type ReleaseRef, type SignedObject } from '@kiln/shared';
 import type { BatchSpec, Deployment } from '../fleets/fleet-model.js';
-import type { RolloutWaiter } from '../fleets/rollout-wait.js';
+import { healthyOn, type RolloutWaiter } from '../fleets/rollout-wait.js';
 import type { AgentHub } from '../fleets/agent-hub.js';
 import { pauseAfterCanary } from './canary-pause.js';
 import type { FleetTraffic } from './fleet-traffic.js';
-import { soak } from './soak.js';
+import { servingProblem, soak, watchInterval } from './soak.js';
 import type { AlarmWatch } from '../balancers/balancer.js';
 
 export interface RolloutContext {
@@ -31,6 +31,7 @@ export interface RolloutContext {
 }
 
 type Mark = (id: string, step: Deployment['instances'][string]['step'], error?: { code: string; message: string }) => void;
+type Cause = { code: string; message: string };
 
 /** Splits the targets into batches of a share or a count of the fleet; a canary of N is a first batch of its own. */
 export function planBatches(ids: string[], spec: BatchSpec, canary: number | null = null): string[][] {
@@ -82,6 +83,61 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     void save();
   };
 
+  let install: CommandAction | undefined;
+  const stopping = () => {
+    log.info('the controller is stopping: the rollout is left running for the next controller to resume');
+    return r;
+  };
+
+  /**
+   * One batch: out of the balancer, installed, back in and healthy, soaked. What failed it, or
+   * undefined; 'stopped' when the controller stops (the next one redoes what was not finished).
+   */
+  async function runBatch(n: number, batch: string[]): Promise<Cause | 'stopped' | undefined> {
+    const where = `batch ${n + 1} of ${r.batches.length}`;
+    const todo = batch.filter((id) => r.instances[id]?.step === 'pending' || r.instances[id]?.step === 'sent');
+    try {
+      // Out of the balancer first: no request reaches an app while it restarts.
+      await c.traffic?.drain(todo);
+    } catch (err) {
+      const e = asKilnError(err);
+      return { code: e.code, message: `${where}: could not take ${todo.join(', ')} out of the balancer: ${e.message}` };
+    }
+    const outcomes = await Promise.all(
+      todo.map(async (id) => {
+        mark(id, 'sent');
+        return c.waiter.run({ instanceId: id, commandId: `${r.id}.${id}`, app: r.app, action: install!, manifestSha256: r.release.manifestSha256, timeoutMs: r.healthTimeoutMs });
+      }),
+    );
+    if (c.stopped?.()) return 'stopped';
+    todo.forEach((id, i) => {
+      const o = outcomes[i]!;
+      if (!o.ok) mark(id, 'failed', { code: o.code, message: o.message });
+    });
+    // Back in and healthy in the balancer before the batch counts: the next one may take others out.
+    (await admit(c, todo.filter((_, i) => outcomes[i]!.ok), mark)).forEach((id) => mark(id, 'healthy'));
+    await readmitSwappedBack(c, r, todo.filter((_, i) => !outcomes[i]!.ok));
+    const failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
+    log.info({ batch: n + 1, of: r.batches.length, failed }, 'batch done');
+    if (failed > r.maxFailures) return { code: 'KILN_DEPLOY_FAILED', message: `${failed} instance(s) failed in ${where}, over the limit of ${r.maxFailures}` };
+    const healthy = batch.filter((id) => r.instances[id]?.step === 'healthy');
+    // A batch soaks once: a soak a stopping controller cut short is done again by the next one.
+    if (r.soakMs <= 0 || healthy.length === 0 || r.soaks.some((x) => x.batch === n && x.passed)) return undefined;
+    const untouched = r.batches.slice(n + 1).flat().filter((id) => r.instances[id]?.step === 'pending');
+    let soaked;
+    try {
+      soaked = await soak({ batch: n, ids: healthy, others: untouched, manifestSha256: r.release.manifestSha256, soakMs: r.soakMs, maxErrorRate: r.maxErrorRate, traffic: c.traffic, alarms: c.alarms, hub: c.hub, stopped: c.stopped });
+    } catch (err) {
+      const e = asKilnError(err);
+      return { code: e.code, message: `${where}: its soak could not be judged: ${e.message}` };
+    }
+    if (!soaked) return 'stopped';
+    r.soaks.push(soaked.result);
+    if (!soaked.error) return undefined;
+    healthy.forEach((id) => mark(id, 'failed', { code: soaked.error!.code, message: soaked.error!.message }));
+    return { code: soaked.error.code, message: `${where} failed its soak: ${soaked.error.message}` };
+  }
+
   // The verdict is kept aside until it is written: a reader never sees an outcome the bucket does not hold.
   const end: Partial<Pick<Deployment, 'state' | 'verdict' | 'error' | 'finishedAt'>> = {};
   try {
@@ -110,8 +166,12 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     }
     // Going back (a fleet rollback, or an explicit older version) is a rollback on the agents: they refuse a lower seq otherwise.
     const back = r.kind === 'rollback' || (r.previous !== null && r.release.seq < r.previous.seq);
-    const install: CommandAction = back ? { kind: 'rollback', version: r.release.version, manifestSha256: r.release.manifestSha256 } : await installAction();
+    install = back ? { kind: 'rollback', version: r.release.version, manifestSha256: r.release.manifestSha256 } : await installAction();
+    // A cause recorded by a controller that stopped while rolling back: the rollback is finished, not the rollout.
+    let cause: Cause | undefined = r.error ?? undefined;
     for (const [n, batch] of r.batches.entries()) {
+      if (cause) break;
+      if (c.stopped?.()) return stopping();
       if (r.cancelRequested) {
         // Instances launched from now on boot into what the fleet ran before; those already done stay.
         if (r.previous) await c.movePointer(r.app, r.channel, r.previous);
@@ -120,54 +180,34 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
         end.verdict = `cancelled before batch ${n + 1} of ${r.batches.length}: ${done} instance(s) stay on ${r.release.version}${r.previous ? `, the channel points to ${r.previous.version} again` : ''}`;
         break;
       }
-      const todo = batch.filter((id) => r.instances[id]?.step === 'pending' || r.instances[id]?.step === 'sent');
-      // Out of the balancer first: no request reaches an app while it restarts.
-      await c.traffic?.drain(todo);
-      const outcomes = await Promise.all(
-        todo.map(async (id) => {
-          mark(id, 'sent');
-          return c.waiter.run({ instanceId: id, commandId: `${r.id}.${id}`, app: r.app, action: install, manifestSha256: r.release.manifestSha256, timeoutMs: r.healthTimeoutMs });
-        }),
-      );
-      if (c.stopped?.()) {
-        log.info('the controller is stopping: the rollout is left running for the next controller to resume');
-        return r;
-      }
-      const ok = todo.filter((_, i) => outcomes[i]!.ok);
-      todo.forEach((id, i) => {
-        const o = outcomes[i]!;
-        if (!o.ok) mark(id, 'failed', { code: o.code, message: o.message });
-      });
-      // Back in and healthy in the balancer before the batch counts: the next one may take others out.
-      const admitted = await admit(c, ok, mark);
-      admitted.forEach((id) => mark(id, 'healthy'));
-      let failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
-      let cause: { code: string; message: string } | undefined;
-      if (failed <= r.maxFailures && r.soakMs > 0 && admitted.length > 0) {
-        const untouched = r.batches.slice(n + 1).flat().filter((id) => r.instances[id]?.step === 'pending');
-        const soaked = await soak({ batch: n, ids: admitted, others: untouched, manifestSha256: r.release.manifestSha256, soakMs: r.soakMs, maxErrorRate: r.maxErrorRate, traffic: c.traffic, alarms: c.alarms, hub: c.hub, stopped: c.stopped });
-        r.soaks.push(soaked.result);
-        if (soaked.error) {
-          admitted.forEach((id) => mark(id, 'failed', { code: soaked.error!.code, message: soaked.error!.message }));
-          cause = { code: soaked.error.code, message: `batch ${n + 1} of ${r.batches.length} failed its soak: ${soaked.error.message}` };
-        }
-      }
-      failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
-      log.info({ batch: n + 1, of: r.batches.length, failed }, 'batch done');
-      if (!cause && failed > r.maxFailures) cause = { code: 'KILN_DEPLOY_FAILED', message: `${failed} instance(s) failed in batch ${n + 1} of ${r.batches.length}, over the limit of ${r.maxFailures}` };
+      const outcome = await runBatch(n, batch);
+      if (outcome === 'stopped') return stopping();
+      cause = outcome;
       if (!cause && n === 0 && r.canary !== null && r.batches.length > 1) {
-        const decision = await pauseAfterCanary({ record: r, save, now: c.now, ...(c.stopped ? { stopped: c.stopped } : {}) });
-        if (decision === 'stopped') return r;
+        const canary = batch.filter((id) => r.instances[id]?.step === 'healthy');
+        const decision = await pauseAfterCanary({
+          record: r,
+          save,
+          now: c.now,
+          stopped: c.stopped,
+          problem: () => servingProblem({ ids: canary, manifestSha256: r.release.manifestSha256, traffic: c.traffic, alarms: c.alarms, hub: c.hub }),
+          mayPromoteItself: canary.length === batch.length,
+          intervalMs: watchInterval(c.traffic, c.alarms),
+        });
+        if (decision === 'stopped') return stopping();
         if (decision === 'abort') cause = { code: 'KILN_DEPLOY_ABORTED', message: `the canary (${batch.join(', ')}) was aborted by an operator` };
+        else if (typeof decision === 'object') cause = { code: decision.unhealthy.code, message: `the canary stopped serving while paused: ${decision.unhealthy.message}` };
         log.info({ decision }, 'canary decided');
       }
-      if (cause) {
-        await rollBack(c, r, mark);
-        end.state = 'failed';
-        end.error = cause;
-        end.verdict = `failed: ${cause.message}; ${r.previous ? `touched instances rolled back to ${r.previous.version}` : 'no earlier release to roll back to'}`;
-        break;
-      }
+    }
+    if (cause) {
+      // Recorded before the rollback: a controller that stops midway leaves a record the next one rolls back, never forward.
+      r.error = cause;
+      await save();
+      await rollBack(c, r, mark);
+      end.state = 'failed';
+      end.error = cause;
+      end.verdict = `failed: ${cause.message}; ${r.previous ? `touched instances rolled back to ${r.previous.version}` : 'no earlier release to roll back to'}`;
     }
     if (!end.state) {
       const healthy = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
@@ -211,18 +251,31 @@ async function admit(c: RolloutContext, ids: string[], mark: Mark): Promise<stri
 }
 
 /**
+ * Instances whose install failed were swapped back by their agents: serving what they ran before,
+ * they go back in the balancer (best effort: one that does not get healthy stays out).
+ */
+async function readmitSwappedBack(c: RolloutContext, r: Deployment, ids: string[]): Promise<void> {
+  const prev = r.previous;
+  if (!c.traffic || !prev) return;
+  const back = ids.filter((id) => healthyOn(c.hub.get(id)?.report ?? null, prev.manifestSha256));
+  await c.traffic.admit(back).catch((err: unknown) => c.log.warn({ err, instances: back }, 'instances swapped back after a failed install stay out of the balancer'));
+}
+
+/**
  * Every instance this rollout touched goes back to the previous release; the pointer too. With a
- * balancer, batch by batch as they went forward: drained, rolled back, healthy in it again.
+ * balancer, as many at a time as a batch: drained, rolled back, healthy in it again. The failed
+ * ones go first: they are out already, or serve the previous release.
  */
 async function rollBack(c: RolloutContext, r: Deployment, mark: Mark): Promise<void> {
   const prev = r.previous;
   if (!prev) return;
   await c.movePointer(r.app, r.channel, prev);
-  const touched = Object.entries(r.instances).filter(([, i]) => i.step === 'healthy' || i.step === 'failed' || i.step === 'sent').map(([id]) => id);
-  const size = c.traffic ? batchSize(r.batches.flat().length, r.batch) : touched.length;
-  for (let i = 0; i < touched.length; i += size) {
-    const chunk = touched.slice(i, i + size);
-    await c.traffic?.drain(chunk);
+  const touched = (step: string) => Object.entries(r.instances).filter(([, i]) => i.step === step).map(([id]) => id);
+  const order = [...touched('failed'), ...touched('sent'), ...touched('healthy')];
+  const size = c.traffic ? batchSize(r.batches.flat().length, r.batch) : order.length;
+  for (let i = 0; i < order.length; i += size) {
+    const chunk = order.slice(i, i + size);
+    await c.traffic?.drain(chunk).catch((err: unknown) => c.log.warn({ err, instances: chunk }, 'cannot take instances out of the balancer for their rollback: rolling them back anyway'));
     const back = await Promise.all(
       chunk.map(async (id) => {
         const o = await c.waiter.run({ instanceId: id, commandId: `${r.id}.rb.${id}`, app: r.app, action: { kind: 'rollback', version: prev.version, manifestSha256: prev.manifestSha256 }, manifestSha256: prev.manifestSha256, timeoutMs: r.healthTimeoutMs });

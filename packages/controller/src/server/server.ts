@@ -2,7 +2,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { AGENT_VERSION, KilnError, createDocStore, createReleaseStore, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { createAgentHub, type AgentHub } from '../fleets/agent-hub.js';
-import { createDeployments, type Deployments } from '../rollouts/deployments.js';
+import { createDeployments, inFlight, type Deployments } from '../rollouts/deployments.js';
 import { readPublishedAgent } from '../providers/agent-bundle.js';
 import { bakeImage, type BakeTimeouts } from '../bakes/bake.js';
 import { createBakes, type Bakes } from '../bakes/bakes.js';
@@ -164,8 +164,11 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   };
   /** HAProxy gets a frontend for each local fleet, and loses the frontends of deleted ones. */
   const fleetsChanged = async () => opts.balancers?.local?.setFleets(fleets.list().filter(local).map((f) => f.name));
-  const restore = () =>
-    restoreTraffic({ fleets: fleets.list().filter((f) => local(f) && !f.targetGroup), balancerFor, ...(launch ? { provider: launch.provider } : {}), log, healthyMs: 10_000 });
+  /** The local balancer holds each fleet's live group, but not the instances a rollout in flight took out. */
+  const restore = async () => {
+    const busy = new Set((await deployments.list()).filter(inFlight).flatMap((d) => Object.entries(d.instances).filter(([, i]) => i.step === 'sent' || i.step === 'failed').map(([id]) => id)));
+    await restoreTraffic({ fleets: fleets.list().filter((f) => local(f) && !f.targetGroup), balancerFor, ...(launch ? { provider: launch.provider } : {}), busy, log, healthyMs: 10_000 });
+  };
   const deployments = createDeployments({
     docs,
     hub,
