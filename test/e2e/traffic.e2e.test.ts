@@ -22,8 +22,13 @@ let endpoint: string;
 
 /** An app whose every answer but /healthz is a 500: healthy to kiln's gate, failing its users. */
 const FAILING_APP = `require('node:http').createServer((q, s) => { s.statusCode = q.url === '/healthz' ? 200 : 500; s.end('x'); }).listen(Number(process.env.PORT), '127.0.0.1');`;
-/** An app that passes its health check, then crashes 1.5 s after it started. */
-const CRASHING_APP = `require('./server.js'); setTimeout(() => process.exit(3), 1500);`;
+/**
+ * An app that passes its health check, crashes 1.5 s after it started, and from then on at every
+ * start (a marker beside its releases): down until rolled back, whatever the restart backoff.
+ */
+const CRASHING_APP = `const fs = require('node:fs'); const marker = require('node:path').join(process.env.KILN_RELEASE_DIR, '../../crashed-once');
+if (fs.existsSync(marker)) process.exit(3);
+require('./server.js'); setTimeout(() => (fs.writeFileSync(marker, ''), process.exit(3)), 1500);`;
 
 beforeAll(async () => {
   if (!binary) return;

@@ -1,5 +1,6 @@
 import { pollUntil, type KilnError } from '@kiln/shared';
 import type { Deployment } from '../fleets/fleet-model.js';
+import { servingProblem, watchInterval, type Watched } from './soak.js';
 
 export type PauseOutcome = 'promote' | 'abort' | 'cancel' | 'stopped' | { unhealthy: KilnError };
 
@@ -10,12 +11,10 @@ export interface PauseOptions {
   now: () => Date;
   /** true once the controller is stopping: the record stays paused for the next controller */
   stopped?: (() => boolean) | undefined;
-  /** what is wrong with the canary now (it must keep serving while paused), or undefined */
-  problem: () => Promise<KilnError | undefined>;
+  /** the canary's instances that serve, watched while paused (it must keep serving) */
+  canary: Watched;
   /** whether --canary-wait may promote: nothing of the canary failed (else only an operator decides) */
   mayPromoteItself: boolean;
-  /** how often the record and the canary are looked at */
-  intervalMs: number;
 }
 
 /**
@@ -44,11 +43,11 @@ export async function pauseAfterCanary(o: PauseOptions): Promise<PauseOutcome> {
     outcome = await pollUntil<PauseOutcome>({
       check: async () => {
         if (o.stopped?.()) return 'stopped';
-        const unhealthy = await o.problem();
+        const unhealthy = await servingProblem(o.canary);
         return unhealthy ? { unhealthy } : decided();
       },
       timeoutMs: Infinity,
-      intervalMs: o.intervalMs,
+      intervalMs: watchInterval(o.canary.traffic, o.canary.alarms),
     });
     if (outcome === 'stopped') return outcome;
   }

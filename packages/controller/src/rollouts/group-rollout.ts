@@ -8,7 +8,7 @@ import { TAG, type BootData, type Provider } from '../providers/provider.js';
 import { healthyOn, type RolloutWaiter, type WaitOutcome } from '../fleets/rollout-wait.js';
 import { pauseAfterCanary } from './canary-pause.js';
 import type { FleetTraffic } from './fleet-traffic.js';
-import { servingProblem, soak, watchInterval } from './soak.js';
+import { soak } from './soak.js';
 import type { AlarmWatch } from '../balancers/balancer.js';
 
 export interface GroupRolloutContext {
@@ -179,9 +179,8 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
       save,
       now: c.now,
       stopped: c.stopped,
-      problem: () => servingProblem({ ids: canary, manifestSha256: r.release.manifestSha256, traffic: c.traffic, alarms: c.alarms, hub: c.hub }),
+      canary: { ids: canary, manifestSha256: r.release.manifestSha256, traffic: c.traffic, alarms: c.alarms, hub: c.hub },
       mayPromoteItself: canary.length === first,
-      intervalMs: watchInterval(c.traffic, c.alarms),
     });
     if (typeof decision === 'object') throw new KilnError(decision.unhealthy.code, `the canary group ${group} stopped serving while paused: ${decision.unhealthy.message}`);
     // A cancel of a paused group is an abort: half a group cannot stay.

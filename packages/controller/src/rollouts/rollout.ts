@@ -4,7 +4,7 @@ import { healthyOn, type RolloutWaiter } from '../fleets/rollout-wait.js';
 import type { AgentHub } from '../fleets/agent-hub.js';
 import { pauseAfterCanary } from './canary-pause.js';
 import type { FleetTraffic } from './fleet-traffic.js';
-import { servingProblem, soak, watchInterval } from './soak.js';
+import { soak } from './soak.js';
 import type { AlarmWatch } from '../balancers/balancer.js';
 
 export interface RolloutContext {
@@ -190,9 +190,8 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
           save,
           now: c.now,
           stopped: c.stopped,
-          problem: () => servingProblem({ ids: canary, manifestSha256: r.release.manifestSha256, traffic: c.traffic, alarms: c.alarms, hub: c.hub }),
+          canary: { ids: canary, manifestSha256: r.release.manifestSha256, traffic: c.traffic, alarms: c.alarms, hub: c.hub },
           mayPromoteItself: canary.length === batch.length,
-          intervalMs: watchInterval(c.traffic, c.alarms),
         });
         if (decision === 'stopped') return stopping();
         if (decision === 'abort') cause = { code: 'KILN_DEPLOY_ABORTED', message: `the canary (${batch.join(', ')}) was aborted by an operator` };
