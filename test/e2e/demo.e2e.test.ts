@@ -4,6 +4,7 @@ import { readFile, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
+import { findHaproxy } from '@kiln/controller';
 
 const MAIN = fileURLToPath(new URL('../../packages/controller/dist/main.js', import.meta.url));
 
@@ -33,6 +34,9 @@ it('kiln demo bakes, hotfixes, heals and relaunches a fleet of 3, prints the wal
   expect(stdout.match(/3 instances: 3 in sync/g)?.length).toBe(2);
   expect(stdout).toMatch(/v3 +v3 +boot/);
   for (const strategy of ['bake + launch', 'hotfix', 'heal (bake + replace)', 'relaunch']) expect(stdout).toMatch(new RegExp(`^${strategy.replace(/[()+]/g, '\\$&')} +.+ \\d+\\.\\d$`, 'm'));
+  // Behind HAProxy (when installed), the fleet's endpoint answered all along: counted, none failed.
+  if (await findHaproxy(process.env)) expect(stdout).toMatch(/^served throughout: [1-9]\d* requests through http:\/\/127\.0\.0\.1:\d+\/ during the hotfix, heal and relaunch, 0 failed$/m);
+  else expect(stdout).toContain('no haproxy here: the fleet has no endpoint');
   // Its work dir is gone; so are its processes (their roots were in it).
   const after = (await readdir(tmpdir())).filter((n) => n.startsWith('kiln-demo-') && !before.has(n));
   expect(after).toEqual([]);

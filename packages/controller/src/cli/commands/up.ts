@@ -173,13 +173,15 @@ export const upCommand: CommandDef = {
         `pid               ${process.pid}: press Ctrl-C to stop, or \`kiln down\` in this directory`,
       ].join('\n'),
     );
-    if (last?.stopped.length && last.provider === provider) await startStopped(ctx, stack, last.stopped);
-    // The instances started again serve once the balancer has them.
-    if (stack.haproxy) await ctl.restoreTraffic();
-    await new Promise<void>((resolve) => {
+    // Listening before anything else: a Ctrl-C or `kiln down` right after the banner stops kiln up cleanly.
+    const stopSignal = new Promise<void>((resolve) => {
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);
     });
+    if (last?.stopped.length && last.provider === provider) await startStopped(ctx, stack, last.stopped);
+    // The instances started again serve once the balancer has them.
+    if (stack.haproxy) await Promise.race([ctl.restoreTraffic(), stopSignal]);
+    await stopSignal;
     await stack.close();
     out(ctx, `stopped${stack.haproxy ? `; HAProxy (pid ${stack.haproxy.pid}) goes on serving the fleets' endpoints: \`kiln down\` stops it` : ''}`);
   },
