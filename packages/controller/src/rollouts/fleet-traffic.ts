@@ -55,7 +55,8 @@ export function fleetTraffic(o: FleetTrafficOptions): FleetTraffic {
   const drain = async (ids: string[]) => {
     if (ids.length === 0) return;
     const t = Date.now();
-    await o.balancer.drain(await targets(ids), { timeoutMs: drainTimeoutMs, drainMs: o.drainMs });
+    // By id: an instance that is gone (no address any more) still leaves the balancer.
+    await o.balancer.drain(ids.map((id) => ({ id })), { timeoutMs: drainTimeoutMs, drainMs: o.drainMs });
     log.info({ targets: ids, ms: Date.now() - t }, 'drained');
   };
   // An ELBv2 health check needs its healthy threshold of passes at its interval (5 × 30 s by default): minutes, not seconds.
