@@ -3,6 +3,7 @@
 // many agents share one process. Linux only (/proc).
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export const say = (msg) => process.stderr.write(`[bench] ${msg}\n`);
 
@@ -42,6 +43,22 @@ export const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf
 export function machineTicks() {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
   return { busy: f[0] + f[1] + f[2] + f[5] + f[6], steal: f[7] ?? 0, idle: f[3] + f[4] };
+}
+
+/** Cores the whole machine keeps busy over `ms` (a benchmark's own idle processes included). */
+export async function busyCores(ms = 2_000) {
+  const a = machineTicks();
+  await sleep(ms);
+  const b = machineTicks();
+  return (b.busy - a.busy) / CLK_TCK / (ms / 1000);
+}
+
+/** Waits (up to `waitS` seconds) until the machine uses less than half a core; returns what it used last, in cores. */
+export async function waitQuiet(waitS) {
+  const deadline = Date.now() + waitS * 1000;
+  let busy = await busyCores();
+  while (busy >= 0.5 && Date.now() < deadline) busy = await busyCores();
+  return r2(busy);
 }
 
 /** The soft and hard open-files limits of this process. */

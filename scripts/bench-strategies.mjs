@@ -28,7 +28,7 @@ import { execFileSync } from 'node:child_process';
 import { createLogger, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, publishRelease } from '@kiln/shared';
 import { createProcessProvider, startEmbeddedS3 } from '@kiln/controller';
 import { startBenchController } from './bench-controller.mjs';
-import { CLK_TCK, cleanupOnce, intOption, machineTicks, median, printUsage, r1, r2, say } from './bench-measure.mjs';
+import { CLK_TCK, cleanupOnce, intOption, machineTicks, median, waitQuiet, printUsage, r1, r2, say } from './bench-measure.mjs';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
@@ -79,22 +79,6 @@ const HEALTH_TIMEOUT_MS = int('health-timeout', 1) * 1000;
 const QUIET_WAIT_S = int('quiet-wait', 0);
 
 const log = createLogger({ level: process.env.KILN_BENCH_LOG ?? 'silent', name: 'bench-strategies' });
-
-/** Cores the whole machine keeps busy over `ms` (this benchmark's idle instances included). */
-async function busyCores(ms = 2_000) {
-  const a = machineTicks();
-  await sleep(ms);
-  const b = machineTicks();
-  return (b.busy - a.busy) / CLK_TCK / (ms / 1000);
-}
-
-/** Waits (up to --quiet-wait) until the machine uses less than half a core; returns what it used last. */
-async function waitQuiet() {
-  const deadline = Date.now() + QUIET_WAIT_S * 1000;
-  let busy = await busyCores();
-  while (busy >= 0.5 && Date.now() < deadline) busy = await busyCores();
-  return r2(busy);
-}
 
 /**
  * The embedded S3 exactly as `kiln up` starts it, plus a second `request` listener on its HTTP server
@@ -222,7 +206,7 @@ async function oneRun(k, cleanups) {
 
   const results = {};
   for (const s of STEPS) {
-    const busyBefore = await waitQuiet();
+    const busyBefore = await waitQuiet(QUIET_WAIT_S);
     const m0 = machineTicks();
     const launchesBefore = launches.length;
     const getsBefore = s3.artifactGets.length;

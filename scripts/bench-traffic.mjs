@@ -27,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import autocannon from 'autocannon';
-import { CLK_TCK, cleanupOnce, intOption, machineTicks, median, pct, printUsage, r1, r2, say } from './bench-measure.mjs';
+import { CLK_TCK, cleanupOnce, intOption, machineTicks, median, waitQuiet, pct, printUsage, r1, r2, say } from './bench-measure.mjs';
 
 const TOP = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SELF = fileURLToPath(import.meta.url);
@@ -87,22 +87,6 @@ const QUIET_WAIT_S = int('quiet-wait', 0);
 // The CLI's children get the environment minus what would point them at another controller or home.
 const CHILD_ENV = { ...process.env, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true', NO_COLOR: '1' };
 for (const k of ['KILN_CONTROLLER', 'KILN_TOKEN', 'KILN_HOME', 'KILN_RELEASE_KEY']) delete CHILD_ENV[k];
-
-/** Cores the whole machine keeps busy over `ms` (this benchmark's idle instances and HAProxy's checks included). */
-async function busyCores(ms = 2_000) {
-  const a = machineTicks();
-  await sleep(ms);
-  const b = machineTicks();
-  return (b.busy - a.busy) / CLK_TCK / (ms / 1000);
-}
-
-/** Waits (up to --quiet-wait) until the machine uses less than half a core; returns what it used last. */
-async function waitQuiet() {
-  const deadline = Date.now() + QUIET_WAIT_S * 1000;
-  let busy = await busyCores();
-  while (busy >= 0.5 && Date.now() < deadline) busy = await busyCores();
-  return r2(busy);
-}
 
 /**
  * `kiln ARGS --home HOME` as a child process, the way a user runs it: its exit code, stdout, stderr and wall time
@@ -320,7 +304,7 @@ async function measure(s, { home, endpoint, logFile }) {
     say(`  (not measured) kiln ${s.before.join(' ')}: ${rec?.state ?? `exit ${b.code}`} in ${r2(b.ms / 1000)} s`);
     if (b.code !== 0 || rec?.state !== 'succeeded') throw new Error(`kiln ${s.before.join(' ')} (before ${s.key}) did not succeed: ${rec?.verdict ?? b.stderr.slice(-1500)}`);
   }
-  const busyBefore = await waitQuiet();
+  const busyBefore = await waitQuiet(QUIET_WAIT_S);
   const load = startLoad(endpoint);
   await sleep(WARMUP_MS);
   load.mark('steady');
