@@ -2,17 +2,19 @@ import { pollUntil, type KilnError } from '@kiln/shared';
 import type { Deployment } from '../fleets/fleet-model.js';
 import { servingProblem, watchInterval, type Watched } from './soak.js';
 
+/** What a rollout watches its canary through, and its clock and stop flag (both rollout contexts have them). */
+export type PauseContext = Omit<Watched, 'ids' | 'manifestSha256'> & { now: () => Date; stopped?: (() => boolean) | undefined };
+
 export type PauseOutcome = 'promote' | 'abort' | 'cancel' | 'stopped' | { unhealthy: KilnError };
 
 export interface PauseOptions {
   record: Deployment;
   /** writes the record (the API shows `paused` from it) */
   save: () => Promise<void>;
-  now: () => Date;
-  /** true once the controller is stopping: the record stays paused for the next controller */
-  stopped?: (() => boolean) | undefined;
-  /** the canary's instances that serve, watched while paused (it must keep serving) */
-  canary: Watched;
+  /** the rollout's context: a stopping controller leaves the record paused for the next one */
+  from: PauseContext;
+  /** the canary's instances that serve, watched while paused (they must keep serving the release) */
+  canary: string[];
   /** whether --canary-wait may promote: nothing of the canary failed (else only an operator decides) */
   mayPromoteItself: boolean;
 }
@@ -25,11 +27,13 @@ export interface PauseOptions {
  */
 export async function pauseAfterCanary(o: PauseOptions): Promise<PauseOutcome> {
   const r = o.record;
+  const { now, stopped, ...watch } = o.from;
+  const canary: Watched = { ...watch, ids: o.canary, manifestSha256: r.release.manifestSha256 };
   const decided = (): PauseOutcome | undefined => {
     if (r.abortRequested) return 'abort';
     if (r.cancelRequested) return 'cancel';
     if (r.promoteRequested) return 'promote';
-    if (o.mayPromoteItself && r.canaryWaitMs !== null && r.pausedAt && o.now().getTime() - Date.parse(r.pausedAt) >= r.canaryWaitMs) {
+    if (o.mayPromoteItself && r.canaryWaitMs !== null && r.pausedAt && now().getTime() - Date.parse(r.pausedAt) >= r.canaryWaitMs) {
       r.promoteRequested = true;
       return 'promote';
     }
@@ -38,16 +42,16 @@ export async function pauseAfterCanary(o: PauseOptions): Promise<PauseOutcome> {
   let outcome = decided();
   if (!outcome) {
     r.state = 'paused';
-    r.pausedAt ??= o.now().toISOString();
+    r.pausedAt ??= now().toISOString();
     await o.save();
     outcome = await pollUntil<PauseOutcome>({
       check: async () => {
-        if (o.stopped?.()) return 'stopped';
-        const unhealthy = await servingProblem(o.canary);
+        if (stopped?.()) return 'stopped';
+        const unhealthy = await servingProblem(canary);
         return unhealthy ? { unhealthy } : decided();
       },
       timeoutMs: Infinity,
-      intervalMs: watchInterval(o.canary.traffic, o.canary.alarms),
+      intervalMs: watchInterval(canary.traffic, canary.alarms),
     });
     if (outcome === 'stopped') return outcome;
   }

@@ -16,11 +16,11 @@ export interface FleetTraffic {
   /** (back) in service; resolves when the balancer reports each healthy */
   admit(ids: string[]): Promise<void>;
   /**
-   * `live` in and healthy first, then `retired` drained: never a moment with neither serving. A
-   * drain that fails past that point is logged, not thrown: the new ones serve, and the retired
-   * ones are stopped next either way (gracefully: their requests in flight get the app's stop time).
+   * Drains instances whose replacements already serve (admitted before: never a moment with neither
+   * serving). A drain that fails is logged, not thrown: the retired ones are stopped next either
+   * way (gracefully: their requests in flight get the app's stop time).
    */
-  swap(live: string[], retired: string[]): Promise<void>;
+  retire(ids: string[]): Promise<void>;
   health(ids: string[]): Promise<Map<string, TargetHealth>>;
   stats(ids: string[]): Promise<Map<string, TargetStats> | null>;
 }
@@ -72,10 +72,8 @@ export function fleetTraffic(o: FleetTrafficOptions): FleetTraffic {
     endpoint: o.balancer.endpoint,
     drain,
     admit,
-    async swap(live, retired) {
-      // an id in both stays: draining it would take a live instance out
-      await admit(live);
-      await drain(retired.filter((id) => !live.includes(id))).catch((err: unknown) => log.warn({ err, retired }, 'the retired instances did not drain cleanly: they are stopped anyway'));
+    async retire(ids) {
+      await drain(ids).catch((err: unknown) => log.warn({ err, retired: ids }, 'the retired instances did not drain cleanly: they are stopped anyway'));
     },
     health: (ids) => o.balancer.health(ids),
     stats: (ids) => o.balancer.stats(ids),

@@ -137,7 +137,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
       groups: f.groups.filter((g) => !oldStandby.includes(g)).map((g) => (g.name === group ? { ...g, state: 'live' as const } : oldLive.some((o) => o.name === g.name) ? { ...g, state: 'standby' as const } : g)),
     }));
     await c.fleets.setDesired(r.fleet, r.release);
-    await c.traffic?.swap(serving, oldLive.flatMap((g) => g.instances));
+    await c.traffic?.retire(oldLive.flatMap((g) => g.instances));
     await step('retire');
     await c.provider.stop(oldLive.flatMap((g) => g.instances), { timeoutMs: c.launchTimeoutMs });
     await c.provider.terminate(oldStandby.flatMap((g) => g.instances));
@@ -174,14 +174,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
       r.updatedAt = c.now().toISOString();
       await c.save(structuredClone(r));
     };
-    const decision = await pauseAfterCanary({
-      record: r,
-      save,
-      now: c.now,
-      stopped: c.stopped,
-      canary: { ids: canary, manifestSha256: r.release.manifestSha256, traffic: c.traffic, alarms: c.alarms, hub: c.hub },
-      mayPromoteItself: canary.length === first,
-    });
+    const decision = await pauseAfterCanary({ record: r, save, from: c, canary, mayPromoteItself: canary.length === first });
     if (typeof decision === 'object') throw new KilnError(decision.unhealthy.code, `the canary group ${group} stopped serving while paused: ${decision.unhealthy.message}`);
     // A cancel of a paused group is an abort: half a group cannot stay.
     if (decision !== 'promote') throw new KilnError(decision === 'stopped' ? 'KILN_INTERRUPTED' : 'KILN_DEPLOY_ABORTED', `the canary group ${group} (${first} of ${size}) was ${decision === 'stopped' ? 'left paused by a stopping controller' : `${decision === 'abort' ? 'aborted' : 'cancelled'}: it is removed`}`);
@@ -276,7 +269,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     await step('launch');
     const fresh = await launchHealthy(fleet, live.name, live.image, drifted.length);
     await serveAndSoak(fresh, rows.map((x) => x.instanceId).filter((id) => !drifted.includes(id)));
-    await c.traffic?.swap(fresh, drifted);
+    await c.traffic?.retire(drifted);
     await step('retire');
     await c.provider.terminate(drifted);
     await c.fleets.update(fleet.name, (f) => ({ ...f, groups: f.groups.map((g) => (g.name === live.name ? { ...g, instances: g.instances.filter((id) => !drifted.includes(id)) } : g)) }));
@@ -316,7 +309,7 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     const current = liveGroup(fleet);
     await c.fleets.update(fleet.name, (f) => ({ ...f, image: standby.image, groups: f.groups.map((g) => (g.name === standby.name ? { ...g, state: 'live' as const } : g.name === current?.name ? { ...g, state: 'standby' as const } : g)) }));
     await c.fleets.setDesired(fleet.name, r.release);
-    await c.traffic?.swap(serving, current?.instances ?? []);
+    await c.traffic?.retire(current?.instances ?? []);
     await step('retire');
     if (current) await c.provider.stop(current.instances, { timeoutMs: c.launchTimeoutMs });
   }

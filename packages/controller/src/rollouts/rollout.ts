@@ -185,14 +185,7 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
       cause = outcome;
       if (!cause && n === 0 && r.canary !== null && r.batches.length > 1) {
         const canary = batch.filter((id) => r.instances[id]?.step === 'healthy');
-        const decision = await pauseAfterCanary({
-          record: r,
-          save,
-          now: c.now,
-          stopped: c.stopped,
-          canary: { ids: canary, manifestSha256: r.release.manifestSha256, traffic: c.traffic, alarms: c.alarms, hub: c.hub },
-          mayPromoteItself: canary.length === batch.length,
-        });
+        const decision = await pauseAfterCanary({ record: r, save, from: c, canary, mayPromoteItself: canary.length === batch.length });
         if (decision === 'stopped') return stopping();
         if (decision === 'abort') cause = { code: 'KILN_DEPLOY_ABORTED', message: `the canary (${batch.join(', ')}) was aborted by an operator` };
         else if (typeof decision === 'object') cause = { code: decision.unhealthy.code, message: `the canary stopped serving while paused: ${decision.unhealthy.message}` };

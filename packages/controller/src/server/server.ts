@@ -166,6 +166,8 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   const fleetsChanged = async () => opts.balancers?.local?.setFleets(fleets.list().filter(local).map((f) => f.name));
   /** The local balancer holds each fleet's live group, but not the instances a rollout in flight took out. */
   const restore = async () => {
+    // Nothing to restore without a local balancer (ELBv2 keeps its targets): no records read at start for it.
+    if (!opts.balancers?.local) return;
     const busy = new Set((await deployments.list()).filter(inFlight).flatMap((d) => Object.entries(d.instances).filter(([, i]) => i.step === 'sent' || i.step === 'failed').map(([id]) => id)));
     await restoreTraffic({ fleets: fleets.list().filter((f) => local(f) && !f.targetGroup), balancerFor, ...(launch ? { provider: launch.provider } : {}), busy, log, healthyMs: 10_000 });
   };
