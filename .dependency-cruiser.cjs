@@ -3,7 +3,7 @@
 // may import from its own room and from any room below it, never from one above.
 const ROOMS = {
   controller: ['cli', 'local', 'server', 'rollouts', 'bakes', 'fleets', 'balancers', 'providers', 'system'],
-  shared: ['protocol', 'install', 'service', 'release', 's3', 'system', 'errors'],
+  shared: ['protocol', 'install', 'service', 'config', 'release', 's3', 'system', 'errors'],
 };
 
 const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

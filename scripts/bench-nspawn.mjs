@@ -51,8 +51,8 @@ if (problem) say(`nspawn left out: ${problem}`);
 async function makeRelease(dir, version) {
   await cp(path.join(TOP, 'packages/controller/demo-app'), dir, { recursive: true });
   await writeFile(path.join(dir, 'VERSION'), `${version}\n`);
-  await mkdir(path.join(dir, 'data'), { recursive: true });
-  for (let n = 0; n < 10; n++) await writeFile(path.join(dir, 'data', `blob-${n}.bin`), randomBytes(Math.floor((DATA_MIB * MiB) / 10)));
+  await mkdir(path.join(dir, 'blobs'), { recursive: true });
+  for (let n = 0; n < 10; n++) await writeFile(path.join(dir, 'blobs', `blob-${n}.bin`), randomBytes(Math.floor((DATA_MIB * MiB) / 10)));
 }
 
 async function answersWithin(address, ms) {

@@ -115,9 +115,9 @@ async function startObservedS3(dir) {
 async function makeRelease(dir, version) {
   await cp(DEMO_APP, dir, { recursive: true });
   await writeFile(path.join(dir, 'VERSION'), `${version}\n`);
-  await mkdir(path.join(dir, 'data'), { recursive: true });
+  await mkdir(path.join(dir, 'blobs'), { recursive: true });
   const per = Math.floor((DATA_MIB * MiB) / FILES);
-  for (let n = 0; n < FILES; n++) await writeFile(path.join(dir, 'data', `blob-${String(n).padStart(2, '0')}.bin`), randomBytes(per));
+  for (let n = 0; n < FILES; n++) await writeFile(path.join(dir, 'blobs', `blob-${String(n).padStart(2, '0')}.bin`), randomBytes(per));
 }
 
 /**

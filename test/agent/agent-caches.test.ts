@@ -65,11 +65,11 @@ describe('digests handed over by the install', () => {
 
     const cache: DigestCache = new Map();
     rememberDigests(cache, files);
-    expect((await checkTree(releaseDir, manifest.files, cache, new Date())).status).toBe('ok');
+    expect((await checkTree(releaseDir, manifest.files, cache, new Date(), manifest.persist)).status).toBe('ok');
     // Changed after the install: a new stamp, so it is read and hashed again, not trusted.
     const victim = files[0]!.path;
     await appendFile(path.join(releaseDir, victim), 'tampered');
-    const after = await checkTree(releaseDir, manifest.files, cache, new Date());
+    const after = await checkTree(releaseDir, manifest.files, cache, new Date(), manifest.persist);
     expect(after).toMatchObject({ status: 'modified', modified: 1, paths: [`M ${victim}`] });
   });
 });

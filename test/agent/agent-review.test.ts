@@ -192,7 +192,7 @@ describe('agent review: stop()', () => {
     const log = quietLog();
     const inner = createProcessSupervisor({ appDir: appLayout(root, 'web').appDir, log, env: { PORT: String(port) } });
     // A slow service status makes every report take a while to build.
-    const service: ServiceManager = { kind: inner.kind, restart: (spec) => inner.restart(spec), stop: () => inner.stop(), status: async () => (await sleep(150), inner.status()) };
+    const service: ServiceManager = { ...inner, status: async () => (await sleep(150), inner.status()) };
     const agent = createAgent({ root, config, log, service });
     await agent.start();
     await agent.idle();

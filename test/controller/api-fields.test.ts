@@ -13,10 +13,10 @@ import { until } from '../helpers/agent.js';
 /**
  * Objects whose keys are data, not fields, by their path in a body (`[]`: any element of an
  * array): a deployment's `instances`, keyed by instance id; provider `tags`, keyed by tag name
- * (`kiln:fleet`, …; docs/providers.md lists kiln's); a release's `service.env`, keyed by
- * variable name. Their values are still walked, under `{key}`.
+ * (`kiln:fleet`, …; docs/providers.md lists kiln's); a release's `service.env` and a fleet config's
+ * `values` and `secrets`, keyed by variable name. Their values are still walked, under `{key}`.
  */
-const KEYED_BY_DATA = [/^deployments?(\[\])?\.instances$/, /^(images|instances)\[\]\.tags$/, /^service\.env$/];
+const KEYED_BY_DATA = [/^deployments?(\[\])?\.instances$/, /^(images|instances)\[\]\.tags$/, /^service\.env$/, /^config\.(values|secrets)$/];
 
 /** Fields the state built here cannot produce: `region` (images and bake copies on a provider with regions, ec2). */
 const NOT_PRODUCED_HERE = ['region'];
@@ -139,10 +139,26 @@ describe('docs/api.md', () => {
 
     // The live instance gone away: its row is unreachable, with what it last reported.
     const [gone] = (await call('GET /v1/fleets/:name', web, 200)).fleet.groups.find((g: any) => g.state === 'live').instances;
+    // Its app's output: one line (the supervisor's own "app started" at least), one JSON object; a bad query.
+    const logs = await call('GET /v1/fleets/:name/logs', web, 200, undefined, `?instance=${gone}&lines=1`);
+    expect(logs).toMatchObject({ instance: gone, process: 'web', line: expect.any(String) });
+    await call('GET /v1/fleets/:name/logs', web, 400, undefined, '?lines=many');
     await provider.stop([gone], { timeoutMs: 10_000 });
     await until(`${gone} unreachable`, () => ctl.server.kiln.hub.get(gone)?.connected === false);
     const status = await call('GET /v1/fleets/:name/instances', web, 200);
     expect(status.instances.map((r: any) => [r.instanceId, r.drift, r.installed])).toEqual([[gone, 'unreachable', '1.0.0']]);
+
+    // The fleet's config: none yet, two versions (a value and a secret by reference, then an unset), their history.
+    await call('GET /v1/fleets/:name/config', web, 404);
+    await call('POST /v1/fleets/:name/config', web, 201, { set: { LOG_LEVEL: 'debug' }, secrets: { DB_PASSWORD: 'aws-ssm:/web/db-password' } });
+    await call('POST /v1/fleets/:name/config', web, 201, { unset: ['LOG_LEVEL'] });
+    await call('GET /v1/fleets/:name/config', web, 200);
+    const configHistory = await call('GET /v1/fleets/:name/config/history', web, 200);
+    expect(configHistory.versions.map((v: any) => [v.seq, v.set, v.unset])).toEqual([[1, ['DB_PASSWORD', 'LOG_LEVEL'], []], [2, [], ['LOG_LEVEL']]]);
+    // A deployment of that config (its target names it): its one instance is away, so it fails at once.
+    const configDeploy = await call('POST /v1/deployments', {}, 201, { fleet: 'web', config: true });
+    await until('the config deployment over', async () => (await call('GET /v1/deployments/:id', { id: configDeploy.deployment.id }, 200)).deployment.state !== 'running', 30_000);
+    expect(configDeploy.deployment.release.config).toMatchObject({ fleet: 'web', seq: 2 });
 
     // A second fleet, deleted.
     await call('POST /v1/fleets', {}, 201, { name: 'api', app: 'web' });

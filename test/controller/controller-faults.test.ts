@@ -218,7 +218,7 @@ describe('unknown things: 404 before anything moves', () => {
 describe('conflicts: 409', () => {
   it('a second deployment on a busy fleet is KILN_FLEET_BUSY and a second fleet of the same name KILN_FLEET_EXISTS; neither changes anything', async () => {
     // two at once: one wins
-    const both = await Promise.all([1, 2].map(() => ctl.api('POST', '/v1/deployments', { fleet: 'web', version: '2.0.0', batch: { percent: 100 }, healthTimeoutMs: 20_000 })));
+    const both = await Promise.all([1, 2].map(() => ctl.api('POST', '/v1/deployments', { fleet: 'web', version: '2.0.0', batch: { percent: 100 }, healthTimeoutMs: 40_000 })));
     expect(both.map((r) => r.status).sort()).toEqual([201, 409]);
     const id = both.find((r) => r.status === 201)!.body.deployment.id;
     await until('both agents at the health gate', async () => (await rows('web')).filter((r) => r.operation === 'install 2.0.0 at health').length === 2);

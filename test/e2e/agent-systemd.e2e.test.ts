@@ -1,5 +1,4 @@
 // The agent under a real systemd: a Debian container booted with systemd-nspawn (root only).
-import { chmod, copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,10 +6,10 @@ import { createMachineGroup, ensureBaseRootfs, kilnCacheDir, nspawnHostProblem, 
 import { AgentReport, type ReleaseRef } from '@kiln/shared';
 import { CREDENTIAL, installAction, startFakeController, until, type FakeController } from '../helpers/agent.js';
 import { STANDARD_RELEASES, freePort, makeKeys, pushReleases, quietLog, tempDir } from '../helpers/release.js';
+import { writeAgentInstance } from '../helpers/nspawn.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
-const AGENT_UNIT = path.join(REPO, 'packages/agent/units/kiln-agent.service');
 const problem = nspawnHostProblem();
 const INSTANCE = 'm-systemd-1';
 const WATCHDOG_SEC = 3;
@@ -25,18 +24,6 @@ const keys = makeKeys();
 
 /** The instance's own files, written into its upper layer before it boots: agent, unit, config. */
 async function prepareInstance(upper: string): Promise<void> {
-  await mkdir(path.join(upper, 'usr/local/bin'), { recursive: true });
-  // The agent comes from this checkout, mounted read-only at /opt/kiln (a bake installs a bundle instead).
-  await writeFile(path.join(upper, 'usr/local/bin/kiln-agent'), '#!/bin/sh\nexec /usr/bin/node /opt/kiln/packages/agent/dist/main.js "$@"\n');
-  await chmod(path.join(upper, 'usr/local/bin/kiln-agent'), 0o755);
-  const units = path.join(upper, 'etc/systemd/system');
-  await mkdir(path.join(units, 'multi-user.target.wants'), { recursive: true });
-  await copyFile(AGENT_UNIT, path.join(units, 'kiln-agent.service'));
-  await symlink('/etc/systemd/system/kiln-agent.service', path.join(units, 'multi-user.target.wants/kiln-agent.service'));
-  // Only the watchdog period is shortened, so the test sees it fire within seconds.
-  await mkdir(path.join(units, 'kiln-agent.service.d'), { recursive: true });
-  await writeFile(path.join(units, 'kiln-agent.service.d/test.conf'), `[Service]\nWatchdogSec=${WATCHDOG_SEC}s\n`);
-  await mkdir(path.join(upper, 'etc/kiln'), { recursive: true });
   const config = {
     instanceId: INSTANCE,
     imageId: 'img-debian-base',
@@ -50,7 +37,8 @@ async function prepareInstance(upper: string): Promise<void> {
     heartbeatMs: 1_000,
     backoffCapMs: 2_000,
   };
-  await writeFile(path.join(upper, 'etc/kiln/agent.json'), JSON.stringify(config, null, 2));
+  // Only the watchdog period is shortened, so the test sees it fire within seconds.
+  await writeAgentInstance(upper, config, `[Service]\nWatchdogSec=${WATCHDOG_SEC}s\n`);
 }
 
 async function show(unit: string, ...props: string[]): Promise<Record<string, string>> {

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { runCli } from '@kiln/controller';
+import { OPERATOR, type TestController } from './controller.js';
 
 export const KILN_MAIN = fileURLToPath(new URL('../../packages/controller/dist/main.js', import.meta.url));
 export const KILN_AGENT_MAIN = fileURLToPath(new URL('../../packages/agent/dist/main.js', import.meta.url));
@@ -32,6 +33,31 @@ export async function kilnHere(args: string[], opts: CliOptions = {}): Promise<C
   const io = { stdout: sink((d) => (stdout += d)), stderr: sink((d) => (stderr += d)), env: opts.env ?? {}, cwd: opts.cwd ?? process.cwd() };
   const code = await runCli(args, { io });
   return { code, stdout, stderr };
+}
+
+/** kiln commands and API calls of an operator, with everything they printed and answered kept in `seen` (searched for a secret's value). */
+export interface OperatorSession {
+  seen: string[];
+  kiln(...args: string[]): Promise<CliResult>;
+  api(method: string, route: string, body?: unknown): Promise<{ status: number; body: any }>;
+}
+
+/** An operator's session on the controller `ctl()` returns (one a beforeAll starts), the commands run in `cwd()`. */
+export function operatorSession(ctl: () => Pick<TestController, 'url' | 'api'>, cwd: () => string): OperatorSession {
+  const seen: string[] = [];
+  return {
+    seen,
+    async kiln(...args) {
+      const r = await kilnHere(args, { env: { KILN_CONTROLLER: ctl().url, KILN_TOKEN: OPERATOR }, cwd: cwd() });
+      seen.push(r.stdout, r.stderr);
+      return r;
+    },
+    async api(method, route, body) {
+      const res = await ctl().api(method, route, body);
+      seen.push(JSON.stringify(res.body));
+      return res;
+    },
+  };
 }
 
 /** Runs the built `kiln-agent` the same way. */

@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { chmod, copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { LaunchOptions, NspawnProvider } from '@kiln/controller';
 import { FAST_LAUNCHED_AGENT } from './fast-agent.js';
 import type { S3Fixture } from './s3.js';
@@ -30,4 +33,25 @@ export async function stopMachines(ctl: { close(): Promise<void> } | undefined, 
     await provider.shutdown();
   }
   await s3?.close();
+}
+
+/**
+ * An instance's own files in its upper layer before it boots: the agent (from this checkout,
+ * mounted read-only at /opt/kiln), its unit enabled (with a drop-in when given), and its config.
+ */
+export async function writeAgentInstance(upper: string, config: object, unitDropIn?: string): Promise<void> {
+  const repo = fileURLToPath(new URL('../..', import.meta.url));
+  await mkdir(path.join(upper, 'usr/local/bin'), { recursive: true });
+  await writeFile(path.join(upper, 'usr/local/bin/kiln-agent'), '#!/bin/sh\nexec /usr/bin/node /opt/kiln/packages/agent/dist/main.js "$@"\n');
+  await chmod(path.join(upper, 'usr/local/bin/kiln-agent'), 0o755);
+  const units = path.join(upper, 'etc/systemd/system');
+  await mkdir(path.join(units, 'multi-user.target.wants'), { recursive: true });
+  await copyFile(path.join(repo, 'packages/agent/units/kiln-agent.service'), path.join(units, 'kiln-agent.service'));
+  await symlink('/etc/systemd/system/kiln-agent.service', path.join(units, 'multi-user.target.wants/kiln-agent.service'));
+  if (unitDropIn) {
+    await mkdir(path.join(units, 'kiln-agent.service.d'), { recursive: true });
+    await writeFile(path.join(units, 'kiln-agent.service.d/test.conf'), unitDropIn);
+  }
+  await mkdir(path.join(upper, 'etc/kiln'), { recursive: true });
+  await writeFile(path.join(upper, 'etc/kiln/agent.json'), JSON.stringify(config, null, 2));
 }

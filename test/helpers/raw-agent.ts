@@ -36,6 +36,7 @@ export function handReport(instanceId: string, over: Partial<AgentReport> = {}):
     agentVersion: 'raw-0',
     image: null,
     installed: null,
+    config: null,
     service: { active: true },
     tree: { status: 'unchecked', modified: 0, missing: 0, extra: 0, paths: [], checkedAt: null },
     operation: null,

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -38,16 +39,26 @@ export function quietLog(): Logger {
   return createLogger({ level: process.env.KILN_TEST_LOG ?? 'silent' });
 }
 
+/** A debug-level logger that keeps every line it writes: what a test searches a controller's log for. */
+export function keptLog(): { log: Logger; text: () => string } {
+  let text = '';
+  return { log: createLogger({ level: 'debug', destination: { write: (line: string) => void (text += line) } }), text: () => text };
+}
+
 export async function tempDir(prefix = 'kiln-test-'): Promise<string> {
   return mkdtemp(path.join(tmpdir(), prefix));
 }
+
+const DEMO_SPEC = JSON.parse(readFileSync(path.join(DEMO_APP, 'kiln.json'), 'utf8')) as { health: object };
 
 /** A copy of the demo HTTP app that answers with `version`; extra files may be added. */
 export async function makeApp(version: string, extra: Record<string, string | Buffer> = {}, kilnJson?: unknown): Promise<string> {
   const dir = await tempDir('kiln-test-app-');
   await cp(DEMO_APP, dir, { recursive: true });
   await writeFile(path.join(dir, 'VERSION'), `${version}\n`);
-  if (kilnJson !== undefined) await writeFile(path.join(dir, 'kiln.json'), JSON.stringify(kilnJson));
+  // The demo app's own kiln.json, with a health timeout of 2 s: a test that fails a health gate waits no longer.
+  const spec = kilnJson ?? { ...DEMO_SPEC, health: { ...DEMO_SPEC.health, timeoutMs: 2_000 } };
+  await writeFile(path.join(dir, 'kiln.json'), JSON.stringify(spec));
   for (const [name, data] of Object.entries(extra)) {
     await mkdir(path.dirname(path.join(dir, name)), { recursive: true });
     await writeFile(path.join(dir, name), data);
@@ -68,11 +79,11 @@ export function unhealthySpec(timeoutMs: number) {
   return { service: DEMO_SERVICE, health: { type: 'command', command: ['false'], timeoutMs, intervalMs: 100 } };
 }
 
-/** Extra files for a big release: `mib` MiB of random bytes (incompressible, so the artifact is as big), in `files` files under data/. */
+/** Extra files for a big release: `mib` MiB of random bytes (incompressible, so the artifact is as big), in `files` files under blobs/. */
 export function incompressible(mib: number, files = 1): Record<string, Buffer> {
   const each = (mib * 1024 * 1024) / files;
-  if (files === 1) return { 'data/blob.bin': randomBytes(each) };
-  return Object.fromEntries(Array.from({ length: files }, (_, i) => [`data/blob-${i}.bin`, randomBytes(each)]));
+  if (files === 1) return { 'blobs/blob.bin': randomBytes(each) };
+  return Object.fromEntries(Array.from({ length: files }, (_, i) => [`blobs/blob-${i}.bin`, randomBytes(each)]));
 }
 
 export interface PushOptions {

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startEmbeddedS3, type EmbeddedS3 } from '@kiln/controller';
@@ -27,4 +27,11 @@ export async function startS3(bucket = 'kiln'): Promise<S3Fixture> {
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Every file the bucket's server keeps (objects and their metadata), read whole: what a search for a value must not find. */
+export async function bucketFiles(s3: Pick<S3Fixture, 'dir'>): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(s3.dir, { withFileTypes: true, recursive: true })) if (e.isFile()) out.push(await readFile(path.join(e.parentPath, e.name), 'latin1'));
+  return out;
 }

@@ -24,7 +24,7 @@ export function loadLoop(url: string, clients = 4): { seen: LoadSeen; stop(): Pr
         const body = await res.text();
         if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
         seen.ok++;
-        count(seen.bodies, body.replace(/ \(pid \d+\)/, '').trim());
+        count(seen.bodies, body.replace(/ \(pid \d+.*\)/, '').trim());
       } catch (err) {
         seen.failed++;
         count(seen.failures, (err as Error).message);

@@ -56,11 +56,15 @@ const outside = async () =>
   Promise.all(SENTINELS.map((p) => lstat(p).then((s) => `${p} ${s.ino} ${s.size} ${s.nlink} ${s.mtimeMs}`, () => `${p} absent`)));
 let before: string[];
 
-/** Everything under `dir`, with what must never be there: special files, setuid bits, foreign owners, links leading out. */
+/**
+ * Everything under `dir`, with what must never be there: special files, setuid bits, foreign owners,
+ * links leading out (but for the install's own links of persistent directories into the app's data/).
+ */
 async function survey(dir: string): Promise<{ bytes: number; problems: string[] }> {
   const top = await realpath(dir);
+  const data = path.join(path.dirname(top), 'data');
   const out = { bytes: 0, problems: [] as string[] };
-  const inside = (p: string) => p === top || p.startsWith(top + path.sep);
+  const inside = (p: string) => p === top || p.startsWith(top + path.sep) || p.startsWith(data + path.sep);
   const walk = async (d: string): Promise<void> => {
     for (const e of await readdir(d, { withFileTypes: true })) {
       const p = path.join(d, e.name);

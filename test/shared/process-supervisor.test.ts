@@ -31,7 +31,7 @@ describe('process supervisor', () => {
     const { service, spec, get, port } = await setup();
     process.env.KILN_TEST_SECRET = 'do-not-leak';
     try {
-      await service.restart(spec);
+      await service.restart({ processes: { web: spec } });
     } finally {
       delete process.env.KILN_TEST_SECRET;
     }
@@ -44,7 +44,7 @@ describe('process supervisor', () => {
 
   it('restarts the app when it is killed, and stops it cleanly', async () => {
     const { service, spec, get, appDir } = await setup();
-    await service.restart(spec);
+    await service.restart({ processes: { web: spec } });
     const first = await expect.poll(get, { timeout: 5_000 }).toBeTruthy().then(get);
     process.kill(first.pid, 'SIGKILL');
     const pidNow = async () => (await get().catch(() => undefined))?.pid ?? first.pid;
@@ -59,13 +59,13 @@ describe('process supervisor', () => {
 
   it('a new supervisor ends the app a killed one left behind', async () => {
     const { service, spec, get, appDir } = await setup();
-    await service.restart(spec);
+    await service.restart({ processes: { web: spec } });
     const orphan = (await expect.poll(get, { timeout: 5_000 }).toBeTruthy().then(get)).pid;
     const daemon = (await readSupervisorStatus(supervisorPaths(appDir).status))!.daemonPid;
     process.kill(daemon, 'SIGKILL');
     await expect.poll(() => isAlive(daemon)).toBe(false);
     expect(isAlive(orphan)).toBe(true);
-    await service.restart(spec);
+    await service.restart({ processes: { web: spec } });
     await expect.poll(() => isAlive(orphan)).toBe(false);
     await expect.poll(async () => (await get().catch(() => undefined))?.pid, { timeout: 5_000 }).toBeGreaterThan(0);
     expect((await get()).pid).not.toBe(orphan);
@@ -76,7 +76,7 @@ describe('process supervisor', () => {
     const { service, spec } = await setup();
     const fds = async () => (await readdir('/proc/self/fd')).length;
     const before = await fds();
-    await service.restart(spec);
+    await service.restart({ processes: { web: spec } });
     await service.stop();
     expect(await fds()).toBe(before);
   });

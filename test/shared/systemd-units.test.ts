@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { ServiceSpec, renderAppUnit, unitEnvironment } from '@kiln/shared';
+import { ServiceSpec, appUnitName, renderAppUnit, unitEnvironment } from '@kiln/shared';
 import { tempDir } from '../helpers/release.js';
 
 const AGENT_UNIT = fileURLToPath(new URL('../../packages/agent/units/kiln-agent.service', import.meta.url));
@@ -57,6 +57,22 @@ describe.skipIf(!hasAnalyze)(`systemd units pass systemd-analyze verify${hasAnal
     expect(unitEnvironment(text)).toEqual({ GREETING: 'hello $USER at 50%', EMPTY: '', KILN_RELEASE_DIR: releaseDir, PORT: '9123' });
     expect(text).toMatch(/^Restart=always$/m);
     expect(text).toMatch(/^DynamicUser=yes$/m);
+  });
+
+  it("another process's unit, with the fleet's environment file and persistent directories, verifies", async () => {
+    const dir = await tempDir('kiln-test-units-');
+    const releaseDir = path.join(dir, 'releases', '1.0.0');
+    await mkdir(releaseDir, { recursive: true });
+    const spec = ServiceSpec.parse({ command: ['node', 'worker.js'] });
+    const text = renderAppUnit({ app: 'shop', process: 'worker', spec, releaseDir, envFile: '/run/kiln/apps/shop/config-3.env', dataDirs: ['/var/lib/kiln/apps/shop/data/uploads', '/var/lib/kiln/apps/shop/data/cache'] });
+    const unit = path.join(dir, appUnitName('shop', 'worker'));
+    expect(path.basename(unit)).toBe('kiln-app-shop.worker.service');
+    await writeFile(unit, text);
+    expect(await verify(unit)).toEqual({ code: 0, stderr: '' });
+    expect(text).toMatch(/^EnvironmentFile=\/run\/kiln\/apps\/shop\/config-3\.env$/m);
+    expect(text).toMatch(/^StateDirectory=kiln-shop kiln\/apps\/shop\/data\/uploads kiln\/apps\/shop\/data\/cache$/m);
+    expect(text).toMatch(/^User=kiln-shop$/m);
+    expect(text).toContain('Description=kiln app shop (worker)');
   });
 
   it('a bad key in a unit is caught by the lint (the lint can fail)', async () => {

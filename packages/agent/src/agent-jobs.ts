@@ -8,8 +8,9 @@ import {
   loadState,
   readInstalledManifest,
   recoverUnderLock,
+  restoreService,
   rollback,
-  waitHealthy,
+  appHealthGate,
   type CommandResult,
   type InstallOptions,
   type InstallResult,
@@ -17,10 +18,12 @@ import {
   type Logger,
   type PublicKey,
   type ReleaseStore,
+  type SecretResolver,
   type ServiceManager,
   TRANSIENT_S3_CODES,
 } from '@kiln/shared';
 import type { AgentConfig } from './agent-config.js';
+import type { ConfigLoader } from './config-loader.js';
 import { treeCheckOf, type LiveFacts } from './agent-report.js';
 import type { CommandMessage, Job } from './job-queue.js';
 import { UNCHECKED, rememberDigests, type DigestCache } from './tree-check.js';
@@ -31,6 +34,10 @@ export interface AgentJobsOptions {
   log: Logger;
   store: ReleaseStore;
   service: ServiceManager;
+  /** resolves a fleet config's secret references on this host */
+  resolveSecrets: SecretResolver;
+  /** reads and verifies the fleet config version a channel pointer or a command binds to its release */
+  loadConfig: ConfigLoader;
   keys: () => PublicKey[];
   now: () => Date;
   random: () => number;
@@ -76,6 +83,8 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
       store: o.store,
       keys: o.keys(),
       service: o.service,
+      resolveSecrets: o.resolveSecrets,
+      loadConfig: o.loadConfig,
       log,
       keep: config.keep,
       now: o.now,
@@ -110,7 +119,8 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
     }
     try {
       const result = await run();
-      live.lastError = null;
+      // What failed stays shown until something changes: a no-op (the release it swapped back to, asked again) does not clear it.
+      if (result.outcome !== 'unchanged') live.lastError = null;
       if (result.outcome !== 'unchanged' || result.downloaded) await checkTree();
       return result;
     } catch (err) {
@@ -145,22 +155,22 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
     }
   }
 
-  /** The installed release runs even before the channel is known (a reboot, S3 away). */
+  /**
+   * The installed release runs even before the channel is known (a reboot, S3 away): the routine on
+   * the release on disk starts it with its config (its secrets resolved again) and runs the hooks a
+   * bake left for the first boot.
+   */
   async function ensureServing(): Promise<void> {
     const state = await loadState(layout, config.app, log);
-    if (!state.current || (await o.service.status()).active) return;
-    const installed = await readInstalledManifest(layout, state.current.version);
-    if (!installed) return;
-    log.info({ version: state.current.version }, 'starting the installed release');
-    const { manifest } = installed;
-    await o.service.restart(manifest.service);
-    const port = config.port ?? (await o.service.status()).port ?? undefined;
-    await waitHealthy({ health: manifest.health, service: manifest.service, port, cwd: layout.release(state.current.version) });
+    const cur = state.current;
+    if (!cur || (!cur.pendingHooks?.length && (await o.service.status()).active)) return;
+    log.info({ version: cur.version }, 'starting the installed release');
+    await install({ ...routine({ via: cur.via }), target: { version: cur.version, manifestSha256: cur.manifestSha256 } });
   }
 
   async function boot(): Promise<void> {
     try {
-      const { interrupted } = await recoverUnderLock(layout, config.app, log, o.service).finally(o.recovered);
+      const { interrupted } = await recoverUnderLock(layout, config.app, log, o.service, o.resolveSecrets).finally(o.recovered);
       if (interrupted) log.warn({ interrupted }, 'recovered an interrupted install');
       await ensureServing();
     } catch (err) {
@@ -171,7 +181,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
     await refreshSeq();
     for (let n = 0; !o.isStopped(); n++) {
       try {
-        const r = await attempt('boot', () => install({ ...routine({ via: 'boot', newPointerOnly: true }), target: { channel: config.channel } }));
+        const r = await attempt('boot', () => install({ ...routine({ via: 'boot', newPointerOnly: true, baking: config.seal }), target: { channel: config.channel } }));
         log.info({ version: r.version, outcome: r.outcome, downloaded: r.downloaded }, 'boot: the channel is installed');
         break;
       } catch (err) {
@@ -218,16 +228,17 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
       return finish({ outcome: 'reported' });
     }
     try {
-      const base = { commandId: cmd.id };
+      // The config the command binds to its release, read and verified inside the attempt: a failure is the command's.
+      const withConfig = async () => ({ commandId: cmd.id, ...(a.config !== undefined ? { config: a.config && (await o.loadConfig(a.config)) } : {}) });
       let r: InstallResult;
       if (a.kind === 'install') {
-        r = await attempt('install', () => install({ ...routine({ ...base, via: 'hotfix' }, cmd.id), target: { version: a.version, manifestSha256: a.manifestSha256, ...(a.manifest ? { manifest: { bytes: Buffer.from(a.manifest.bytes, 'base64'), sig: Buffer.from(a.manifest.sig, 'base64') } } : {}) } }), a.version, cmd.id);
+        r = await attempt('install', async () => install({ ...routine({ ...(await withConfig()), via: 'hotfix' }, cmd.id), target: { version: a.version, manifestSha256: a.manifestSha256, ...(a.manifest ? { manifest: { bytes: Buffer.from(a.manifest.bytes, 'base64'), sig: Buffer.from(a.manifest.sig, 'base64') } } : {}) } }), a.version, cmd.id);
       } else if (a.version) {
         const target = { version: a.version, ...(a.manifestSha256 ? { manifestSha256: a.manifestSha256 } : {}) };
-        r = await attempt('rollback', () => install({ ...routine({ ...base, via: 'rollback', allowDowngrade: true }, cmd.id), target }), a.version, cmd.id);
+        r = await attempt('rollback', async () => install({ ...routine({ ...(await withConfig()), via: 'rollback', allowDowngrade: true }, cmd.id), target }), a.version, cmd.id);
       } else {
         const previous = (await loadState(layout, config.app, log)).previous?.version;
-        r = await attempt('rollback', () => rollback(routine({ ...base, via: 'rollback' }, cmd.id)), previous, cmd.id);
+        r = await attempt('rollback', async () => rollback(routine({ ...(await withConfig()), via: 'rollback' }, cmd.id)), previous, cmd.id);
       }
       finish({ outcome: r.outcome, version: r.version });
     } catch (err) {

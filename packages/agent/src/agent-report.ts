@@ -80,6 +80,8 @@ export async function collectReport(src: ReportSources, live: LiveFacts, now: Da
     agentVersion: src.agentVersion,
     image: src.marker?.release ?? null,
     installed: cur ? { version: cur.version, seq: cur.seq, manifestSha256: cur.manifestSha256, artifactSha256: cur.artifactSha256, via: cur.via, installedAt: cur.installedAt } : null,
+    // Its seq and digest only: what a config holds stays on the host.
+    config: cur?.config ? { seq: cur.config.seq, sha256: cur.config.sha256 } : null,
     service: { active: status.active },
     tree: live.tree,
     operation: live.operation,
@@ -95,7 +97,7 @@ export async function treeCheckOf(root: string, app: string, cache: DigestCache,
   const version = await currentVersion(layout);
   const installed = version ? await readInstalledManifest(layout, version) : undefined;
   if (!version || !installed) return UNCHECKED;
-  return checkTree(layout.release(version), installed.manifest.files, cache, now);
+  return checkTree(layout.release(version), installed.manifest.files, cache, now, installed.manifest.persist);
 }
 
 /** The latest command outcomes, for the hello frame: what finished while the controller was away. */

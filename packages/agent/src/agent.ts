@@ -6,12 +6,16 @@ import {
   asKilnError,
   createProcessSupervisor,
   createSystemdService,
+  createConfigStore,
   createReleaseStore,
   createS3Client,
   frame,
+  logSource,
   proveIdentity,
+  resolveSecrets,
   type AgentReport,
   type CommandResult,
+  type ConfigStore,
   type Logger,
   type Message,
   type Outgoing,
@@ -24,6 +28,8 @@ import { loadControllerCa, loadPinnedKeys, type AgentConfig } from './agent-conf
 import { loadIdentity } from './agent-identity.js';
 import { connectToController, type Connection } from './agent-connection.js';
 import { createAgentJobs, type AgentJobs } from './agent-jobs.js';
+import { configLoader } from './config-loader.js';
+import { createAgentLogs } from './agent-logs.js';
 import { collectReport, recentResults, stateReader, type LiveFacts } from './agent-report.js';
 import { jittered } from './jittered.js';
 import { sealImage } from './agent-seal.js';
@@ -40,6 +46,8 @@ export interface AgentOptions {
   /** injected collaborators (tests, benchmarks with many agents in one process) */
   keys?: PublicKey[];
   store?: ReleaseStore;
+  /** where fleet config versions come from (default: the agent's bucket) */
+  configStore?: ConfigStore;
   service?: ServiceManager;
   /** how the process supervisor's daemon is started (its daemonCommand): kiln-agent starts it from its own file */
   supervisorCommand?: string[];
@@ -73,7 +81,11 @@ export function createAgent(opts: AgentOptions): Agent {
   const layout = appLayout(root, config.app);
   const agentDir = path.join(layout.root, 'var/lib/kiln/agent');
   const service = opts.service ?? defaultService(opts, layout.appDir, log);
-  const store = opts.store ?? createReleaseStore(createS3Client(config.s3), config.s3.bucket, config.s3.prefix);
+  // One S3 client for the releases and the fleet configs, made only when one of them is not injected.
+  let client: ReturnType<typeof createS3Client> | undefined;
+  const s3 = () => (client ??= createS3Client(config.s3));
+  const store = opts.store ?? createReleaseStore(s3(), config.s3.bucket, config.s3.prefix);
+  const configStore = opts.configStore ?? createConfigStore(s3(), config.s3.bucket, config.s3.prefix);
   const cache: DigestCache = new Map();
   const live: LiveFacts = { tree: UNCHECKED, operation: null, lastError: null, queued: 0 };
   const results = new Map<string, CommandResult>();
@@ -138,6 +150,9 @@ export function createAgent(opts: AgentOptions): Agent {
     log,
     store,
     service,
+    // On the host, never by the controller: files under the root, the agent's own environment, AWS.
+    resolveSecrets: (refs) => resolveSecrets(refs, { root, env: process.env, ...(config.s3.region ? { region: config.s3.region } : {}) }),
+    loadConfig: configLoader(configStore, config.app, () => keys),
     keys: () => keys,
     now,
     random,
@@ -165,6 +180,8 @@ export function createAgent(opts: AgentOptions): Agent {
   });
 
   let keys: PublicKey[] = opts.keys ?? [];
+  // Log lines go straight to the socket: they are no event a test or benchmark counts.
+  const logs = createAgentLogs({ source: logSource(config.serviceManager, root, config.app), log, send: (m) => conn?.send(frame(m)) ?? false });
 
   function onMessage(msg: Message): void {
     if (msg.type === 'error') {
@@ -172,6 +189,8 @@ export function createAgent(opts: AgentOptions): Agent {
       return;
     }
     if (msg.type === 'command') accept(msg);
+    else if (msg.type === 'log-request') logs.request(msg);
+    else if (msg.type === 'log-stop') logs.stop(msg.id);
   }
 
   function accept(cmd: CommandMessage): void {
@@ -249,7 +268,11 @@ export function createAgent(opts: AgentOptions): Agent {
             return frame(message);
           },
           onMessage,
-          onState: (connected) => emit({ type: 'connected', connected }),
+          onState: (connected) => {
+            // Nobody reads a follow past its connection: the controller asks again on the next one.
+            if (!connected) logs.closeAll();
+            emit({ type: 'connected', connected });
+          },
         });
       }
       // The channel pointer is polled only while the controller is away (or there is none).
@@ -260,6 +283,7 @@ export function createAgent(opts: AgentOptions): Agent {
       stopped = true;
       for (const t of timers) clearTimeout(t);
       conn?.close();
+      logs.closeAll();
       queue.close();
       jobs.abort();
       await queue.idle();

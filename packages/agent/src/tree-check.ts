@@ -16,8 +16,11 @@ export function rememberDigests(cache: DigestCache, files: ExtractedFile[]): voi
   for (const f of files) cache.set(f.path, { stamp: f.stamp, sha256: f.sha256 });
 }
 
-/** Compares the installed tree with the manifest's entries: type, mode, size, sha256, link target. */
-export async function checkTree(releaseDir: string, files: FileEntry[], cache: DigestCache, now: Date): Promise<TreeCheck> {
+/**
+ * Compares the installed tree with the manifest's entries: type, mode, size, sha256, link target.
+ * The links of persistent directories (`persist`) are the install's, not the release's: not looked at.
+ */
+export async function checkTree(releaseDir: string, files: FileEntry[], cache: DigestCache, now: Date, persist: string[] = []): Promise<TreeCheck> {
   const expected = new Map(files.map((f) => [f.path, f]));
   const modified: string[] = [];
   const missing: string[] = [];
@@ -28,6 +31,7 @@ export async function checkTree(releaseDir: string, files: FileEntry[], cache: D
     const names = await ifMissing(readdir(path.join(releaseDir, rel)), []);
     for (const name of names.sort()) {
       const p = rel ? `${rel}/${name}` : name;
+      if (!rel && persist.includes(name)) continue;
       const want = expected.get(p);
       if (!want) {
         extra.push(p);

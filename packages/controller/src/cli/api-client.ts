@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import path from 'node:path';
 import { ERROR_CODES, KilnError, type ErrorCode } from '@kiln/shared';
@@ -20,6 +20,8 @@ export interface ApiClient {
   post<T>(route: string, body?: unknown): Promise<T>;
   patch<T>(route: string, body: unknown): Promise<T>;
   delete<T>(route: string): Promise<T>;
+  /** GETs a newline-delimited answer, one line at a time, until it ends or `signal` aborts (then it resolves). */
+  lines(route: string, onLine: (line: string) => void, signal?: AbortSignal): Promise<void>;
 }
 
 const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'EPIPE']);
@@ -44,55 +46,87 @@ export async function openApi(flags: Flags, ctx: CliContext, timeoutMs = 15_000)
   const ca = caFile ? await readFile(caFile, 'utf8') : undefined;
   const agentsUrl = isLocal ? local!.agentsUrl : `${url.replace(/^http/, 'ws')}/v1/agents`;
 
-  function call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', route: string, body?: unknown): Promise<T> {
+  function open(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', route: string, payload: string | undefined, onResponse: (res: IncomingMessage) => void): ClientRequest {
     const target = new URL(route, `${url}/`);
-    const payload = method === 'POST' || method === 'PATCH' ? JSON.stringify(body ?? {}) : undefined;
     const send = target.protocol === 'https:' ? httpsRequest : httpRequest;
+    const req = send(
+      target,
+      {
+        method,
+        ...(ca ? { ca } : {}),
+        headers: { authorization: `Bearer ${token}`, accept: 'application/json', ...(payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}) },
+        timeout: timeoutMs,
+      },
+      onResponse,
+    );
+    req.on('timeout', () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })));
+    return req;
+  }
+
+  /** The whole answer as JSON: its body on a 2xx, else the API's error as a KilnError. */
+  function answer<T>(res: IncomingMessage, method: string, route: string): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const req = send(
-        target,
-        {
-          method,
-          ...(ca ? { ca } : {}),
-          headers: { authorization: `Bearer ${token}`, accept: 'application/json', ...(payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}) },
-          timeout: timeoutMs,
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', (err) => reject(unreachable(url!, err)));
-          res.on('end', () => {
-            const status = res.statusCode ?? 0;
-            let parsed: unknown;
-            try {
-              parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-            } catch (err) {
-              if (!(err instanceof SyntaxError)) throw err;
-              return reject(new KilnError('KILN_CONTROLLER_UNREACHABLE', `${url} answered ${method} ${route} with HTTP ${status} and no JSON: is it a kiln controller?`));
-            }
-            if (status >= 200 && status < 300) return resolve(parsed as T);
-            const err = apiError(parsed, status, `${method} ${route}`);
-            // Only the CLI knows where its token came from, and so where the right one is.
-            if (err.code === 'KILN_UNAUTHORIZED') {
-              return reject(
-                new KilnError(
-                  'KILN_UNAUTHORIZED',
-                  `the controller at ${url} does not know the operator token from ${tokenFrom}: use the one its \`kiln up\` made (operatorToken in the .kiln/controller.json of the directory it runs in), with --token TOKEN or KILN_TOKEN`,
-                  { cause: err, details: { status } },
-                ),
-              );
-            }
-            reject(err);
-          });
-        },
-      );
-      req.on('timeout', () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })));
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', (err) => reject(unreachable(url!, err)));
+      res.on('end', () => {
+        const status = res.statusCode ?? 0;
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+        } catch (err) {
+          if (!(err instanceof SyntaxError)) throw err;
+          return reject(new KilnError('KILN_CONTROLLER_UNREACHABLE', `${url} answered ${method} ${route} with HTTP ${status} and no JSON: is it a kiln controller?`));
+        }
+        if (status >= 200 && status < 300) return resolve(parsed as T);
+        const err = apiError(parsed, status, `${method} ${route}`);
+        // Only the CLI knows where its token came from, and so where the right one is.
+        if (err.code === 'KILN_UNAUTHORIZED') {
+          return reject(
+            new KilnError(
+              'KILN_UNAUTHORIZED',
+              `the controller at ${url} does not know the operator token from ${tokenFrom}: use the one its \`kiln up\` made (operatorToken in the .kiln/controller.json of the directory it runs in), with --token TOKEN or KILN_TOKEN`,
+              { cause: err, details: { status } },
+            ),
+          );
+        }
+        reject(err);
+      });
+    });
+  }
+
+  function call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', route: string, body?: unknown): Promise<T> {
+    const payload = method === 'POST' || method === 'PATCH' ? JSON.stringify(body ?? {}) : undefined;
+    return new Promise<T>((resolve, reject) => {
+      const req = open(method, route, payload, (res) => answer<T>(res, method, route).then(resolve, reject));
       req.on('error', (err) => reject(unreachable(url!, err)));
       req.end(payload);
     });
   }
 
-  return { url, agentsUrl, ca: caFile, local: isLocal, get: (route) => call('GET', route), post: (route, body) => call('POST', route, body), patch: (route, body) => call('PATCH', route, body), delete: (route) => call('DELETE', route) };
+  function lines(route: string, onLine: (line: string) => void, signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const req = open('GET', route, undefined, (res) => {
+        if ((res.statusCode ?? 0) >= 300) return void answer(res, 'GET', route).then(() => resolve(), reject);
+        // A follow may be quiet for long: only the wait for the answer has a deadline.
+        req.setTimeout(0);
+        let held = '';
+        res.setEncoding('utf8');
+        res.on('data', (text: string) => {
+          const parts = (held + text).split('\n');
+          held = parts.pop()!;
+          for (const p of parts) if (p) onLine(p);
+        });
+        res.on('end', () => resolve());
+        res.on('error', (err) => (signal?.aborted ? resolve() : reject(unreachable(url!, err))));
+      });
+      req.on('error', (err) => (signal?.aborted ? resolve() : reject(unreachable(url!, err))));
+      signal?.addEventListener('abort', () => req.destroy(), { once: true });
+      req.end();
+    });
+  }
+
+  return { url, agentsUrl, ca: caFile, local: isLocal, get: (route) => call('GET', route), post: (route, body) => call('POST', route, body), patch: (route, body) => call('PATCH', route, body), delete: (route) => call('DELETE', route), lines };
 }
 
 function unreachable(url: string, err: Error): KilnError {

@@ -51,6 +51,15 @@ export const str = (flags: Flags, name: string): string | undefined => {
   return typeof v === 'string' ? v : undefined;
 };
 
+/** A whole-number option from `min` to `max`, or undefined when not given; KILN_USAGE otherwise. */
+export function intFlag(flags: Flags, name: string, min: number, max: number): number | undefined {
+  const v = str(flags, name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < min || n > max) throw new KilnError('KILN_USAGE', `--${name} ${v}: a whole number from ${min} to ${max}`);
+  return n;
+}
+
 export const list = (flags: Flags, name: string): string[] => {
   const v = flags[name];
   return Array.isArray(v) ? v : typeof v === 'string' ? [v] : [];

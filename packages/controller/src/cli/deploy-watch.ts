@@ -2,8 +2,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { KilnError, isKilnError, type ErrorCode } from '@kiln/shared';
 import type { ApiClient } from './api-client.js';
 import { note, out, printJson, type CliContext } from './cli-context.js';
-import type { Deployment, DeploymentBody } from '../server/api-types.js';
+import type { Deployment, DeploymentBody, ReleaseDetail } from '../server/api-types.js';
 import { createProgress } from './progress.js';
+import { describeTarget } from '../fleets/fleet-model.js';
 
 type Step = Deployment['instances'][string]['step'];
 
@@ -93,8 +94,11 @@ async function follow(ctx: CliContext, api: ApiClient, first: Deployment, pollMs
   let phasesShown = 0;
   let d = first;
   const how = d.strategy === 'hotfix' && d.kind !== 'heal' ? `batch ${'percent' in d.batch ? `${d.batch.percent}%` : d.batch.count}, ` : '';
-  progress.phase(`deployment ${d.id}: ${d.kind === 'deploy' ? d.strategy : d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (${how}max failures ${d.maxFailures}, health timeout ${d.healthTimeoutMs / 1000} s)`);
+  progress.phase(`deployment ${d.id}: ${d.kind === 'deploy' ? d.strategy : d.kind} of fleet ${d.fleet} to ${d.app} ${describeTarget(d.release)} (${how}max failures ${d.maxFailures}, health timeout ${d.healthTimeoutMs / 1000} s)`);
+  if (d.unchanged) progress.phase(`  ${describeTarget(d.release)} is what fleet ${d.fleet} should run already: only instances that run something else change`);
   progress.phase(`  ${gatesLine(d)}`);
+  const lost = await replacedData(api, d);
+  if (lost) progress.phase(`  ${lost}`);
   let soaksShown = 0;
   let pauseShown = false;
   let lastReached = Date.now();
@@ -169,4 +173,15 @@ async function follow(ctx: CliContext, api: ApiClient, first: Deployment, pollMs
   if (d.state === 'succeeded') return 0;
   note(ctx, `error ${failureCode(d)}: ${d.error?.message ?? d.verdict ?? d.state}`);
   return 1;
+}
+
+/**
+ * A deployment that replaces instances (heal, bake, relaunch) of a release with persistent
+ * directories: their data stays on the instances it retires. Said before it starts, not after.
+ */
+async function replacedData(api: ApiClient, d: Deployment): Promise<string | undefined> {
+  if (d.kind !== 'heal' && d.strategy === 'hotfix') return undefined;
+  const r = await api.get<ReleaseDetail>(`/v1/releases/${d.app}/${d.release.version}`).catch(() => undefined);
+  if (!r?.persist.length) return undefined;
+  return `warning: ${d.app} keeps data in persistent directories (${r.persist.join(", ")}) on each instance; the new instances start with theirs empty and the data of those replaced is not carried over (docs/app.md)`;
 }

@@ -16,6 +16,8 @@ import {
   type ErrorCode,
   type Logger,
   type Message,
+  type MessageOf,
+  type Outgoing,
 } from '@kiln/shared';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Fleet } from './fleet-model.js';
@@ -38,6 +40,8 @@ export interface HubEvents {
   result: [instanceId: string, result: CommandResult];
   progress: [instanceId: string, commandId: string, stage: string];
   connection: [instanceId: string, connected: boolean];
+  /** a log stream's frames (log-streams.ts reads them) */
+  logs: [instanceId: string, msg: MessageOf<'log-start' | 'log-lines' | 'log-end'>];
 }
 
 export interface AgentHub extends EventEmitter<HubEvents> {
@@ -47,6 +51,8 @@ export interface AgentHub extends EventEmitter<HubEvents> {
   get(instanceId: string): HubInstance | undefined;
   /** Sends a command to a connected agent; false when it is not connected. */
   command(instanceId: string, id: string, app: string, action: CommandAction): boolean;
+  /** Sends any frame to a connected agent (a log request); false when it is not connected. */
+  send(instanceId: string, msg: Outgoing): boolean;
   /** Drops instances for good (terminated, or their fleet deleted): closes their connections and forgets their records. */
   forget(instanceIds: string[]): void;
   /** Drops every instance of a deleted fleet: those seen since the start and those only pinned in its records. */
@@ -230,6 +236,8 @@ export function createAgentHub(opts: AgentHubOptions): AgentHub {
         hub.emit('result', instanceId, msg.result);
       } else if (msg.type === 'progress') {
         hub.emit('progress', instanceId, msg.commandId, msg.stage);
+      } else if (msg.type === 'log-start' || msg.type === 'log-lines' || msg.type === 'log-end') {
+        hub.emit('logs', instanceId, msg);
       } else if (msg.type === 'error') {
         log.warn({ instanceId, error: msg.error }, 'an agent refused a frame of ours');
       }
@@ -302,12 +310,13 @@ export function createAgentHub(opts: AgentHubOptions): AgentHub {
   };
   hub.instances = (fleet) => [...known.values()].filter((i) => !fleet || i.fleet === fleet);
   hub.get = (id) => known.get(id);
-  hub.command = (instanceId, id, app, action) => {
+  hub.send = (instanceId, msg) => {
     const ws = sockets.get(instanceId);
     if (!ws) return false;
-    ws.send(frame({ type: 'command', id, instanceId, app, action }));
+    ws.send(frame(msg));
     return true;
   };
+  hub.command = (instanceId, id, app, action) => hub.send(instanceId, { type: 'command', id, instanceId, app, action });
   hub.forget = (ids) => {
     const had = ids.filter((id) => known.has(id) || records.get(id));
     drop(ids);

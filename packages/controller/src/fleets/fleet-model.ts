@@ -1,14 +1,29 @@
-import { AppName, ChannelName, KilnError, ReleaseRef, Sha256, VersionName, formatZodError } from '@kiln/shared';
+import { AppName, BoundConfig, ChannelName, KilnError, ReleaseRef, Sha256, VersionName, formatZodError } from '@kiln/shared';
 import { z } from 'zod';
 
 export const fleetName = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lower-case letters, digits and -, at most 63');
+
+/**
+ * What a fleet runs, as one: a release and the fleet config version bound to it (docs/config.md).
+ * `config` null: none bound (a fleet without config, a record from before configs); instances keep
+ * the config they run.
+ */
+export const TargetRef = ReleaseRef.extend({ config: BoundConfig.nullable().default(null) });
+export type TargetRef = z.infer<typeof TargetRef>;
+
+/** The same release with the same config. */
+export const sameTarget = (a: Pick<TargetRef, 'manifestSha256' | 'config'>, b: Pick<TargetRef, 'manifestSha256' | 'config'>) =>
+  a.manifestSha256 === b.manifestSha256 && (a.config?.sha256 ?? null) === (b.config?.sha256 ?? null);
+
+/** "2.0.0", or "2.0.0 with config 3" when a config is bound to it. */
+export const describeTarget = (t: { version: string; config?: { seq: number } | null }) => `${t.version}${t.config ? ` with config ${t.config.seq}` : ''}`;
 
 /** Instances launched together from one image (`web-v003`): the unit bake and relaunch replace. */
 export const Group = z.strictObject({
   name: z.string(),
   image: z.string(),
-  /** the release the group went live with */
-  release: ReleaseRef.nullable(),
+  /** the release the group went live with, and its config */
+  release: TargetRef.nullable(),
   instances: z.array(z.string()),
   /** live: serving; standby: stopped, kept for `kiln rollback`; launching: on its way (not live yet) */
   state: z.enum(['launching', 'live', 'standby']),
@@ -24,10 +39,10 @@ export const Fleet = z.strictObject({
   provider: z.enum(['none', 'process', 'nspawn', 'ec2']),
   image: z.string().max(256).nullable(),
   size: z.number().int().min(0).max(100_000),
-  /** the release the fleet should run, set by every successful deployment */
-  desired: ReleaseRef.nullable(),
-  /** earlier desired releases, newest last: `kiln rollback FLEET` goes to the one before `desired` */
-  history: z.array(ReleaseRef.extend({ at: z.string() })).max(50),
+  /** the release the fleet should run and the config it runs with, set by every successful deployment */
+  desired: TargetRef.nullable(),
+  /** earlier desired releases (with their config), newest last: `kiln rollback FLEET` goes to the one before `desired` */
+  history: z.array(TargetRef.extend({ at: z.string() })).max(50),
   agentCredentialSha256: Sha256,
   /** with the controller's agent secret, derives the agent credential its launches give instances */
   credentialSalt: z.string().max(64).optional(),
@@ -100,13 +115,18 @@ export const GateFields = {
 export const DeploymentCreate = z
   .strictObject({
     fleet: fleetName,
-    version: VersionName,
+    /** the release; without it (and with `config`), the fleet's desired one */
+    version: VersionName.optional(),
+    /** deploy the fleet's latest config version (every deployment of a release carries it too) */
+    config: z.boolean().default(false),
     strategy: Strategy.default('hotfix'),
     batch: BatchSpec.default({ percent: 25 }),
     maxFailures: z.number().int().min(0).default(0),
-    healthTimeoutMs: z.number().int().min(100).max(3_600_000).default(30_000),
+    /** absent: 30 s, or what the release's own health checks and hooks take when that is longer */
+    healthTimeoutMs: z.number().int().min(100).max(3_600_000).optional(),
     ...GateFields,
   })
+  .refine((d) => d.version !== undefined || d.config, { message: 'name the release to deploy, or config: true to deploy the fleet\'s latest config with its desired release', path: ['version'] })
   .refine((d) => d.canaryWaitMs === null || d.canary !== null, { message: 'canaryWaitMs needs canary', path: ['canaryWaitMs'] })
   .refine((d) => (d.maxErrorRate === null && d.alarms.length === 0) || d.soakMs > 0, { message: 'maxErrorRate and alarms are read over the soak window: give soakMs too', path: ['soakMs'] });
 export type DeploymentCreate = z.infer<typeof DeploymentCreate>;
@@ -146,9 +166,12 @@ export const Deployment = z.strictObject({
   strategy: Strategy,
   /** `deploy`; `rollback` (the previous good release, or the standby group brought back); `heal` (drifted instances replaced) */
   kind: z.enum(['deploy', 'rollback', 'heal']),
-  release: ReleaseRef,
-  /** the pointer this deployment replaced, restored if it fails */
-  previous: ReleaseRef.nullable(),
+  /** the release and the config version it deploys */
+  release: TargetRef,
+  /** what the fleet ran before (the pointer this deployment replaced), restored if it fails; null: the same as `release`, or nothing */
+  previous: TargetRef.nullable(),
+  /** the release and config were the fleet's desired ones already: only instances that differ from them change */
+  unchanged: z.boolean().default(false),
   batch: BatchSpec,
   maxFailures: z.number().int().min(0),
   healthTimeoutMs: z.number().int(),

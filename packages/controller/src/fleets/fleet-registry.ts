@@ -1,6 +1,6 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { KilnError, isKilnError, sha256Hex, type DocStore, type Logger, type ReleaseRef } from '@kiln/shared';
-import { Fleet, FleetCreate } from './fleet-model.js';
+import { KilnError, isKilnError, sha256Hex, type DocStore, type Logger } from '@kiln/shared';
+import { Fleet, FleetCreate, type TargetRef } from './fleet-model.js';
 import type { z } from 'zod';
 
 export interface FleetRegistry {
@@ -13,8 +13,9 @@ export interface FleetRegistry {
    * Creates a fleet; the agent credential is returned once and kept only as a digest.
    * KILN_FLEET_EXISTS for a name in use; KILN_CHANNEL_TAKEN when another fleet of the app follows the channel.
    */
-  create(input: z.infer<typeof FleetCreate>, desired: ReleaseRef | null): Promise<{ fleet: Fleet; agentCredential: string }>;
-  setDesired(name: string, release: ReleaseRef): Promise<Fleet>;
+  create(input: z.infer<typeof FleetCreate>, desired: TargetRef | null): Promise<{ fleet: Fleet; agentCredential: string }>;
+  /** the release and config the fleet now runs; the one before goes to its history */
+  setDesired(name: string, release: TargetRef): Promise<Fleet>;
   /** Changes a fleet record (groups, image, size) and writes it. */
   update(name: string, change: (f: Fleet) => Fleet): Promise<Fleet>;
   /** Removes a fleet's record; its agent credential is refused from then on. */

@@ -14,13 +14,17 @@ export interface InstanceRow {
   image: string | null;
   desired: string | null;
   installed: string | null;
+  /** the fleet config version the fleet's desired state binds to its release (null: none) */
+  desiredConfig: number | null;
+  /** the config version the instance's app runs with (null: none, or not reported) */
+  config: number | null;
   via: string | null;
   tree: string;
   operation: string | null;
   lastError: string | null;
   /** the fleet group it belongs to (provider fleets) */
   group?: string | null;
-  /** in-sync: runs the desired release, tree intact, as baked or installed at boot; off-image: the desired release but changed in place (a hotfix; heal replaces it); drifted: not the desired release, or a modified tree */
+  /** in-sync: runs the desired release and config, tree intact, as baked or installed at boot; off-image: the desired release and config but changed in place (a hotfix; heal replaces it); drifted: not the desired release or config, or a modified tree */
   drift: DriftState;
 }
 
@@ -37,9 +41,10 @@ export function instanceRow(fleet: Fleet, i: HubInstance): InstanceRow {
   const r = i.report;
   const installedSha = r?.installed?.manifestSha256;
   const treeOk = r?.tree.status !== 'modified';
+  const configOk = (r?.config?.sha256 ?? null) === (fleet.desired?.config?.sha256 ?? null);
   let drift: DriftState;
   if (!i.connected) drift = 'unreachable';
-  else if (!fleet.desired || installedSha !== fleet.desired.manifestSha256 || !treeOk) drift = 'drifted';
+  else if (!fleet.desired || installedSha !== fleet.desired.manifestSha256 || !configOk || !treeOk) drift = 'drifted';
   // Changed in place since launch (a hotfix, a rollback, a manual install): heal replaces it.
   else if (!['baked', 'boot'].includes(r?.installed?.via ?? '')) drift = 'off-image';
   else drift = 'in-sync';
@@ -52,10 +57,12 @@ export function instanceRow(fleet: Fleet, i: HubInstance): InstanceRow {
     image: r?.image?.version ?? null,
     desired: fleet.desired?.version ?? null,
     installed: r?.installed?.version ?? null,
+    desiredConfig: fleet.desired?.config?.seq ?? null,
+    config: r?.config?.seq ?? null,
     via: r?.installed?.via ?? null,
     tree: !t ? 'unknown' : t.status === 'modified' ? `modified (${t.modified} changed, ${t.missing} missing, ${t.extra} extra)` : t.status,
     operation: r?.operation ? `${r.operation.op} ${r.operation.version} at ${r.operation.step}` : null,
-    lastError: r?.lastError ? `${r.lastError.code}` : null,
+    lastError: r?.lastError ? lastErrorLine(r.lastError) : null,
     drift,
   };
 }
@@ -74,6 +81,8 @@ function unreportedRow(fleet: Fleet, instanceId: string, group: Fleet['groups'][
     image: null,
     desired: fleet.desired?.version ?? null,
     installed: null,
+    desiredConfig: fleet.desired?.config?.seq ?? null,
+    config: null,
     via: null,
     tree: 'unknown',
     operation: null,
@@ -107,4 +116,10 @@ export function summarize(rows: InstanceRow[]): FleetSummary {
   const count = (d: DriftState) => rows.filter((r) => r.drift === d).length;
   const s = { instances: rows.length, inSync: count('in-sync'), offImage: count('off-image'), drifted: count('drifted'), unreachable: count('unreachable') };
   return { ...s, line: `${s.instances} instances: ${s.inSync} in sync, ${s.offImage} off their image (hotfixed), ${s.drifted} drifted, ${s.unreachable} unreachable` };
+}
+
+/** An agent's last error in one line a person acts on: its code and the first line of its message ("KILN_APP_CRASHED: web exited with code 3 (5 restarts in 8 s)"). */
+function lastErrorLine(e: { code: string; message: string }): string {
+  const first = e.message.split('\n')[0]!.replace(/; its last lines:$/, '');
+  return `${e.code}: ${first.length > 160 ? `${first.slice(0, 159)}…` : first}`;
 }

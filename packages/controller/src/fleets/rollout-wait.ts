@@ -1,13 +1,23 @@
 import type { AgentReport, CommandAction } from '@kiln/shared';
 import type { AgentHub, HubInstance } from './agent-hub.js';
+import { versionAtLeast } from './log-streams.js';
+
+/** Agents from this version on run fleet configs; an older one would refuse a command that binds one as an unknown field. */
+export const CONFIG_SINCE_AGENT = '0.3.0';
+
+/** What an instance should run: a release, and the config bound to it (null: none; absent: any). */
+export interface Wanted {
+  manifestSha256: string;
+  config?: { sha256: string } | null;
+}
 
 export interface WaitTarget {
   instanceId: string;
   commandId: string;
   app: string;
   action: CommandAction;
-  /** healthy means this manifest installed, the app running, nothing in progress */
-  manifestSha256: string;
+  /** healthy means this manifest installed (with this config), the app running, nothing in progress */
+  want: Wanted;
   timeoutMs: number;
 }
 
@@ -29,8 +39,16 @@ export interface RolloutWaiter {
   close(): void;
 }
 
-/** Installed this manifest, the app running, nothing in progress. */
-export const healthyOn = (r: AgentReport | null, sha: string) => !!r && r.installed?.manifestSha256 === sha && r.service.active && r.operation === null;
+/** Installed this manifest, running with the config wanted (if any), the app running, nothing in progress. */
+export const healthyOn = (r: AgentReport | null, want: Wanted) =>
+  !!r && r.installed?.manifestSha256 === want.manifestSha256 && (want.config === undefined || (r.config?.sha256 ?? null) === (want.config?.sha256 ?? null)) && r.service.active && r.operation === null;
+
+/** Why the instance's agent cannot take `action` (one binding a config, to an agent older than configs), or undefined. */
+function tooOld(inst: HubInstance | undefined, action: CommandAction): string | undefined {
+  const version = inst?.report?.agentVersion;
+  if (action.kind === 'report' || action.config === undefined || !version || versionAtLeast(version, CONFIG_SINCE_AGENT)) return undefined;
+  return `${inst!.instanceId} runs agent ${version}, older than ${CONFIG_SINCE_AGENT}: it cannot run a fleet config; replace it with an instance of a newer image (a bake or relaunch)`;
+}
 
 /** One set of hub listeners for every instance a rollout waits on (a thousand waits cost one lookup per event). */
 export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
@@ -77,6 +95,8 @@ export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
       return until(
         t.instanceId,
         (inst) => {
+          const old = tooOld(inst, t.action);
+          if (old) return { ok: false, code: 'KILN_PROTOCOL_VERSION', message: old };
           if (inst?.connected && sentTo !== inst.connectedAt) {
             if (hub.command(t.instanceId, t.commandId, t.app, t.action)) sentTo = inst.connectedAt;
           }
@@ -84,7 +104,7 @@ export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
           if (result?.outcome === 'failed' || result?.outcome === 'interrupted') {
             return { ok: false, code: result.error?.code ?? 'KILN_INSTALL_FAILED', message: result.error?.message ?? `the command was ${result.outcome}` };
           }
-          return result && healthyOn(inst!.report, t.manifestSha256) ? { ok: true } : undefined;
+          return result && healthyOn(inst!.report, t.want) ? { ok: true } : undefined;
         },
         t.timeoutMs,
         (inst) => `${t.instanceId} ${!inst?.connected ? 'is not connected' : inst.results.has(t.commandId) ? 'did not report the release healthy' : 'did not answer the command'} within ${t.timeoutMs} ms`,

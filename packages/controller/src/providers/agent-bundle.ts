@@ -43,7 +43,7 @@ const BANNER = "import { createRequire as __kilnCreateRequire } from 'node:modul
 const OPTIONAL_NATIVE = ['bufferutil', 'utf-8-validate'];
 
 /**
- * The one rewrite of a source: @kiln/shared loads the AWS S3 SDK on first use through a `require` made
+ * The one rewrite of a source: @kiln/shared loads the AWS SDKs (S3; SSM and Secrets Manager for secrets) on first use through a `require` made
  * with `createRequire(import.meta.url)` (synchronous, so that createS3Client stays synchronous), and
  * esbuild bundles only calls to a free `require` (evanw/esbuild#1828). Without that local `require`,
  * the calls go to the banner's, which esbuild bundles; they still run on first use.
@@ -52,7 +52,7 @@ const LOCAL_REQUIRE = /^const require = createRequire\(import\.meta\.url\);$/m;
 const s3SdkInBundle: Plugin = {
   name: 'kiln-s3-sdk',
   setup(b) {
-    b.onLoad({ filter: /[\\/]s3-sdk\.js$/ }, async (args) => {
+    b.onLoad({ filter: /[\\/](s3|secret)-sdk\.js$/ }, async (args) => {
       const text = await readFile(args.path, 'utf8');
       // Not found: LEFT_BEHIND below names the createRequire left in the bundle.
       return LOCAL_REQUIRE.test(text) ? { contents: text.replace(LOCAL_REQUIRE, ''), loader: 'js' } : undefined;

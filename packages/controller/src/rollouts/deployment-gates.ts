@@ -1,4 +1,4 @@
-import { KilnError, isKilnError } from '@kiln/shared';
+import { KilnError, isKilnError, releaseProcesses, type Manifest } from '@kiln/shared';
 import type { AlarmWatch, Balancer } from '../balancers/balancer.js';
 import type { Deployment, Fleet } from '../fleets/fleet-model.js';
 
@@ -20,6 +20,28 @@ export function checkGates(fleet: Fleet, g: Gates, balancer: Balancer | undefine
   if (g.canary !== null && g.canary >= size.n) {
     throw new KilnError('KILN_REQUEST_INVALID', `a canary of ${g.canary} is not smaller than the ${size.n} instance(s) ${size.what} fleet ${fleet.name}: nothing would be left to promote to`);
   }
+}
+
+/** A deployment's wait per instance when the operator gives none. */
+const DEFAULT_HEALTH_TIMEOUT_MS = 30_000;
+
+/**
+ * How long the controller waits for an instance's result: the operator's --health-timeout, which
+ * must not be shorter than the release's own health checks (the instance would still be checking
+ * when the controller gave up on it, and report "did not answer"); without one, 30 s or what the
+ * release can take (its health checks and its beforeStart and validate hooks), whichever is longer.
+ */
+export function deploymentHealthTimeout(manifest: Manifest, given: number | undefined): number {
+  const health = Object.values(releaseProcesses(manifest)).reduce((n, p) => n + (p.health.type === 'none' ? 0 : p.health.timeoutMs), 0);
+  const hooks = (manifest.hooks?.beforeStart?.timeoutMs ?? 0) + (manifest.hooks?.validate?.timeoutMs ?? 0);
+  if (given === undefined) return Math.max(DEFAULT_HEALTH_TIMEOUT_MS, health + hooks + 5_000);
+  if (given < health) {
+    throw new KilnError(
+      'KILN_REQUEST_INVALID',
+      `--health-timeout ${given / 1000} s is shorter than ${manifest.app} ${manifest.version}'s own health check (${health / 1000} s): the controller would give up while the instance still checks; give --health-timeout ${Math.ceil((health + hooks + 5_000) / 1000)}s or more, or leave it out`,
+    );
+  }
+  return given;
 }
 
 /**

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { KilnError, findPointer, isKilnError, promoteRelease, showRelease, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseRef, type ReleaseStore } from '@kiln/shared';
+import { KilnError, findPointer, promoteRelease, showRelease, type BoundConfig, type DocStore, type Logger, type PrivateKey, type PublicKey, type ReleaseStore } from '@kiln/shared';
 import type { AgentHub } from '../fleets/agent-hub.js';
-import { Deployment, type DeploymentCreate } from '../fleets/fleet-model.js';
+import { Deployment, sameTarget, type DeploymentCreate, type TargetRef } from '../fleets/fleet-model.js';
+import type { FleetConfigs } from '../fleets/fleet-config.js';
 import type { FleetRegistry } from '../fleets/fleet-registry.js';
 import { reapBakes } from '../bakes/bake.js';
 import { runGroupRollout, type GroupRolloutContext } from './group-rollout.js';
@@ -10,7 +11,7 @@ import { runRollout } from './rollout.js';
 import { createRolloutWaiter } from '../fleets/rollout-wait.js';
 import { fleetRows } from '../fleets/fleet-view.js';
 import type { AlarmWatch, Balancer } from '../balancers/balancer.js';
-import { alarmsOf, checkGates, resumedAlarms, type GateName } from './deployment-gates.js';
+import { alarmsOf, checkGates, deploymentHealthTimeout, resumedAlarms, type GateName } from './deployment-gates.js';
 import type { Fleet } from '../fleets/fleet-model.js';
 import { fleetTraffic, type FleetTraffic } from './fleet-traffic.js';
 
@@ -20,6 +21,8 @@ export interface DeploymentsOptions {
   hub: AgentHub;
   fleets: FleetRegistry;
   store: ReleaseStore;
+  /** the fleets' config versions: every deployment of a release carries the fleet's latest one */
+  configs: Pick<FleetConfigs, 'current'>;
   /** signs the channel pointers a deployment moves; without it deployments are refused */
   signingKey?: PrivateKey;
   trustedKeys: PublicKey[];
@@ -36,11 +39,15 @@ export interface DeploymentsOptions {
   drainMs?: number;
 }
 
-/** A deployment to create: the gates may be left out (none). */
-export type DeploymentInput = Omit<DeploymentCreate, GateName> & Partial<Pick<DeploymentCreate, GateName>>;
+/** A deployment to create: the gates may be left out (none), and `config` (false). */
+export type DeploymentInput = Omit<DeploymentCreate, GateName | 'config'> & Partial<Pick<DeploymentCreate, GateName | 'config'>>;
 
 export interface Deployments {
-  create(input: DeploymentInput, kind?: 'deploy' | 'rollback'): Promise<Deployment>;
+  /**
+   * Deploys a release (the fleet's desired one when only `config` is asked for) with the fleet's
+   * latest config version, or with `bound` when given (a rollback goes back to a config, a heal keeps it).
+   */
+  create(input: DeploymentInput, kind?: 'deploy' | 'rollback', bound?: BoundConfig | null): Promise<Deployment>;
   /** A deployment of the fleet's previous good release (or `version`, an older one), as a new pointer or its stopped group. */
   rollback(fleet: string, opts: Pick<DeploymentCreate, 'batch' | 'maxFailures' | 'healthTimeoutMs'> & { version?: string | undefined }): Promise<Deployment>;
   /** Replaces the fleet's drifted instances from an image holding its desired release (baked first if none exists). */
@@ -54,8 +61,8 @@ export interface Deployments {
   abort(id: string): Promise<Deployment>;
   /** At start: rollouts a previous controller left running are resumed (commands are idempotent). */
   resume(): Promise<void>;
-  /** the release a channel points to now, or null */
-  pointed(app: string, channel: string): Promise<ReleaseRef | null>;
+  /** the release a channel points to now, with its config when it is `fleet`'s; or null */
+  pointed(app: string, channel: string, fleet: string): Promise<TargetRef | null>;
   /** resolves when no rollout runs */
   idle(): Promise<void>;
   /** Stops every rollout where it is and writes nothing more: the next controller resumes them. */
@@ -107,32 +114,40 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     running.set(record.fleet, { record, done });
   }
 
-  /** Points the fleet's channel at `release`, unless the controller is stopping. */
-  const movePointer = async (app: string, channel: string, release: ReleaseRef) => void (closed || (await pointTo(app, channel, release)));
+  /** Points the fleet's channel at `release` and its config, unless the controller is stopping. */
+  const movePointer = async (app: string, channel: string, release: TargetRef) => void (closed || (await pointTo(app, channel, release)));
 
   /**
-   * Points the fleet's channel at `release`, unless it already does (a resumed rollout). A pointer
-   * that cannot be read (a bad signature, the bucket away) fails the move with its code.
+   * Points the fleet's channel at `release`, with its config bound in the same signed pointer, unless
+   * it already does (a resumed rollout). A pointer that cannot be read (a bad signature, the bucket
+   * away) fails the move with its code.
    */
-  async function pointTo(app: string, channel: string, release: ReleaseRef): Promise<void> {
+  async function pointTo(app: string, channel: string, release: TargetRef): Promise<void> {
     const current = await findPointer(o.store, app, channel, o.trustedKeys);
-    if (current?.manifestSha256 === release.manifestSha256) return;
-    await promoteRelease({ store: o.store, app, version: release.version, channel, key: o.signingKey!, keys: o.trustedKeys, ttlMs: o.pointerTtlMs, now: o.now });
+    if (current && sameTarget({ manifestSha256: current.manifestSha256, config: current.config ?? null }, release)) return;
+    await promoteRelease({ store: o.store, app, version: release.version, channel, config: release.config ?? undefined, key: o.signingKey!, keys: o.trustedKeys, ttlMs: o.pointerTtlMs, now: o.now });
   }
 
   /** Only a channel without a pointer is null: one that cannot be read is thrown (a deployment would lose what to go back to). */
-  async function pointed(app: string, channel: string): Promise<ReleaseRef | null> {
+  async function pointed(app: string, channel: string, fleet: string): Promise<TargetRef | null> {
     const p = await findPointer(o.store, app, channel, o.trustedKeys);
     if (!p) return null;
     // The pointer's seq counts the channel's promotes; a ReleaseRef carries the release's own seq (the
     // app's), which a deployment compares to tell forward from back.
     const { manifest } = await showRelease(o.store, app, p.version, o.trustedKeys);
-    return { version: p.version, seq: manifest.seq, manifestSha256: p.manifestSha256 };
+    return { version: p.version, seq: manifest.seq, manifestSha256: p.manifestSha256, config: p.config?.fleet === fleet ? p.config : null };
+  }
+
+  /** The fleet's latest config version as a deployment binds it; null when it has none (KILN_CONFIG_NOT_FOUND when `required`). */
+  async function latestConfig(fleet: Fleet, required: boolean): Promise<BoundConfig | null> {
+    const latest = await o.configs.current(fleet);
+    if (!latest && required) throw new KilnError('KILN_CONFIG_NOT_FOUND', `fleet ${fleet.name} has no config yet: \`kiln config set ${fleet.name} KEY=VALUE\` publishes its first version`);
+    return latest ? { fleet: fleet.name, seq: latest.seq, sha256: latest.sha256 } : null;
   }
 
   let resuming: Promise<void> = Promise.resolve();
 
-  async function create(input: DeploymentInput, kind: Deployment['kind'] = 'deploy'): Promise<Deployment> {
+  async function create(input: DeploymentInput, kind: Deployment['kind'] = 'deploy', bound?: BoundConfig | null): Promise<Deployment> {
     // What a previous controller left running is resumed or cleaned up before anything new starts.
     // Settled is enough: the start-up that called resume() awaits it and reports its failure.
     await Promise.allSettled([resuming]);
@@ -161,10 +176,16 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     try {
       const alarms = await alarmsOf(gates.alarms, o.alarmWatch);
       if (!o.signingKey) throw new KilnError('KILN_KEY_INVALID', 'the controller has no release signing key to move channel pointers with; start it with one (`kiln keys generate`)');
-      const { manifest, manifestSha256, summary } = await showRelease(o.store, fleet.app, input.version, o.trustedKeys);
-      if (!summary.verified) throw new KilnError('KILN_SIGNATURE_INVALID', `${fleet.app} ${input.version} is not signed by a key this controller trusts; agents would refuse it`);
-      const release = { version: manifest.version, seq: manifest.seq, manifestSha256 };
-      const previous = fleet.desired ?? (await pointed(fleet.app, fleet.channel));
+      // A config deployment runs the fleet's latest config with the release it should run.
+      const version = input.version ?? fleet.desired?.version;
+      if (!version) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no desired release to run its config with: deploy a release first (\`kiln deploy ${fleet.name} VERSION\` takes its latest config along)`);
+      const config = bound !== undefined ? bound : await latestConfig(fleet, input.config ?? false);
+      const { manifest, manifestSha256, summary } = await showRelease(o.store, fleet.app, version, o.trustedKeys);
+      if (!summary.verified) throw new KilnError('KILN_SIGNATURE_INVALID', `${fleet.app} ${version} is not signed by a key this controller trusts; agents would refuse it`);
+      const release: TargetRef = { version: manifest.version, seq: manifest.seq, manifestSha256, config };
+      const healthTimeoutMs = deploymentHealthTimeout(manifest, input.healthTimeoutMs);
+      const previous = fleet.desired ?? (await pointed(fleet.app, fleet.channel, fleet.name));
+      const unchanged = previous !== null && sameTarget(previous, release);
       const at = o.now().toISOString();
       const record: Deployment = {
         id: `d-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`,
@@ -174,10 +195,11 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
         strategy: input.strategy,
         kind,
         release,
-        previous: previous && previous.manifestSha256 !== manifestSha256 ? previous : null,
+        previous: unchanged ? null : previous,
+        unchanged,
         batch: input.batch,
         maxFailures: input.maxFailures,
-        healthTimeoutMs: input.healthTimeoutMs,
+        healthTimeoutMs,
         state: 'running',
         verdict: null,
         error: null,
@@ -198,7 +220,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
         finishedAt: null,
       };
       await o.docs.put(keyOf(fleet.name, record.id), record);
-      log.info({ id: record.id, fleet: fleet.name, version: release.version, kind }, 'deployment created');
+      log.info({ id: record.id, fleet: fleet.name, version: release.version, config: release.config?.seq ?? null, kind, unchanged }, 'deployment created');
       start(record, alarms);
       return record;
     } catch (err) {
@@ -226,7 +248,8 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
       }
     }
     // The pointer goes back only if it still points where this deployment moved it.
-    if (!live && rec.previous && rec.kind !== 'rollback' && (await pointed(rec.app, rec.channel))?.manifestSha256 === rec.release.manifestSha256) await pointTo(rec.app, rec.channel, rec.previous);
+    const pointing = !live && rec.previous && rec.kind !== 'rollback' ? await pointed(rec.app, rec.channel, rec.fleet) : null;
+    if (pointing && rec.previous && sameTarget(pointing, rec.release)) await pointTo(rec.app, rec.channel, rec.previous);
     const at = o.now().toISOString();
     Object.assign(rec, {
       state: live ? 'succeeded' : 'failed',
@@ -295,18 +318,21 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
         if (fleet.desired && manifest.seq >= fleet.desired.seq) {
           throw new KilnError('KILN_REQUEST_INVALID', `${fleet.app} ${version} is not older than ${fleet.desired.version}, which fleet ${fleet.name} runs: a rollback goes back (\`kiln release list ${fleet.app}\`); \`kiln deploy ${fleet.name} ${version}\` goes forward`);
         }
-        const strategy = standby?.release?.version === version ? 'relaunch' : 'hotfix';
-        return create({ fleet: fleet.name, version, strategy, ...opts }, 'rollback');
+        // Its stopped group comes back as it ran; a hotfix to it keeps the config the fleet runs.
+        if (standby?.release?.version === version) return create({ fleet: fleet.name, version, strategy: 'relaunch', ...opts }, 'rollback', standby.release.config);
+        return create({ fleet: fleet.name, version, strategy: 'hotfix', ...opts }, 'rollback', fleet.desired?.config ?? null);
       }
-      if (standby?.release) return create({ fleet: fleet.name, version: standby.release.version, strategy: 'relaunch', ...opts }, 'rollback');
+      if (standby?.release) return create({ fleet: fleet.name, version: standby.release.version, strategy: 'relaunch', ...opts }, 'rollback', standby.release.config);
+      // What the fleet ran before: that release with that config.
       const target = fleet.history.at(-1);
       if (!target) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no earlier release to roll back to`);
-      return create({ fleet: fleet.name, version: target.version, strategy: 'hotfix', ...opts }, 'rollback');
+      return create({ fleet: fleet.name, version: target.version, strategy: 'hotfix', ...opts }, 'rollback', target.config);
     },
     async heal(fleetName, opts) {
       const fleet = o.fleets.get(fleetName);
       if (!fleet.desired) throw new KilnError('KILN_NO_PREVIOUS', `fleet ${fleet.name} has no desired release yet: deploy one first`);
-      return create({ fleet: fleet.name, version: fleet.desired.version, strategy: 'bake', batch: { percent: 100 }, ...opts }, 'heal');
+      // Back to what the fleet should run: its desired release with its desired config (a newer config waits for `deploy --config`).
+      return create({ fleet: fleet.name, version: fleet.desired.version, strategy: 'bake', batch: { percent: 100 }, ...opts }, 'heal', fleet.desired.config);
     },
     get: read,
     list,

@@ -1,7 +1,7 @@
-import { KilnError, TRANSIENT_S3_CODES, asKilnError, phaseStopwatch, type Logger, type ReleaseRef } from '@kiln/shared';
+import { KilnError, TRANSIENT_S3_CODES, asKilnError, phaseStopwatch, type AgentReport, type Logger } from '@kiln/shared';
 import type { AgentHub, HubInstance } from '../fleets/agent-hub.js';
 import type { BakeResult } from '../bakes/bake.js';
-import type { Deployment, Fleet, Group } from '../fleets/fleet-model.js';
+import { describeTarget, type Deployment, type Fleet, type Group, type TargetRef } from '../fleets/fleet-model.js';
 import type { FleetRegistry } from '../fleets/fleet-registry.js';
 import { fleetRows } from '../fleets/fleet-view.js';
 import { TAG, type BootData, type Provider } from '../providers/provider.js';
@@ -18,7 +18,7 @@ export interface GroupRolloutContext {
   hub: AgentHub;
   waiter: RolloutWaiter;
   save: (record: Deployment) => Promise<void>;
-  movePointer: (app: string, channel: string, release: ReleaseRef) => Promise<void>;
+  movePointer: (app: string, channel: string, release: TargetRef) => Promise<void>;
   /** bakes the release for the fleet (from the base of its image), its builder and image tagged with `tags`, reporting each phase */
   bake: (fleet: Fleet, version: string, tags: Record<string, string>, onPhase: (name: string, ms: number) => void) => Promise<BakeResult>;
   /** what the fleet's instances boot with */
@@ -34,6 +34,10 @@ export interface GroupRolloutContext {
   /** true once the controller is stopping (a paused canary ends there) */
   stopped?: () => boolean;
 }
+
+/** What an instance reported, as a gate's message names it: `1.0.0 with config 2, app not running`. */
+const reportedText = (rep: AgentReport | null | undefined) =>
+  `${rep?.installed ? describeTarget({ version: rep.installed.version, config: rep.config }) : 'nothing installed'}${rep?.service.active ? '' : ', app not running'}`;
 
 export const groupName = (fleet: string, seq: number) => `${fleet}-v${String(seq).padStart(3, '0')}`;
 export const liveGroup = (f: Fleet): Group | undefined => f.groups.find((g) => g.state === 'live');
@@ -110,10 +114,10 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
             const rep = i?.report;
             const e = rep?.lastError;
             if (e && !TRANSIENT_S3_CODES.has(e.code) && rep?.operation === null) return { ok: false, code: e.code, message: e.message };
-            return rep && healthyOn(rep, r.release.manifestSha256) && rep.tree.status !== 'unchecked' ? { ok: true } : undefined;
+            return rep && healthyOn(rep, r.release) && rep.tree.status !== 'unchecked' ? { ok: true } : undefined;
           },
           r.healthTimeoutMs,
-          (i) => `${id} ${i?.connected ? `reported ${i.report?.installed?.version ?? 'nothing installed'}${i.report?.service.active ? '' : ', app not running'}` : 'never connected'}, not ${r.release.version} healthy, within ${r.healthTimeoutMs} ms`,
+          (i) => `${id} ${i?.connected ? `reported ${reportedText(i.report)}` : 'never connected'}, not ${describeTarget(r.release)} healthy, within ${r.healthTimeoutMs} ms`,
         ),
       ),
     );
@@ -243,9 +247,9 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     const total = Date.now() - began;
     const replaced = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
     // A heal that left instances unreachable did not heal the fleet: the verdict opens with that.
-    if (unreachable.length) return `not healed: ${unreachable.length} instance(s) unreachable (no agent reports to this controller): ${unreachable.join(', ')}; ${replaced} drifted instance(s) replaced with ${r.release.version}`;
+    if (unreachable.length) return `not healed: ${unreachable.length} instance(s) unreachable (no agent reports to this controller): ${unreachable.join(', ')}; ${replaced} drifted instance(s) replaced with ${describeTarget(r.release)}`;
     const what = r.kind === 'rollback' ? `group ${r.group} is live again` : r.kind === 'heal' ? `healed: ${replaced} instances replaced` : `group ${r.group} is live`;
-    return `${what} with ${r.release.version} in ${(total / 1000).toFixed(1)} s`;
+    return `${what} with ${describeTarget(r.release)} in ${(total / 1000).toFixed(1)} s`;
   }
 
   /**
@@ -290,9 +294,9 @@ export async function runGroupRollout(c: GroupRolloutContext): Promise<Deploymen
     await c.provider.start(standby.instances, { timeoutMs: c.launchTimeoutMs });
     await step('health');
     const back = (i: HubInstance | undefined) => !!i && Date.parse(i.connectedAt) >= since;
-    const fresh = (i: HubInstance | undefined) => back(i) && !!i?.connected && healthyOn(i.report, r.release.manifestSha256);
+    const fresh = (i: HubInstance | undefined) => back(i) && !!i?.connected && healthyOn(i.report, r.release);
     const late = (id: string) => (i: HubInstance | undefined) =>
-      `${id} ${back(i) ? `reported ${i!.report?.installed?.version ?? 'nothing installed'}${i!.report?.service.active ? '' : ', app not running'}, not ${r.release.version} healthy,` : 'never connected to this controller since it was started'} within ${r.healthTimeoutMs} ms`;
+      `${id} ${back(i) ? `reported ${reportedText(i!.report)}, not ${describeTarget(r.release)} healthy,` : 'never connected to this controller since it was started'} within ${r.healthTimeoutMs} ms`;
     const outcomes = await Promise.all(standby.instances.map((id) => c.waiter.until(id, (i) => (fresh(i) ? { ok: true } : undefined), r.healthTimeoutMs, late(id))));
     standby.instances.forEach((id, n) => gated(id, outcomes[n]!));
     const failure = gateFailure(standby.name, standby.instances, outcomes, since, 'instances brought back');

@@ -1,5 +1,5 @@
-import { CommandAction, KilnError, MAX_INLINE_MANIFEST, asKilnError, type Logger, type ReleaseRef, type SignedObject } from '@kiln/shared';
-import type { BatchSpec, Deployment } from '../fleets/fleet-model.js';
+import { CommandAction, KilnError, MAX_INLINE_MANIFEST, asKilnError, type Logger, type SignedObject } from '@kiln/shared';
+import { describeTarget, type BatchSpec, type Deployment, type TargetRef } from '../fleets/fleet-model.js';
 import { healthyOn, type RolloutWaiter } from '../fleets/rollout-wait.js';
 import type { AgentHub } from '../fleets/agent-hub.js';
 import { pauseAfterCanary } from './canary-pause.js';
@@ -13,7 +13,7 @@ export interface RolloutContext {
   known: () => Array<{ instanceId: string; connected: boolean }>;
   waiter: RolloutWaiter;
   save: (record: Deployment) => Promise<void>;
-  movePointer: (app: string, channel: string, release: ReleaseRef) => Promise<void>;
+  movePointer: (app: string, channel: string, release: TargetRef) => Promise<void>;
   /** the release's signed manifest, sent with each install command so the agents need not fetch it */
   signedManifest?: (app: string, version: string) => Promise<SignedObject>;
   /** records the release as the fleet's desired one, before the record says succeeded */
@@ -44,6 +44,15 @@ export function planBatches(ids: string[], spec: BatchSpec, canary: number | nul
 const batchSize = (n: number, spec: BatchSpec) => ('count' in spec ? spec.count : Math.max(1, Math.ceil((n * spec.percent) / 100)));
 
 /**
+ * The config a command binds to its release (`from` is what the instance runs before): the agent reads
+ * and verifies that version and runs the release with it; null (none) when going back from a config
+ * to before one; left out when neither has one (agents older than configs refuse the field).
+ */
+const configFor = (t: TargetRef, from: TargetRef | null) => (t.config || from?.config ? { config: t.config } : {});
+/** Back to a release and its config: the agents accept a lower seq for a rollback. */
+const rollbackTo = (t: TargetRef, from: TargetRef | null): CommandAction => ({ kind: 'rollback', version: t.version, manifestSha256: t.manifestSha256, ...configFor(t, from) });
+
+/**
  * A hotfix rollout: move the channel pointer (instances launched later boot into the release),
  * then batch by batch send the command and wait for each instance to report the release installed
  * and healthy. Past `maxFailures`, every touched instance is rolled back and the pointer restored.
@@ -71,7 +80,8 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
   };
   /** The install command, with the signed manifest when it can be read within 5 s and fits; the agents fetch it otherwise. */
   const installAction = async (): Promise<CommandAction> => {
-    const plain: CommandAction = { kind: 'install', ...r.release };
+    const { version, seq, manifestSha256 } = r.release;
+    const plain: CommandAction = { kind: 'install', version, seq, manifestSha256, ...configFor(r.release, r.previous) };
     const timeout = new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 5_000).unref());
     const signed = await Promise.race([c.signedManifest?.(r.app, r.release.version), timeout]).catch((err) => void log.warn({ err }, 'cannot read the manifest to send along: the agents fetch it'));
     if (!signed || signed.bytes.length > MAX_INLINE_MANIFEST) return plain;
@@ -106,7 +116,7 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     const outcomes = await Promise.all(
       todo.map(async (id) => {
         mark(id, 'sent');
-        return c.waiter.run({ instanceId: id, commandId: `${r.id}.${id}`, app: r.app, action: install!, manifestSha256: r.release.manifestSha256, timeoutMs: r.healthTimeoutMs });
+        return c.waiter.run({ instanceId: id, commandId: `${r.id}.${id}`, app: r.app, action: install!, want: r.release, timeoutMs: r.healthTimeoutMs });
       }),
     );
     if (c.stopped?.()) return 'stopped';
@@ -166,7 +176,7 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     }
     // Going back (a fleet rollback, or an explicit older version) is a rollback on the agents: they refuse a lower seq otherwise.
     const back = r.kind === 'rollback' || (r.previous !== null && r.release.seq < r.previous.seq);
-    install = back ? { kind: 'rollback', version: r.release.version, manifestSha256: r.release.manifestSha256 } : await installAction();
+    install = back ? rollbackTo(r.release, r.previous) : await installAction();
     // A cause recorded by a controller that stopped while rolling back: the rollback is finished, not the rollout.
     let cause: Cause | undefined = r.error ?? undefined;
     for (const [n, batch] of r.batches.entries()) {
@@ -177,7 +187,7 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
         if (r.previous) await c.movePointer(r.app, r.channel, r.previous);
         const done = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
         end.state = 'cancelled';
-        end.verdict = `cancelled before batch ${n + 1} of ${r.batches.length}: ${done} instance(s) stay on ${r.release.version}${r.previous ? `, the channel points to ${r.previous.version} again` : ''}`;
+        end.verdict = `cancelled before batch ${n + 1} of ${r.batches.length}: ${done} instance(s) stay on ${describeTarget(r.release)}${r.previous ? `, the channel points to ${describeTarget(r.previous)} again` : ''}`;
         break;
       }
       const outcome = await runBatch(n, batch);
@@ -199,14 +209,14 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
       await rollBack(c, r, mark);
       end.state = 'failed';
       end.error = cause;
-      end.verdict = `failed: ${cause.message}; ${r.previous ? `touched instances rolled back to ${r.previous.version}` : 'no earlier release to roll back to'}`;
+      end.verdict = `failed: ${cause.message}; ${r.previous ? `touched instances rolled back to ${describeTarget(r.previous)}` : 'no earlier release to roll back to'}`;
     }
     if (!end.state) {
       const healthy = Object.values(r.instances).filter((i) => i.step === 'healthy').length;
       const failed = Object.values(r.instances).filter((i) => i.step === 'failed').length;
       await c.succeeded(r);
       end.state = 'succeeded';
-      end.verdict = `succeeded: ${healthy} healthy on ${r.release.version}${failed ? `, ${failed} failed (within the limit of ${r.maxFailures})` : ''}`;
+      end.verdict = `succeeded: ${healthy} healthy on ${describeTarget(r.release)}${failed ? `, ${failed} failed (within the limit of ${r.maxFailures})` : ''}${r.unchanged ? ' (already the fleet\'s desired release and config)' : ''}`;
     }
   } catch (err) {
     const e = asKilnError(err);
@@ -249,7 +259,7 @@ async function admit(c: RolloutContext, ids: string[], mark: Mark): Promise<stri
 async function readmitSwappedBack(c: RolloutContext, r: Deployment, ids: string[]): Promise<void> {
   const prev = r.previous;
   if (!c.traffic || !prev) return;
-  const back = ids.filter((id) => healthyOn(c.hub.get(id)?.report ?? null, prev.manifestSha256));
+  const back = ids.filter((id) => healthyOn(c.hub.get(id)?.report ?? null, prev));
   await c.traffic.admit(back).catch((err: unknown) => c.log.warn({ err, instances: back }, 'instances swapped back after a failed install stay out of the balancer'));
 }
 
@@ -270,7 +280,7 @@ async function rollBack(c: RolloutContext, r: Deployment, mark: Mark): Promise<v
     await c.traffic?.drain(chunk).catch((err: unknown) => c.log.warn({ err, instances: chunk }, 'cannot take instances out of the balancer for their rollback: rolling them back anyway'));
     const back = await Promise.all(
       chunk.map(async (id) => {
-        const o = await c.waiter.run({ instanceId: id, commandId: `${r.id}.rb.${id}`, app: r.app, action: { kind: 'rollback', version: prev.version, manifestSha256: prev.manifestSha256 }, manifestSha256: prev.manifestSha256, timeoutMs: r.healthTimeoutMs });
+        const o = await c.waiter.run({ instanceId: id, commandId: `${r.id}.rb.${id}`, app: r.app, action: rollbackTo(prev, r.release), want: prev, timeoutMs: r.healthTimeoutMs });
         if (o.ok) mark(id, 'rolled-back', r.instances[id]?.error);
         else mark(id, 'rollback-failed', { code: o.code, message: o.message });
         return o.ok ? id : null;

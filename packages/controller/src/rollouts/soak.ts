@@ -24,7 +24,7 @@ export async function servingProblem(w: Watched): Promise<KilnError | undefined>
   for (const id of w.ids) {
     const inst = w.hub.get(id);
     if (!inst?.connected) return new KilnError('KILN_SOAK_FAILED', `${id} lost its agent's connection`);
-    if (!healthyOn(inst.report, w.manifestSha256)) {
+    if (!healthyOn(inst.report, w)) {
       const e = inst.report?.lastError;
       return new KilnError('KILN_SOAK_FAILED', `${id} stopped being healthy on the release${inst.report?.service.active === false ? ' (its app is not running)' : ''}${e ? ` (${e.code}: ${e.message})` : ''}`);
     }

@@ -1,9 +1,10 @@
 // The operator API's request and response bodies (docs/api.md), one set of types for the routes
 // that send them and the CLI that reads them. Types only: the CLI loads none of the server with them.
 import type { BakeRecord } from '../bakes/bakes.js';
-import type { HealthSpec, ReleaseSummary, ServiceSpec } from '@kiln/shared';
+import type { HealthSpec, Hooks, ProcessSpec, ReleaseSummary, ServiceSpec } from '@kiln/shared';
 import type { z } from 'zod';
 import type { BatchSpec, Deployment, DeploymentCreate, Fleet } from '../fleets/fleet-model.js';
+import type { ConfigVersion, ConfigView } from '../fleets/fleet-config.js';
 import type { FleetSummary, InstanceRow } from '../fleets/fleet-view.js';
 import type { ImageInfo, InstanceInfo } from '../providers/provider.js';
 import type { FleetDeleted } from '../rollouts/fleet-delete.js';
@@ -39,6 +40,14 @@ export interface FleetDrift {
   drifted: InstanceRow[];
   summary: FleetSummary;
 }
+/** `GET /v1/fleets/:name/config`, `POST /v1/fleets/:name/config`: a config version, secrets as their references */
+export interface ConfigBody {
+  config: ConfigView;
+}
+/** `GET /v1/fleets/:name/config/history`: every version, oldest first */
+export interface ConfigHistory {
+  versions: ConfigVersion[];
+}
 /** A deployment started (`POST /v1/deployments`, a fleet's rollback or heal), read or cancelled. */
 export interface DeploymentBody {
   deployment: Deployment;
@@ -71,9 +80,14 @@ export interface ReleaseDetail {
   manifestSha256: string;
   service: ServiceSpec;
   health: HealthSpec;
+  processes: Record<string, ProcessSpec>;
+  hooks: Hooks;
+  persist: string[];
 }
+/** `GET /v1/fleets/:name/logs`: one JSON object a line, a line of output or an instance's stream that failed. */
+export type LogItem = { instance: string; process: string; line: string } | { instance: string; error: { code: string; message: string } };
 /** The rollout fields of a deployment, rollback or heal request; absent ones take the API's defaults. */
 export type RolloutFields = Pick<z.input<typeof DeploymentCreate>, 'batch' | 'maxFailures' | 'healthTimeoutMs'>;
 export type GateFields = Pick<z.input<typeof DeploymentCreate>, 'canary' | 'canaryWaitMs' | 'soakMs' | 'maxErrorRate' | 'alarms'>;
 
-export type { BakeRecord, BatchSpec, Deployment, FleetDeleted, FleetSummary, ImageInfo, InstanceInfo, InstanceRow };
+export type { BakeRecord, BatchSpec, ConfigVersion, ConfigView, Deployment, FleetDeleted, FleetSummary, ImageInfo, InstanceInfo, InstanceRow };

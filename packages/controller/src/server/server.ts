@@ -1,5 +1,5 @@
 import type { S3Client } from '@aws-sdk/client-s3';
-import { AGENT_VERSION, KilnError, createDocStore, createReleaseStore, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
+import { AGENT_VERSION, KilnError, createConfigStore, createDocStore, createReleaseStore, type Logger, type PrivateKey, type PublicKey, type S3Location } from '@kiln/shared';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { createAgentHub, type AgentHub } from '../fleets/agent-hub.js';
 import { createDeployments, inFlight, type Deployments } from '../rollouts/deployments.js';
@@ -21,6 +21,9 @@ import { identify, requireOperator } from './http-auth.js';
 import { BODY_LIMIT, MAX_PARAM_LENGTH, frameworkErrors, installErrorHandler } from './http-errors.js';
 import { deploymentRoutes } from './routes/deployments.js';
 import { fleetRoutes } from './routes/fleets.js';
+import { logRoutes } from './routes/logs.js';
+import { fleetConfigRoutes } from './routes/fleet-config.js';
+import { createFleetConfigs } from '../fleets/fleet-config.js';
 import { releaseRoutes } from './routes/releases.js';
 
 export interface ServerOptions {
@@ -30,7 +33,7 @@ export interface ServerOptions {
   prefix?: string;
   /** operator credentials (bearer tokens) */
   operatorTokens: string[];
-  /** signs the channel pointers deployments move */
+  /** signs the channel pointers deployments move, and fleets' config versions */
   signingKey?: PrivateKey;
   trustedKeys: PublicKey[];
   /** TLS: PEM certificate and key */
@@ -92,6 +95,8 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
   const log = opts.log.child({ module: 'controller' });
   const docs = createDocStore(opts.s3, opts.bucket, opts.prefix ?? '');
   const store = createReleaseStore(opts.s3, opts.bucket, opts.prefix ?? '');
+  // Fleets' config versions, signed with the same key as the channel pointers (docs/config.md).
+  const configs = createFleetConfigs({ store: createConfigStore(opts.s3, opts.bucket, opts.prefix ?? ''), ...(opts.signingKey ? { signingKey: opts.signingKey } : {}), trustedKeys: opts.trustedKeys, log, now });
   // Terminated instances leave the hub too (the hub is made below; terminate runs only later).
   const launch = opts.launch && { ...opts.launch, provider: forgetTerminated(opts.launch.provider, () => hub) };
   const fleets = createFleetRegistry({ docs, log, now, ...(launch ? { agentSecret: launch.agentSecret } : {}) });
@@ -176,6 +181,7 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
     hub,
     fleets,
     store,
+    configs,
     ...(opts.signingKey ? { signingKey: opts.signingKey } : {}),
     trustedKeys: opts.trustedKeys,
     log,
@@ -218,6 +224,8 @@ export async function buildServer(opts: ServerOptions): Promise<KilnServer> {
     requireOperator(api, opts.operatorTokens, fleets);
     await api.register(fleetRoutes, { fleets, hub, deployments, balancerFor, fleetsChanged, ...(launch ? { provider: launch.provider } : {}) });
     await api.register(deploymentRoutes, { deployments });
+    await api.register(logRoutes, { fleets, hub, log });
+    await api.register(fleetConfigRoutes, { fleets, configs });
     await api.register(releaseRoutes, { store, keys: opts.trustedKeys });
     if (launch && bakes) await api.register(providerRoutes, { provider: launch.provider, bakes, deployments, fleets });
   });

@@ -4,14 +4,16 @@ import type { Logger } from 'pino';
 import { TMP_MARK, swapSymlink } from '../system/fs-atomic.js';
 import { acquireLock } from './install-lock.js';
 import type { AppLayout } from '../release/install-layout.js';
-import { emptyState, readJournal, readState, writeState, type InstallState, type InstalledRelease, type Operation, type Via } from './install-state.js';
+import { emptyState, readJournal, readState, writeState, type ConfigStamp, type InstallState, type InstalledRelease, type Operation, type Via } from './install-state.js';
+import { appRun, linkPersistent, type RunContext, type SecretResolver } from './app-run.js';
 import { KilnError, isKilnError } from '../errors/kiln-error.js';
 import { readLocalManifest } from '../release/release-resolve.js';
 import { Manifest } from '../release/release-schema.js';
 import type { ServiceManager } from '../service/service-manager.js';
 import { ifMissing } from '../system/fs-errors.js';
 import { parseJson } from '../system/json-file.js';
-import { isAlive } from '../system/process-alive.js';
+import { isAlive, isSameProcess } from '../system/process-alive.js';
+import { killGroup } from '../service/run-hook.js';
 import { sha256Hex } from '../release/signing.js';
 
 /** The version `current` points to, or null when there is no `current` yet. */
@@ -43,10 +45,24 @@ export function installedRelease(version: string, m: { manifest: Manifest; sha25
   return { version, seq: m.manifest.seq, manifestSha256: m.sha256, artifactSha256: m.manifest.artifact.sha256, via, installedAt };
 }
 
-/** Runs `version`'s service again after a failed or interrupted install, or stops the app when there is none. */
-export async function restoreService(layout: AppLayout, version: string | null, service: ServiceManager, log: Logger): Promise<void> {
-  const prev = version ? await readInstalledManifest(layout, version) : undefined;
-  await (prev ? service.restart(prev.manifest.service) : service.stop()).catch((err) => log.error({ err, version }, 'could not put the service back'));
+/**
+ * Runs a release (with its config) again after a failed or interrupted install, or stops the app when
+ * there is none; the agent starts the installed release at boot the same way. Never throws: what
+ * failed is logged and returned.
+ */
+export async function restoreService(layout: AppLayout, release: { version: string; config?: ConfigStamp | undefined } | null, ctx: Omit<RunContext, 'layout'>, log: Logger): Promise<Error | undefined> {
+  try {
+    const prev = release ? await readInstalledManifest(layout, release.version) : undefined;
+    if (!prev) await ctx.service.stop();
+    else {
+      await linkPersistent({ ...ctx, layout }, prev.manifest, layout.release(release!.version));
+      await ctx.service.restart(await appRun({ ...ctx, layout }, prev.manifest, release!.config));
+    }
+    return undefined;
+  } catch (err) {
+    log.error({ err, version: release?.version }, 'could not put the service back');
+    return err as Error;
+  }
 }
 
 /** Loads the state, rebuilding it from the disk (current symlink + complete markers) when it does not parse. */
@@ -86,7 +102,7 @@ async function removeLockLeftovers(lock: string): Promise<void> {
  * Start-up recovery, run under the install lock before any install and by the agent at boot:
  * leaves `current` on a complete release, removes staging and temporary files, settles the journal.
  */
-export async function recoverApp(layout: AppLayout, app: string, log: Logger, service?: ServiceManager): Promise<{ interrupted: Operation | null }> {
+export async function recoverApp(layout: AppLayout, app: string, log: Logger, service?: ServiceManager, resolveSecrets?: SecretResolver): Promise<{ interrupted: Operation | null }> {
   await rm(layout.staging, { recursive: true, force: true });
   await Promise.all([layout.appDir, layout.releases, layout.meta].map(removeTmp));
   await removeLockLeftovers(layout.lock);
@@ -102,6 +118,11 @@ export async function recoverApp(layout: AppLayout, app: string, log: Logger, se
   let interrupted: Operation | null = null;
 
   if (journal) {
+    // A hook the killed install left running (a migration) ends with it, whole process group.
+    if (journal.hook && isSameProcess(journal.hook.pid, journal.hook.start)) {
+      log.warn({ pid: journal.hook.pid, step: journal.step }, 'ending a hook left running by an interrupted install');
+      killGroup(journal.hook.pid);
+    }
     const now = new Date().toISOString();
     const cur = await currentVersion(layout);
     const committed = journal.step === 'commit' && cur === journal.version && (await isComplete(layout, journal.version));
@@ -109,19 +130,21 @@ export async function recoverApp(layout: AppLayout, app: string, log: Logger, se
       // Health had passed; only the state write was lost. Finish it.
       const installed = await readInstalledManifest(layout, journal.version);
       if (state.current?.version !== journal.version) state.previous = state.current;
-      state.current = installedRelease(journal.version, installed!, journal.via, now);
+      state.current = { ...installedRelease(journal.version, installed!, journal.via, now), ...(journal.config ? { config: journal.config } : {}) };
       if (journal.pointer) state.channels[journal.pointer.channel] = Math.max(state.channels[journal.pointer.channel] ?? 0, journal.pointer.seq);
       interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: journal.op === 'rollback' ? 'rolled-back' : 'installed' };
     } else {
       // Past the swap the service may run the new release even where `current` was already swapped
       // back (a kill between the swap-back and its restart): put both back.
-      const touchedService = journal.step === 'restart' || journal.step === 'health' || cur !== journal.from;
+      const configChanged = journal.config?.seq !== state.current?.config?.seq;
+      const touchedService = journal.step === 'restart' || journal.step === 'health' || journal.step === 'validate' || cur !== journal.from || (configChanged && cur === journal.version && journal.step !== 'before-start' && journal.step !== 'before-stop');
       if (cur !== journal.from) {
         if (journal.from && (await isComplete(layout, journal.from))) await swapSymlink(layout.current, `releases/${journal.from}`);
         else if (!journal.from) await rm(layout.current, { force: true });
       }
       log.warn({ version: journal.version, step: journal.step, back: journal.from }, 'an install was interrupted: put back what it changed');
-      if (service && touchedService) await restoreService(layout, journal.from, service, log);
+      const back = journal.from ? { version: journal.from, config: state.current?.version === journal.from ? state.current.config : undefined } : null;
+      if (service && touchedService) await restoreService(layout, back, { service, resolveSecrets }, log);
       const error = new KilnError('KILN_INTERRUPTED', `the ${journal.op} of ${journal.version} was interrupted at step ${journal.step} (pid ${journal.pid}); ${journal.from ?? 'nothing'} stays current`);
       interrupted = { op: journal.op, version: journal.version, ...(journal.commandId ? { commandId: journal.commandId } : {}), startedAt: journal.startedAt, finishedAt: now, outcome: 'interrupted', error: { code: error.code, message: error.message } };
     }
@@ -161,14 +184,22 @@ export async function pruneReleases(layout: AppLayout, state: InstallState, keep
     await rm(layout.release(version), { recursive: true, force: true });
     log.info({ version }, 'removed an old release');
   }
+  // Config versions neither current nor previous runs with, with their environment files (resolved secrets).
+  const keepSeq = new Set([state.current?.config?.seq, state.previous?.config?.seq].filter((n): n is number => n !== undefined));
+  for (const [dir, re] of [[layout.configs, /^(\d+)\.json$/], [layout.run, /^config-(\d+)\.env$/]] as const) {
+    for (const name of await ifMissing(readdir(dir), [] as string[])) {
+      const seq = Number(re.exec(name)?.[1]);
+      if (seq && !keepSeq.has(seq)) await rm(path.join(dir, name), { force: true });
+    }
+  }
   return doomed;
 }
 
 /** Recovery on its own (the agent at boot, `kiln host recover`): takes the install lock for it. */
-export async function recoverUnderLock(layout: AppLayout, app: string, log: Logger, service?: ServiceManager): Promise<{ interrupted: Operation | null }> {
+export async function recoverUnderLock(layout: AppLayout, app: string, log: Logger, service?: ServiceManager, resolveSecrets?: SecretResolver): Promise<{ interrupted: Operation | null }> {
   const lock = await acquireLock(layout.lock, `recover ${app}`);
   try {
-    return await recoverApp(layout, app, log, service);
+    return await recoverApp(layout, app, log, service, resolveSecrets);
   } finally {
     await lock.release();
   }

@@ -6,6 +6,10 @@ import { readJsonFile } from '../system/json-file.js';
 export const Via = z.enum(['baked', 'boot', 'hotfix', 'manual', 'rollback']);
 export type Via = z.infer<typeof Via>;
 
+/** A fleet config version as the host records it: its seq and the digest of its signed document. */
+export const ConfigStamp = z.strictObject({ seq: z.number().int().min(1), sha256: z.string() });
+export type ConfigStamp = z.infer<typeof ConfigStamp>;
+
 const InstalledRelease = z.strictObject({
   version: z.string(),
   seq: z.number().int(),
@@ -13,6 +17,10 @@ const InstalledRelease = z.strictObject({
   artifactSha256: z.string(),
   via: Via,
   installedAt: z.string(),
+  /** the fleet config it runs with (none: the release's own env only) */
+  config: ConfigStamp.optional(),
+  /** hooks a bake skipped (not `onBake`): run when an instance of the image first starts the release */
+  pendingHooks: z.array(z.enum(['beforeStart', 'validate', 'beforeStop'])).optional(),
 });
 export type InstalledRelease = z.infer<typeof InstalledRelease>;
 
@@ -44,7 +52,7 @@ export const InstallState = z.strictObject({
 });
 export type InstallState = z.infer<typeof InstallState>;
 
-export const JournalStep = z.enum(['fetch', 'rename', 'mark', 'swap', 'restart', 'health', 'commit']);
+export const JournalStep = z.enum(['fetch', 'rename', 'mark', 'before-start', 'before-stop', 'swap', 'restart', 'health', 'validate', 'commit']);
 export type JournalStep = z.infer<typeof JournalStep>;
 
 export const Journal = z.strictObject({
@@ -57,7 +65,11 @@ export const Journal = z.strictObject({
   /** how the release gets here, and the channel pointer that asked for it: recovery commits them */
   via: Via,
   pointer: z.strictObject({ channel: z.string(), seq: z.number().int() }).optional(),
+  /** the fleet config the new release runs with */
+  config: ConfigStamp.optional(),
   step: JournalStep,
+  /** the hook running at this step: its process group, ended by recovery if the install was killed */
+  hook: z.strictObject({ pid: z.number().int(), start: z.string().nullable() }).optional(),
   commandId: z.string().optional(),
   startedAt: z.string(),
   pid: z.number().int(),

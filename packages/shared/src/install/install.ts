@@ -7,18 +7,21 @@ import { artifactMeter } from './artifact-meter.js';
 import { fsyncDir, swapSymlink, writeFileAtomic } from '../system/fs-atomic.js';
 import { backoffDelay } from '../system/backoff.js';
 import { phaseStopwatch } from '../system/phase-stopwatch.js';
-import { waitHealthy } from '../service/health-check.js';
+import { appHealthGate } from './app-health.js';
+import { appRun, hookError, keepConfig, linkPersistent, runHook, type HostConfig, type RunContext, type SecretResolver } from './app-run.js';
 import { acquireLock } from './install-lock.js';
 import { appLayout, type AppLayout } from '../release/install-layout.js';
-import { currentVersion, installedRelease, isComplete, loadState, pruneReleases, recoverApp, restoreService } from './install-recover.js';
-import { peekState, writeJournal, writeState, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
+import { currentVersion, installedRelease, isComplete, loadState, pruneReleases, readInstalledManifest, recoverApp, restoreService } from './install-recover.js';
+import { peekState, writeJournal, writeState, type ConfigStamp, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
 import { KilnError, asKilnError } from '../errors/kiln-error.js';
+import { processStart } from '../system/process-alive.js';
 import { checkName } from '../release/names.js';
 import { s3Error, TRANSIENT_S3_CODES } from '../s3/s3-errors.js';
 import { fetchPointer, readLocalManifest, targetName, verifyManifest, type InstallTarget, type VerifiedManifest } from '../release/release-resolve.js';
 import type { ReleaseStore, SignedObject } from '../release/release-store.js';
 import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits, type ExtractedFile } from '../release/safe-extract.js';
-import type { ServiceManager } from '../service/service-manager.js';
+import type { HookOutcome, ServiceManager } from '../service/service-manager.js';
+import type { BoundConfig, HookName, Manifest } from '../release/release-schema.js';
 import type { PublicKey } from '../release/signing.js';
 
 export type InstallStep = 'resolve' | JournalStep;
@@ -46,6 +49,17 @@ export interface InstallOptions {
   owner?: { uid: number; gid: number };
   /** the port the app gets when an instance overrides the manifest's */
   port?: number;
+  /** the fleet config to run with (verified by the caller); absent: the one installed stays; null: none (back to before a config was deployed) */
+  config?: HostConfig | null;
+  /** resolves the config's secret references on this host */
+  resolveSecrets?: SecretResolver;
+  /**
+   * With a channel target whose pointer names a fleet config, and no `config` given: reads and
+   * verifies that version (the pointer binds it to the release, so it is the one to run with).
+   */
+  loadConfig?: (ref: BoundConfig) => Promise<HostConfig>;
+  /** baking an image: only hooks marked `onBake` run */
+  baking?: boolean;
   /** flush the release to disk before the swap (default true) */
   fsync?: boolean;
   /**
@@ -78,6 +92,12 @@ export interface InstallResult {
   previous: string | null;
   via: Via;
   downloaded: boolean;
+  /** the fleet config it runs with */
+  config?: ConfigStamp;
+  /** the hooks that ran: exit code, milliseconds, last lines */
+  hooks?: Partial<Record<HookName, HookOutcome>>;
+  /** what went wrong without failing the install (a failed beforeStop) */
+  warnings?: string[];
   /** milliseconds per step */
   timings: Partial<Record<InstallStep, number>>;
 }
@@ -112,7 +132,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   const now = opts.now ?? (() => new Date());
   const via: Via = opts.via ?? 'manual';
   const timings: InstallResult['timings'] = {};
-  const started = now().toISOString();
+  const startedAt = now().toISOString();
   const watch = phaseStopwatch<InstallStep>('resolve');
   const timed = (next?: InstallStep) => {
     const ended = watch.next(next);
@@ -133,6 +153,9 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   let pointerSeq: { channel: string; seq: number } | undefined;
   let expectSha: string | undefined;
   let given: SignedObject | undefined;
+  let wanted = opts.config;
+  /** the config came with a signed pointer, whose own seq guards against a replay: an older one is the operator's choice */
+  let pointerConfig = false;
   if ('channel' in opts.target) {
     const channel = checkName('channel', opts.target.channel);
     if (!opts.store) throw new Error('installing from a channel needs a release store');
@@ -142,6 +165,10 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     version = pointer.version;
     expectSha = pointer.manifestSha256;
     pointerSeq = { channel, seq: pointer.seq };
+    if (wanted === undefined && pointer.config && opts.loadConfig) {
+      wanted = await opts.loadConfig(pointer.config);
+      pointerConfig = true;
+    }
   } else {
     version = checkName('version', opts.target.version);
     expectSha = opts.target.manifestSha256;
@@ -155,11 +182,21 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
   const { manifest } = verified;
 
   const lock = await acquireLock(layout.lock, `${op} ${app} ${version}`);
+  const ctx: RunContext = { layout, service: opts.service, resolveSecrets: opts.resolveSecrets, owner: opts.owner };
+  const hooks: NonNullable<InstallResult['hooks']> = {};
+  const warnings: string[] = [];
+  /** A hook a bake skipped, run at the release's first start here (no swap: a failure fails the start). */
+  const firstStartHook = async (name: HookName, dir: string, config: ConfigStamp | undefined) => {
+    const out = await runHook(ctx, { name, manifest, releaseDir: dir, config, port: opts.port });
+    if (!out) return;
+    hooks[name] = out;
+    if (out.code !== 0) throw hookError(name, manifest.hooks![name]!, out);
+  };
   let journal: Journal | undefined;
   let staging: string | undefined;
   try {
     await mkdir(layout.appDir, { recursive: true });
-    await recoverApp(layout, app, log, opts.service);
+    await recoverApp(layout, app, log, opts.service, opts.resolveSecrets);
     const state = await loadState(layout, app, log);
     if (opts.commandId) {
       const done = state.commands.find((c) => c.commandId === opts.commandId);
@@ -172,32 +209,76 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     if (op === 'rollback' && state.previous?.version !== version) {
       throw new KilnError('KILN_NO_PREVIOUS', `the previous release of ${app} changed while this rollback waited for the lock; run it again`);
     }
+    // The config to run with: the one given, else (a rollback) the previous release's, else the one running.
+    const fromConfig = state.current?.config;
+    let config: ConfigStamp | undefined = op === 'rollback' ? state.previous?.config : fromConfig;
+    if (wanted) {
+      const c = wanted;
+      if (c.seq < (fromConfig?.seq ?? 0) && !opts.allowDowngrade && !pointerConfig) {
+        throw new KilnError('KILN_CONFIG_STALE', `config version ${c.seq} of ${app} is older than version ${fromConfig!.seq} running here: refusing a replayed config`);
+      }
+      if (fromConfig?.seq !== c.seq || fromConfig.sha256 !== c.sha256) await keepConfig(layout, c);
+      config = { seq: c.seq, sha256: c.sha256 };
+    } else if (wanted === null) config = undefined;
+    const sameConfig = config?.seq === fromConfig?.seq && config?.sha256 === fromConfig?.sha256;
     const from = await currentVersion(layout);
-    if (from === version && state.current?.manifestSha256 === verified.sha256) {
+    if (from === version && state.current?.manifestSha256 === verified.sha256 && sameConfig) {
       if (pointerSeq && (state.channels[pointerSeq.channel] ?? 0) < pointerSeq.seq) state.channels[pointerSeq.channel] = pointerSeq.seq;
       // Installed means installed, running and healthy: a stopped app is started (no swap, so nothing
       // to undo), and one that runs still passes its health check (it may be starting after a swap-back).
-      if (!(await opts.service.status()).active) {
+      const started = Date.now();
+      // Hooks a bake left for the first start of the release on an instance of its image.
+      const pending = opts.baking ? [] : (state.current.pendingHooks ?? []);
+      const release = layout.release(version);
+      if (pending.includes('beforeStart')) await firstStartHook('beforeStart', release, config);
+      if (pending.length || !(await opts.service.status()).active) {
         log.info({ version }, 'already installed but not running: starting it');
-        await opts.service.restart(manifest.service);
+        await opts.service.restart(await appRun(ctx, manifest, config));
       }
-      if (!opts.skipHealth) await healthGate(opts, manifest, layout.release(version));
-      await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: now().toISOString(), outcome: 'unchanged' });
+      if (!opts.skipHealth) await healthGate(opts, manifest, release, started);
+      if (pending.includes('validate')) await firstStartHook('validate', release, config);
+      if (pending.length) delete state.current.pendingHooks;
+      await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt, finishedAt: now().toISOString(), outcome: 'unchanged' });
       log.info({ version }, 'already installed: nothing to do');
-      return { outcome: 'unchanged', app, version, previous: state.previous?.version ?? null, via: state.current.via, downloaded: false, timings };
+      return { outcome: 'unchanged', app, version, previous: state.previous?.version ?? null, via: state.current.via, downloaded: false, ...(config ? { config } : {}), ...(Object.keys(hooks).length ? { hooks } : {}), timings };
     }
     const installedSeq = state.current?.seq ?? 0;
     if (manifest.seq < installedSeq && !opts.allowDowngrade && !pointerSeq) {
       throw new KilnError('KILN_SEQ_DOWNGRADE', `${app} ${version} has seq ${manifest.seq}, lower than the installed ${state.current!.version} (seq ${installedSeq}); use \`kiln host rollback\` or --allow-downgrade`);
     }
 
-    journal = { schema: 1, op, app, version, from, via, ...(pointerSeq ? { pointer: pointerSeq } : {}), step: 'fetch', ...(opts.commandId ? { commandId: opts.commandId } : {}), startedAt: started, pid: process.pid };
+    journal = { schema: 1, op, app, version, from, via, ...(pointerSeq ? { pointer: pointerSeq } : {}), ...(config ? { config } : {}), step: 'fetch', ...(opts.commandId ? { commandId: opts.commandId } : {}), startedAt, pid: process.pid };
     // The journal names the step before it starts; the hook runs after, so a crash there is recoverable.
     const advance = async (s: JournalStep) => {
       step(s, version);
       journal!.step = s;
       await writeJournal(layout.journal, journal!);
       await opts.onStep?.(s, version);
+    };
+    /** hooks a bake did not run (not `onBake`): the release's first start on an instance of the image runs them */
+    const skipped: HookName[] = [];
+    /** Runs a hook of `m` as a journaled step (baking: only one marked onBake); a failure throws unless `warnOnly`. */
+    const hook = async (name: HookName, m: Manifest, dir: string, withConfig: ConfigStamp | undefined, warnOnly = false) => {
+      const spec = m.hooks?.[name];
+      if (!spec) return;
+      if (opts.baking && !spec.onBake) {
+        if (m === manifest) skipped.push(name);
+        return;
+      }
+      await advance(name === 'beforeStart' ? 'before-start' : name === 'beforeStop' ? 'before-stop' : 'validate');
+      const onSpawn = async (pid: number) => {
+        journal!.hook = { pid, start: processStart(pid) };
+        await writeJournal(layout.journal, journal!);
+      };
+      const out = (await runHook(ctx, { name, manifest: m, releaseDir: dir, config: withConfig, port: opts.port, onSpawn }))!;
+      delete journal!.hook;
+      hooks[name] = out;
+      log.info({ hook: name, code: out.code, ms: out.ms, timedOut: out.timedOut }, 'hook ran');
+      if (out.code === 0) return;
+      const err = hookError(name, spec, out);
+      if (!warnOnly) throw err;
+      warnings.push(err.message);
+      log.warn({ hook: name, code: out.code }, 'hook failed: going on');
     };
 
     let downloaded = false;
@@ -220,33 +301,44 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       await mkdir(layout.meta, { recursive: true });
       await writeFileAtomic(layout.metaFile(version), JSON.stringify({ manifest: verified.bytes.toString('utf8'), sig: verified.sig.toString('utf8'), sha256: verified.sha256 }) + '\n');
     }
+    await linkPersistent(ctx, manifest, layout.release(version));
+    // Before anything is swapped: a secret that cannot be resolved, or a failing migration, leaves the
+    // old release serving, untouched.
+    const run = await appRun(ctx, manifest, config);
+    await hook('beforeStart', manifest, layout.release(version), config);
+    if (from && (await opts.service.status()).active) {
+      const old = await readInstalledManifest(layout, from);
+      if (old) await hook('beforeStop', old.manifest, layout.release(from), fromConfig, true);
+    }
 
     await advance('swap');
     await swapSymlink(layout.current, `releases/${version}`);
     try {
       await advance('restart');
-      await opts.service.restart(manifest.service);
+      const restarted = Date.now();
+      await opts.service.restart(run);
       if (!opts.skipHealth) {
         await advance('health');
-        await healthGate(opts, manifest, layout.release(version));
+        await healthGate(opts, manifest, layout.release(version), restarted);
       }
+      await hook('validate', manifest, layout.release(version), config);
     } catch (err) {
-      await swapBack({ layout, from, version, opts, log });
+      await swapBack({ layout, from, fromConfig, version, opts, log });
       throw err;
     }
 
     await advance('commit');
     const installedAt = now().toISOString();
-    if (state.current && state.current.version !== version) state.previous = state.current;
-    state.current = installedRelease(version, verified, via, installedAt);
+    if (state.current && (state.current.version !== version || !sameConfig)) state.previous = state.current;
+    state.current = { ...installedRelease(version, verified, via, installedAt), ...(config ? { config } : {}), ...(skipped.length ? { pendingHooks: skipped } : {}) };
     if (pointerSeq) state.channels[pointerSeq.channel] = Math.max(state.channels[pointerSeq.channel] ?? 0, pointerSeq.seq);
     const outcome = op === 'rollback' ? 'rolled-back' : 'installed';
-    await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: installedAt, outcome });
+    await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt, finishedAt: installedAt, outcome });
     await rm(layout.journal, { force: true });
     await pruneReleases(layout, state, opts.keep ?? 2, log);
     timed();
     log.info({ version, previous: from, timings }, op === 'rollback' ? 'rolled back' : 'installed');
-    return { outcome, app, version, previous: from, via, downloaded, timings };
+    return { outcome, app, version, previous: from, via, downloaded, ...(config ? { config } : {}), ...(Object.keys(hooks).length ? { hooks } : {}), ...(warnings.length ? { warnings } : {}), timings };
   } catch (err) {
     const error = asKilnError(err, 'KILN_INSTALL_FAILED');
     log.error({ err: error, version }, `${op} failed`);
@@ -257,17 +349,17 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     }
     if (journal) await rm(layout.journal, { force: true });
     const fresh = await loadState(layout, app, log);
-    await commitState(layout, fresh, { op, version, commandId: opts.commandId, startedAt: started, finishedAt: now().toISOString(), outcome: 'failed', error: { code: error.code, message: error.message } });
+    await commitState(layout, fresh, { op, version, commandId: opts.commandId, startedAt, finishedAt: now().toISOString(), outcome: 'failed', error: { code: error.code, message: error.message } });
     throw error;
   } finally {
     await lock.release();
   }
 }
 
-/** The manifest's health check, on the port the instance gave the app. */
-async function healthGate(opts: InstallOptions, manifest: VerifiedManifest['manifest'], cwd: string): Promise<void> {
+/** The release's health gate (every process), on the port the instance gave the app. */
+async function healthGate(opts: InstallOptions, manifest: Manifest, releaseDir: string, startedAt: number): Promise<void> {
   const port = opts.port ?? (await opts.service.status()).port ?? undefined;
-  await waitHealthy({ health: manifest.health, service: manifest.service, port, cwd });
+  await appHealthGate({ service: opts.service, manifest, releaseDir, port, startedAt });
 }
 
 function checkPointerSeq(app: string, channel: string, seq: number, accepted: number): void {
@@ -358,10 +450,10 @@ async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedM
   }
 }
 
-async function swapBack(args: { layout: AppLayout; from: string | null; version: string; opts: InstallOptions; log: Logger }): Promise<void> {
+async function swapBack(args: { layout: AppLayout; from: string | null; fromConfig: ConfigStamp | undefined; version: string; opts: InstallOptions; log: Logger }): Promise<void> {
   const { layout, from, version, opts, log } = args;
   log.warn({ version, back: from }, 'new release failed: swapping back');
   if (from) await swapSymlink(layout.current, `releases/${from}`);
   else await rm(layout.current, { force: true });
-  await restoreService(layout, from, opts.service, log);
+  await restoreService(layout, from ? { version: from, config: args.fromConfig } : null, { service: opts.service, resolveSecrets: opts.resolveSecrets, owner: opts.owner }, log);
 }

@@ -1,8 +1,10 @@
 import { z } from 'zod';
-import { Via } from '../install/install-state.js';
+import { ConfigStamp, Via } from '../install/install-state.js';
 import { KilnError } from '../errors/kiln-error.js';
-import { AppName, ChannelName, VersionName } from '../release/names.js';
-import { ReleaseRef, Sha256 } from '../release/release-schema.js';
+import { AppName, ChannelName, ProcessName, VersionName } from '../release/names.js';
+import { MAX_LOG_LINES } from '../service/app-logs.js';
+import { MAX_LINE_BYTES } from '../service/line-splitter.js';
+import { BoundConfig, ReleaseRef, Sha256 } from '../release/release-schema.js';
 import { formatZodError } from '../errors/format-zod-error.js';
 import { AgentIdentity } from './agent-identity.js';
 
@@ -58,6 +60,8 @@ export const AgentReport = z.strictObject({
   /** the release the image was baked with, from the image marker */
   image: ReleaseRef.nullable(),
   installed: ReleaseRef.extend({ artifactSha256: Sha256, via: Via, installedAt: time }).nullable(),
+  /** the fleet config version the app runs with; null: none (agents before 0.3.0 do not send it) */
+  config: ConfigStamp.nullable().default(null),
   service: z.strictObject({ active: z.boolean() }),
   tree: TreeCheck,
   operation: z.strictObject({ commandId: id.optional(), op: z.enum(['install', 'rollback']), version: VersionName, step: z.string().max(32), startedAt: time }).nullable(),
@@ -76,14 +80,24 @@ export const CommandAction = z.discriminatedUnion('kind', [
     manifestSha256: Sha256,
     /** the signed manifest (base64 of manifest.json and of its .sig), verified like a downloaded one: the agent skips two GETs */
     manifest: z.strictObject({ bytes: base64(MAX_INLINE_MANIFEST), sig: base64(4096) }).optional(),
+    /** the fleet config version to run it with: the agent reads and verifies it (absent: the running config stays; null: none) */
+    config: BoundConfig.nullable().optional(),
   }),
-  /** back to the previous release on disk, or to an explicit older one */
-  z.strictObject({ kind: z.literal('rollback'), version: VersionName.optional(), manifestSha256: Sha256.optional() }),
+  /** back to the previous release on disk, or to an explicit older one; with `config`, to that config version */
+  z.strictObject({ kind: z.literal('rollback'), version: VersionName.optional(), manifestSha256: Sha256.optional(), config: BoundConfig.nullable().optional() }),
   z.strictObject({ kind: z.literal('report') }),
 ]);
 export type CommandAction = z.infer<typeof CommandAction>;
 
 const v = z.literal(PROTOCOL_VERSION);
+
+/** A `log-lines` frame carries at most this many lines, of at most this many characters in all: far under MAX_FRAME_BYTES. */
+export const MAX_LOG_FRAME_LINES = 500;
+export const MAX_LOG_FRAME_CHARS = 256 * 1024;
+const LogLines = z
+  .array(z.string().max(MAX_LINE_BYTES))
+  .max(MAX_LOG_FRAME_LINES)
+  .refine((l) => l.reduce((n, x) => n + x.length, 0) <= MAX_LOG_FRAME_CHARS, `at most ${MAX_LOG_FRAME_CHARS} characters of lines a frame`);
 
 /** Every frame either side sends: one discriminated union. */
 export const Message = z.discriminatedUnion('type', [
@@ -98,14 +112,24 @@ export const Message = z.discriminatedUnion('type', [
   /** agent → controller: a command was accepted (queued or started) or reached an install step */
   z.strictObject({ type: z.literal('progress'), v, commandId: id, stage: z.string().max(32), bytes: z.number().int().min(0).optional(), total: z.number().int().min(0).optional() }),
   z.strictObject({ type: z.literal('result'), v, result: CommandResult }),
+  /**
+   * Log streams (agents from 0.3.0 on): the controller asks for a process's (or every process's) last
+   * `lines` and, with `follow`, the new ones until it sends `log-stop`; the agent answers `log-start`
+   * (the processes it reads), then `log-lines` batches, then `log-end` (with `error` when it failed or refused).
+   */
+  z.strictObject({ type: z.literal('log-request'), v, id, process: ProcessName.optional(), lines: z.number().int().min(0).max(MAX_LOG_LINES), follow: z.boolean() }),
+  z.strictObject({ type: z.literal('log-stop'), v, id }),
+  z.strictObject({ type: z.literal('log-start'), v, id, processes: z.array(ProcessName).max(64) }),
+  z.strictObject({ type: z.literal('log-lines'), v, id, process: ProcessName, lines: LogLines }),
+  z.strictObject({ type: z.literal('log-end'), v, id, error: ErrorInfo.optional() }),
   /** either way: the peer's frame (or command, when `commandId` is set) was refused */
   z.strictObject({ type: z.literal('error'), v, error: ErrorInfo, commandId: id.optional() }),
 ]);
 export type Message = z.infer<typeof Message>;
 export type MessageOf<T extends Message['type']> = Extract<Message, { type: T }>;
 
-const FROM_AGENT = new Set<Message['type']>(['hello', 'report', 'progress', 'result', 'error']);
-const FROM_CONTROLLER = new Set<Message['type']>(['command', 'error']);
+const FROM_AGENT = new Set<Message['type']>(['hello', 'report', 'progress', 'result', 'error', 'log-start', 'log-lines', 'log-end']);
+const FROM_CONTROLLER = new Set<Message['type']>(['command', 'error', 'log-request', 'log-stop']);
 
 /** A message as written by its sender: the protocol version is filled in by `frame`. */
 export type Outgoing = Message extends infer M ? (M extends Message ? Omit<M, 'v'> : never) : never;

@@ -13,6 +13,12 @@ export interface AppLayout {
   releases: string;
   meta: string;
   staging: string;
+  /** persistent directories (`persist` in kiln.json), one per name, kept across releases: KILN_DATA_DIR */
+  data: string;
+  /** the fleet configs this app ran with (values and secret references, never secret values) */
+  configs: string;
+  /** the environment files with resolved secrets (mode 0600); under /run on a real host, so gone at reboot */
+  run: string;
   release(version: string): string;
   /** the "complete" marker of a release: its manifest and signature, written after the rename */
   metaFile(version: string): string;
@@ -31,6 +37,9 @@ export function appLayout(root: string, app: string): AppLayout {
     releases: path.join(appDir, 'releases'),
     meta: path.join(appDir, 'meta'),
     staging: path.join(appDir, 'staging'),
+    data: path.join(appDir, 'data'),
+    configs: path.join(appDir, 'configs'),
+    run: path.join(path.resolve(root), 'run/kiln/apps', app),
     release: (v) => path.join(appDir, 'releases', checkName('version', v)),
     metaFile: (v) => path.join(appDir, 'meta', `${checkName('version', v)}.json`),
   };

@@ -3,7 +3,7 @@ import { catchOnly } from '../errors/catch-only.js';
 import { ifKilnError, isKilnError } from '../errors/kiln-error.js';
 import { parseJson } from '../system/json-file.js';
 import { checkName } from './names.js';
-import { ChannelPointer, Manifest } from './release-schema.js';
+import { ChannelPointer, Manifest, type BoundConfig } from './release-schema.js';
 import type { ReleaseStore } from './release-store.js';
 import { fetchPointer } from './release-resolve.js';
 import { sha256Hex, signBytes, verifyBytes, type PrivateKey, type PublicKey } from './signing.js';
@@ -64,10 +64,12 @@ export interface PromoteOptions {
   /** pinned keys the existing manifest and pointer are checked with */
   keys: PublicKey[];
   ttlMs: number;
+  /** the fleet config version the release runs with, bound to it in the same signed pointer */
+  config?: BoundConfig | undefined;
   now?: () => Date;
 }
 
-/** Writes the signed channel pointer to a release; its seq is one more than the pointer it replaces. */
+/** Writes the signed channel pointer to a release (and the config it runs with); its seq is one more than the pointer it replaces. */
 export async function promoteRelease(opts: PromoteOptions): Promise<ChannelPointer> {
   const app = checkName('app', opts.app);
   const channel = checkName('channel', opts.channel);
@@ -84,6 +86,7 @@ export async function promoteRelease(opts: PromoteOptions): Promise<ChannelPoint
     version,
     seq,
     manifestSha256: sha256Hex(obj.bytes),
+    ...(opts.config ? { config: opts.config } : {}),
     createdAt: now.toISOString(),
     expires: new Date(now.getTime() + opts.ttlMs).toISOString(),
   };

@@ -39,16 +39,31 @@ export interface PublishResult {
   timings: Record<string, number>;
 }
 
-/** Reads kiln.json from the tree (when there is one) and applies the flag overrides. */
+/** Reads kiln.json from the tree (when there is one) and applies the flag overrides; an error names the field at fault. */
 export async function readAppSpec(dir: string, over: PublishOptions['spec'] = {}): Promise<AppSpec> {
   const raw = (await readJsonFile(path.join(dir, 'kiln.json'), z.record(z.string(), z.unknown()), { code: 'KILN_APP_SPEC_INVALID', unreadable: 'KILN_APP_SPEC_INVALID' })) ?? {};
-  const service = { ...(raw.service as object | undefined), ...(over.command ? { command: over.command } : {}), ...(over.port ? { port: over.port } : {}), ...(over.env ? { env: over.env } : {}) };
+  // `processes` with a `web` is the same as `service` + `health` for web and `processes` for the others.
+  const procs = raw.processes && typeof raw.processes === 'object' ? { ...(raw.processes as Record<string, unknown>) } : undefined;
+  let web: Record<string, unknown> | undefined;
+  if (procs) {
+    if ('service' in raw) throw invalid('give either "service" (one process) or "processes" (several, one of them "web"), not both');
+    if (!procs.web || typeof procs.web !== 'object') throw invalid('processes.web is missing: the main process, the one the health gate and the balancer talk to, is named "web"');
+    ({ health: raw.health, ...web } = procs.web as Record<string, unknown>);
+    delete procs.web;
+  }
+  const service = { ...(web ?? (raw.service as object | undefined)), ...(over.command ? { command: over.command } : {}), ...(over.port ? { port: over.port } : {}), ...(over.env ? { env: over.env } : {}) };
   const health = over.healthPath ? { type: 'http', path: over.healthPath } : raw.health;
-  if (!('command' in service)) throw new KilnError('KILN_APP_SPEC_INVALID', 'the release does not say how the app runs: add a kiln.json with "service": {"command": [...]} to the app tree, or pass --command');
-  const parsed = AppSpec.safeParse({ ...raw, service, ...(health ? { health } : {}) });
-  if (!parsed.success) throw new KilnError('KILN_APP_SPEC_INVALID', `kiln.json (with flags) is invalid: ${formatZodError(parsed.error)}`);
+  if (!('command' in service)) throw invalid('the release does not say how the app runs: add a kiln.json with "service": {"command": [...]} to the app tree, or pass --command');
+  const spec: Record<string, unknown> = { ...raw, service, health };
+  if (procs) spec.processes = Object.keys(procs).length ? procs : undefined;
+  if (spec.health === undefined) delete spec.health;
+  if (spec.processes === undefined) delete spec.processes;
+  const parsed = AppSpec.safeParse(spec);
+  if (!parsed.success) throw invalid(`kiln.json (with flags) is invalid: ${formatZodError(parsed.error)}`);
   return parsed.data;
 }
+
+const invalid = (message: string) => new KilnError('KILN_APP_SPEC_INVALID', message);
 
 /**
  * Highest seq among the app's published releases (0 when none). A version without a manifest yet
@@ -95,6 +110,8 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
     }
     const spec = await readAppSpec(dir, opts.spec);
     const files = await scanTree(dir, { allowLinks: spec.allowLinks });
+    const shadowed = spec.persist?.find((name) => files.some((f) => f.path === name));
+    if (shadowed) throw invalid(`persist: "${shadowed}" is also a path in the release; a persistent directory is linked into every release under its name, so the tree must not have one`);
     nextPhase('pack');
     opts.onPhase?.('pack');
     const artifactFile = path.join(work, 'artifact.tar.gz');
@@ -113,6 +130,9 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
       allowLinks: spec.allowLinks,
       service: spec.service,
       health: spec.health,
+      ...(spec.processes ? { processes: spec.processes } : {}),
+      ...(spec.hooks ? { hooks: spec.hooks } : {}),
+      ...(spec.persist?.length ? { persist: spec.persist } : {}),
     };
     // What is signed must be what every reader accepts: checked by the same schema before anything is uploaded.
     const checked = Manifest.safeParse(manifest);

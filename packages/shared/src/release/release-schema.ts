@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { AppName, ChannelName, VersionName } from './names.js';
+import { AppName, ChannelName, FleetName, ProcessName, VersionName } from './names.js';
 
 /** A sha256 digest as kiln writes it everywhere: 64 lower-case hex digits. */
 export const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
@@ -39,14 +39,69 @@ export const HealthSpec = z.discriminatedUnion('type', [
 ]);
 export type HealthSpec = z.infer<typeof HealthSpec>;
 
-/** kiln.json at the top of an app tree: how the app runs and how its health is checked. */
+/** A process beside the main one (`worker`): run like it, checked by its own health check if it has one, and by staying up. */
+export const ProcessSpec = ServiceSpec.extend({ health: HealthSpec.default({ type: 'none' }) });
+export type ProcessSpec = z.infer<typeof ProcessSpec>;
+
+/** A lifecycle hook: a command run by the install routine as the app's user, with the app's environment. */
+export const HookSpec = z.strictObject({
+  command: z.array(z.string().min(1)).min(1),
+  /** killed (its whole process group) past this */
+  timeoutMs: z.number().int().min(100).max(3_600_000).default(60_000),
+  /** also run while baking an image (default false: a builder must not touch live data such as a database) */
+  onBake: z.boolean().default(false),
+});
+export type HookSpec = z.infer<typeof HookSpec>;
+
+export const HookName = z.enum(['beforeStart', 'validate', 'beforeStop']);
+export type HookName = z.infer<typeof HookName>;
+
+export const Hooks = z.strictObject({
+  /** in the new release's directory before the swap (migrations); failing, nothing is swapped */
+  beforeStart: HookSpec.optional(),
+  /** after the health gate, before commit (a smoke test); failing, the routine swaps back */
+  validate: HookSpec.optional(),
+  /** in the old release's directory before its processes stop (flush); failing, it is reported and the install goes on */
+  beforeStop: HookSpec.optional(),
+});
+export type Hooks = z.infer<typeof Hooks>;
+
+/** A persistent directory's name: a directory under the app's `data/`, linked into every release under that name. */
+export const PersistName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'a directory name: lower-case letters, digits, "_" and "-", at most 63 characters');
+
+const persistList = z
+  .array(PersistName)
+  .max(16)
+  .refine((l) => new Set(l).size === l.length, 'a directory is listed twice');
+
+/** What kiln.json adds to how the app runs: more processes, hooks, persistent directories. */
+const AppContract = {
+  /** processes beside the main one (the main one is `service`, named `web`) */
+  processes: z
+    .record(ProcessName, ProcessSpec)
+    .refine((r) => !('web' in r), 'web is the main process (`service`), not one of the others')
+    .optional(),
+  hooks: Hooks.optional(),
+  persist: persistList.optional(),
+};
+
+/**
+ * kiln.json at the top of an app tree: how the app runs and how its health is checked. Either
+ * `service` (+ `health`) for an app of one process, or `processes` with a `web` among them.
+ */
 export const AppSpec = z.strictObject({
   service: ServiceSpec,
   health: HealthSpec.default({ type: 'none' }),
   /** symbolic links are refused unless the release allows them; even then they must stay inside it */
   allowLinks: z.boolean().default(false),
+  ...AppContract,
 });
 export type AppSpec = z.infer<typeof AppSpec>;
+
+/** Every process of a release by name: the main one as `web`, then the others. */
+export function releaseProcesses(m: { service: ServiceSpec; health: HealthSpec; processes?: Record<string, ProcessSpec> | undefined }): Record<string, ProcessSpec> {
+  return { web: { ...m.service, health: m.health }, ...m.processes };
+}
 
 export const FileEntry = z.discriminatedUnion('type', [
   z.strictObject({ path: relPath, type: z.literal('file'), size: z.number().int().min(0), sha256: Sha256, mode: z.number().int().min(0).max(0o777) }),
@@ -76,8 +131,18 @@ export const Manifest = z.strictObject({
   allowLinks: z.boolean(),
   service: ServiceSpec,
   health: HealthSpec,
+  // Absent from a release that has none, so a manifest of one process reads as it always did.
+  ...AppContract,
 });
 export type Manifest = z.infer<typeof Manifest>;
+
+/**
+ * A fleet config version bound to a release (docs/config.md): the fleet whose config it is, its seq
+ * and the sha256 of its signed document. A channel pointer and an install command carry it, so a
+ * host gets the release and the config it runs with from one signed object or one command.
+ */
+export const BoundConfig = z.strictObject({ fleet: FleetName, seq: z.number().int().min(1), sha256: Sha256 });
+export type BoundConfig = z.infer<typeof BoundConfig>;
 
 export const ChannelPointer = z.strictObject({
   schema: z.literal(1),
@@ -87,6 +152,8 @@ export const ChannelPointer = z.strictObject({
   /** grows strictly per app and channel with every promote; an older pointer is a replay */
   seq: z.number().int().min(1),
   manifestSha256: Sha256,
+  /** the fleet config the release runs with (absent: the config a host runs stays; pointers before configs have none) */
+  config: BoundConfig.optional(),
   createdAt: z.string(),
   expires: z.string(),
 });

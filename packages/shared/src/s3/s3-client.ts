@@ -30,7 +30,6 @@ export interface S3ClientOptions {
 export function createS3Client(loc: S3Location, opts: S3ClientOptions = {}): S3Client {
   const local = loc.endpoint !== undefined;
   const { S3Client } = s3Sdk();
-  const { NodeHttpHandler } = s3HttpHandler();
   return new S3Client({
     ...(local ? { endpoint: loc.endpoint, forcePathStyle: true } : {}),
     region: loc.region ?? (local ? 'us-east-1' : undefined),
@@ -38,11 +37,17 @@ export function createS3Client(loc: S3Location, opts: S3ClientOptions = {}): S3C
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     maxAttempts: opts.maxAttempts ?? 3,
-    requestHandler: new NodeHttpHandler({
-      connectionTimeout: opts.connectTimeoutMs ?? 3_000,
-      requestTimeout: opts.requestTimeoutMs ?? 15_000,
-      // smithy 4.x only warns about a breached requestTimeout unless told to throw
-      throwOnRequestTimeout: true,
-    }),
+    requestHandler: awsRequestHandler(opts),
+  });
+}
+
+/** The HTTP handler of every AWS client kiln makes: connect and idle deadlines per attempt. */
+export function awsRequestHandler(opts: Pick<S3ClientOptions, 'connectTimeoutMs' | 'requestTimeoutMs'> = {}) {
+  const { NodeHttpHandler } = s3HttpHandler();
+  return new NodeHttpHandler({
+    connectionTimeout: opts.connectTimeoutMs ?? 3_000,
+    requestTimeout: opts.requestTimeoutMs ?? 15_000,
+    // smithy 4.x only warns about a breached requestTimeout unless told to throw
+    throwOnRequestTimeout: true,
   });
 }

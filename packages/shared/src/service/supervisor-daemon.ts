@@ -6,10 +6,13 @@ import { backoffDelay } from '../system/backoff.js';
 import { writeFileAtomic } from '../system/fs-atomic.js';
 import { hasErrno } from '../system/fs-errors.js';
 import { isSameProcess, processStart } from '../system/process-alive.js';
+import { parseEnvFile } from './env-file.js';
 import { ServiceFile, readSupervisorStatus, supervisorPaths, type SupervisorStatus } from './supervisor-files.js';
 
 export interface SupervisorDaemonOptions {
   appDir: string;
+  /** the app's process this daemon runs (default `web`) */
+  process?: string;
   log: Logger;
   /** the environment the app inherits before the spec's env is applied */
   baseEnv: NodeJS.ProcessEnv;
@@ -20,8 +23,8 @@ export interface SupervisorDaemonOptions {
  * backoff), restarts it on SIGHUP (after a swap), stops it cleanly on SIGTERM and exits.
  */
 export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promise<void> {
-  const log = opts.log.child({ module: 'supervisor' });
-  const files = supervisorPaths(opts.appDir);
+  const log = opts.log.child({ module: 'supervisor', process: opts.process ?? 'web' });
+  const files = supervisorPaths(opts.appDir, opts.process);
   const current = path.join(opts.appDir, 'current');
   const status: SupervisorStatus = {
     daemonPid: process.pid,
@@ -63,18 +66,20 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
     clearTimeout(backoffTimer);
     let svc: ServiceFile;
     let cwd: string;
+    let fleetEnv: Record<string, string>;
     try {
       svc = ServiceFile.parse(JSON.parse(readFileSync(files.service, 'utf8')));
       cwd = realpathSync(current);
+      fleetEnv = svc.envFile ? parseEnvFile(readFileSync(svc.envFile, 'utf8'), svc.envFile) : {};
     } catch (err) {
-      log.error({ err }, 'cannot start the app: no current release or service file');
+      log.error({ err }, 'cannot start the app: no current release, service file or environment file');
       status.state = 'backoff';
       status.lastExit = `cannot start: ${(err as Error).message}`;
       void publish();
       backoffTimer = setTimeout(start, nextDelay());
       return;
     }
-    const env: NodeJS.ProcessEnv = { ...opts.baseEnv, ...svc.spec.env, KILN_RELEASE_DIR: cwd, ...(svc.spec.port ? { PORT: String(svc.spec.port) } : {}), ...svc.env };
+    const env: NodeJS.ProcessEnv = { ...opts.baseEnv, ...svc.spec.env, ...fleetEnv, KILN_RELEASE_DIR: cwd, ...(svc.spec.port ? { PORT: String(svc.spec.port) } : {}), ...svc.env };
     const out = openSync(files.log, 'a');
     const proc = spawn(svc.spec.command[0]!, svc.spec.command.slice(1), { cwd, env, stdio: ['ignore', out, out], detached: true });
     closeSync(out); // the child has its own copy
@@ -134,6 +139,7 @@ export async function runSupervisorDaemon(opts: SupervisorDaemonOptions): Promis
       if (stopping) return;
       await stopChild(stopTimeout());
       status.generation++;
+      status.restarts = 0;
       failures = 0;
       start();
     });

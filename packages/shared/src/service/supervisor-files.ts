@@ -8,6 +8,8 @@ export const ServiceFile = z.strictObject({
   spec: ServiceSpec,
   /** instance-level additions and overrides (e.g. PORT when several instances share a host) */
   env: z.record(z.string(), z.string()),
+  /** the fleet's config and secrets (see AppRun.envFile), read at every start of the child */
+  envFile: z.string().optional(),
 });
 export type ServiceFile = z.infer<typeof ServiceFile>;
 
@@ -29,11 +31,15 @@ export const SupervisorStatus = z.strictObject({
 });
 export type SupervisorStatus = z.infer<typeof SupervisorStatus>;
 
-export const supervisorPaths = (appDir: string) => ({
-  service: path.join(appDir, 'service.json'),
-  status: path.join(appDir, 'supervisor.json'),
-  log: path.join(appDir, 'service.log'),
-});
+/** The main process `web` keeps the names of the time when an app had one process; every other has its name in them. */
+export const supervisorPaths = (appDir: string, proc = 'web') => {
+  const tail = proc === 'web' ? '' : `-${proc}`;
+  return {
+    service: path.join(appDir, `service${tail}.json`),
+    status: path.join(appDir, `supervisor${tail}.json`),
+    log: path.join(appDir, `service${tail}.log`),
+  };
+};
 
 // Both belong to another process (the daemon, the service manager): a reader that finds none, or one
 // it cannot use, acts as when there is none (no status yet, no extra env).

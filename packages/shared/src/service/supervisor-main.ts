@@ -2,16 +2,14 @@
 // Entry of the process supervisor daemon started by createProcessSupervisor: parses argv, wires, runs.
 import { parseArgs } from 'node:util';
 import { createLogger } from '../system/logger.js';
+import { plainEnv } from './plain-env.js';
 import { runSupervisorDaemon } from './supervisor-daemon.js';
 
-const { values } = parseArgs({ options: { 'app-dir': { type: 'string' } } });
+const { values } = parseArgs({ options: { 'app-dir': { type: 'string' }, process: { type: 'string', default: 'web' } } });
 if (!values['app-dir']) {
-  process.stderr.write('usage: supervisor-main --app-dir DIR\n');
+  process.stderr.write('usage: supervisor-main --app-dir DIR [--process NAME]\n');
   process.exit(2);
 }
 const log = createLogger({ level: process.env.KILN_LOG_LEVEL ?? 'info', name: 'kiln-supervisor' });
-// The app gets a plain environment, never the credentials of whoever started the supervisor.
-const PASS = ['PATH', 'HOME', 'USER', 'LOGNAME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR'];
-const baseEnv = Object.fromEntries(PASS.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));
-await runSupervisorDaemon({ appDir: values['app-dir'], log, baseEnv });
+await runSupervisorDaemon({ appDir: values['app-dir'], process: values.process, log, baseEnv: plainEnv() });
 process.exit(0);

@@ -11,6 +11,7 @@ import { createProcessProvider } from '../../providers/process/process-provider.
 import { findHaproxy } from '../../balancers/haproxy-process.js';
 
 const DEMO_APP = fileURLToPath(new URL('../../../demo-app/', import.meta.url));
+const GREETING = 'greetings from the fleet config';
 
 async function get(url: string): Promise<string> {
   const res = await fetch(url, { signal: AbortSignal.timeout(5_000) });
@@ -24,7 +25,7 @@ export const demoCommand: CommandDef = {
   examples: ['kiln demo', 'kiln demo --keep                 # keep the work dir for a look afterwards'],
   details:
     'Starts an embedded S3 and the controller on 127.0.0.1 with the process provider, all in a temporary directory,\n' +
-    'and runs the real `kiln` commands against them: bake v1 and launch a fleet of 3 from the image, hotfix v2 in place,\n' +
+    'and runs the real `kiln` commands against them: set the fleet\'s config, bake v1 and launch a fleet of 3 from the image, hotfix v2 in place,\n' +
     'show the drift, heal (bake v2, replace), then relaunch v3 from the v2 image. Prints each strategy\'s wall time and\n' +
     'removes everything it started.',
   options: { keep: { type: 'boolean', help: 'leave the temporary directory (nothing keeps running) for a look afterwards' } },
@@ -54,11 +55,12 @@ export const demoCommand: CommandDef = {
       };
       const serving = async (want: string) => {
         const insts = (await provider.describeInstances({ 'kiln:fleet': 'web' })).filter((i) => i.state === 'running');
+        let body = '';
         for (const i of insts) {
-          const body = await get(i.address!);
-          if (!body.includes(` ${want} `)) throw new KilnError('KILN_HEALTH_FAILED', `${i.id} should serve ${want} but answered: ${body}`);
+          body = await get(i.address!);
+          if (!body.includes(` ${want} `) || !body.includes(GREETING)) throw new KilnError('KILN_HEALTH_FAILED', `${i.id} should serve ${want} with the fleet's GREETING but answered: ${body}`);
         }
-        out(ctx, `  checked: all ${insts.length} running instances answer "${want}" over HTTP`);
+        out(ctx, `  checked: all ${insts.length} running instances answer "${want}" with the fleet's config over HTTP, e.g. ${body}`);
       };
 
       for (const v of ['v1', 'v2', 'v3']) {
@@ -68,6 +70,8 @@ export const demoCommand: CommandDef = {
         await kiln('release', 'push', dir, '--app', 'demo', '--version', v);
       }
       await kiln('fleet', 'create', 'web', '--app', 'demo', '--provider', 'process', '--size', '3');
+      // Config belongs to the fleet, not the release: every deployment below carries it to the instances.
+      await kiln('config', 'set', 'web', `GREETING=${GREETING}`);
       times.push(['bake + launch', 'v1: bake an image, launch 3 instances from it', await kiln('deploy', 'web', 'v1', '--strategy', 'bake')]);
       await serving('v1');
       await kiln('fleet', 'show', 'web');

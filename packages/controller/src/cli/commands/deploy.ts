@@ -4,20 +4,22 @@ import { API_OPTIONS, JSON_OPTION, type CommandDef, type OptionDef } from '../cl
 import { out, printJson, str, type CliContext, type Flags } from '../cli-context.js';
 import { followDeployment, gatesLine, soakLine, tally } from '../deploy-watch.js';
 import type { Deployment, DeploymentBody, DeploymentList } from '../../server/api-types.js';
+import { describeTarget } from '../../fleets/fleet-model.js';
 import { GATE_OPTIONS, ROLLOUT_OPTIONS, gateBody, rolloutBody } from '../rollout-options.js';
 
 const STRATEGIES = ['hotfix', 'bake', 'relaunch'];
 
 export const deployCommand: CommandDef = {
   name: 'deploy',
-  summary: 'deploy a release to a fleet and follow it live: hotfix (in place), relaunch or bake (new instances)',
-  usage: 'deploy FLEET VERSION [--strategy hotfix|relaunch|bake] [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--canary N [--canary-wait 10m]] [--soak 30s [--max-error-rate 5%] [--alarm NAME]] [--no-wait] [--json]',
+  summary: "deploy a release (or the fleet's latest config) to a fleet and follow it live: hotfix (in place), relaunch or bake (new instances)",
+  usage: 'deploy FLEET VERSION|--config [--strategy hotfix|relaunch|bake] [--batch 25%|N] [--max-failures N] [--health-timeout 30s] [--canary N [--canary-wait 10m]] [--soak 30s [--max-error-rate 5%] [--alarm NAME]] [--no-wait] [--json]',
   examples: [
     'kiln deploy web 2.0.0 --batch 50%',
     'kiln deploy web 2.0.0 --strategy bake --health-timeout 2m',
     'kiln deploy web 2.0.1 --max-failures 1 --no-wait',
     'kiln deploy web 2.0.2 --canary 1 --soak 30s --max-error-rate 1%   # pauses after the canary: kiln deployments promote ID',
     'kiln deploy web 2.0.2 --strategy relaunch --canary 1 --canary-wait 10m',
+    'kiln deploy web --config --batch 1   # the latest `kiln config set` of web, with the release it runs',
   ],
   details:
     "hotfix: the fleet's channel pointer moves first (instances launched later boot into the release); then each\n" +
@@ -32,21 +34,27 @@ export const deployCommand: CommandDef = {
     'drains. --canary pauses after the first N (exit 0, state paused; with --canary-wait it goes on by itself);\n' +
     '--soak and --max-error-rate judge each batch before the next (docs/balancers.md).\n' +
     'The deployment runs in the controller: Ctrl-C stops following it, not the deployment (exit 130, with the commands\n' +
-    'that follow or cancel it).',
+    'that follow or cancel it).\n' +
+    "Every deployment takes the fleet's latest config version along with the release (docs/config.md); --config\n" +
+    "deploys that config with the release the fleet runs, through the same batches, health gate and rollback: a\n" +
+    'failure sends the instances already done back to the release and config they ran before.',
   options: {
+    config: { type: 'boolean', help: "deploy the fleet's latest config version (`kiln config set`) with its desired release" },
     strategy: { type: 'string', value: 'NAME', help: 'hotfix (default), relaunch or bake; relaunch and bake need a fleet on a provider' },
     ...ROLLOUT_OPTIONS,
     ...GATE_OPTIONS,
     ...API_OPTIONS,
     ...JSON_OPTION,
   },
-  positionals: [2, 2],
+  positionals: [1, 2],
   async run(ctx, flags, [fleet, version]) {
     const strategy = str(flags, 'strategy') ?? 'hotfix';
     if (!STRATEGIES.includes(strategy)) throw new KilnError('KILN_USAGE', `--strategy ${strategy}: one of ${STRATEGIES.join(', ')}`);
-    const body = { ...rolloutBody(flags), ...gateBody(flags) };
+    const config = flags.config === true;
+    if (!version && !config) throw new KilnError('KILN_USAGE', `deploy ${fleet} needs the VERSION to deploy, or --config to deploy the fleet's latest config with the release it runs`);
+    const body = { ...rolloutBody(flags), ...gateBody(flags), ...(version ? { version } : {}), ...(config ? { config } : {}) };
     const api = await openApi(flags, ctx);
-    const { deployment } = await api.post<DeploymentBody>('/v1/deployments', { fleet, version, strategy, ...body });
+    const { deployment } = await api.post<DeploymentBody>('/v1/deployments', { fleet, strategy, ...body });
     if (flags['no-wait']) return printCreated(ctx, deployment);
     return followDeployment(ctx, api, deployment);
   },
@@ -82,7 +90,7 @@ export const fleetRollback: CommandDef = {
 
 function printCreated(ctx: CliContext, d: Deployment): void {
   if (ctx.json) return printJson(ctx, d);
-  out(ctx, `deployment ${d.id} started: ${d.kind} of fleet ${d.fleet} to ${d.release.version} (${strategyOf(d)}); follow it with \`kiln deployments show ${d.id} --follow\``);
+  out(ctx, `deployment ${d.id} started: ${d.kind} of fleet ${d.fleet} to ${describeTarget(d.release)} (${strategyOf(d)}); follow it with \`kiln deployments show ${d.id} --follow\``);
 }
 
 /**
@@ -114,7 +122,7 @@ export const deploymentsList: CommandDef = {
     const { deployments } = await api.get<DeploymentList>(`/v1/deployments${fleet ? `?fleet=${encodeURIComponent(fleet)}` : ''}`);
     if (ctx.json) return printJson(ctx, deployments);
     if (!deployments.length) return out(ctx, fleet ? `no deployments of fleet ${fleet} yet` : 'no deployments yet');
-    out(ctx, formatTable(['ID', 'FLEET', 'KIND', 'STRATEGY', 'RELEASE', 'STATE', 'CREATED', 'VERDICT'], deployments.map((d) => [d.id, d.fleet, d.kind, strategyOf(d), d.release.version, d.state, d.createdAt, summaryOf(d)])));
+    out(ctx, formatTable(['ID', 'FLEET', 'KIND', 'STRATEGY', 'RELEASE', 'STATE', 'CREATED', 'VERDICT'], deployments.map((d) => [d.id, d.fleet, d.kind, strategyOf(d), describeTarget(d.release), d.state, d.createdAt, summaryOf(d)])));
   },
 };
 
@@ -130,7 +138,7 @@ export const deploymentsShow: CommandDef = {
     const { deployment: d } = await api.get<DeploymentBody>(`/v1/deployments/${encodeURIComponent(id!)}`);
     if (flags.follow) return followDeployment(ctx, api, d);
     if (ctx.json) return printJson(ctx, d);
-    out(ctx, `deployment ${d.id}: ${d.kind} of fleet ${d.fleet} to ${d.app} ${d.release.version} (from ${d.previous?.version ?? '-'}), ${d.state}\nstrategy ${strategyOf(d)}${d.group ? `, group ${d.group}` : ''}${d.image ? `, image ${d.image}` : ''}\n${gatesLine(d)}\n${summaryOf(d)}\n`);
+    out(ctx, `deployment ${d.id}: ${d.kind} of fleet ${d.fleet} to ${d.app} ${describeTarget(d.release)} (from ${d.previous ? describeTarget(d.previous) : '-'}), ${d.state}\nstrategy ${strategyOf(d)}${d.group ? `, group ${d.group}` : ''}${d.image ? `, image ${d.image}` : ''}\n${gatesLine(d)}\n${summaryOf(d)}\n`);
     for (const s of d.soaks) out(ctx, soakLine(s));
     const rows = Object.entries(d.instances).sort(([a], [b]) => a.localeCompare(b)).map(([iid, i]) => [iid, i.batch >= 0 ? String(i.batch + 1) : '-', i.step, i.error ? `${i.error.code}: ${i.error.message}` : '-']);
     out(ctx, rows.length ? formatTable(['INSTANCE', 'BATCH', 'STEP', 'ERROR'], rows) : 'no instances (none was connected when it started)');

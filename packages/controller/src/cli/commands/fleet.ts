@@ -6,6 +6,7 @@ import { API_OPTIONS, JSON_OPTION, type CommandDef } from '../cli-command.js';
 import { out, printJson, str } from '../cli-context.js';
 import type { DeploymentList, FleetBody, FleetCreated, FleetDeleted, FleetList, PublicFleet } from '../../server/api-types.js';
 import { fleetCredentialFile } from '../../local/local-files.js';
+import { describeTarget } from '../../fleets/fleet-model.js';
 import { readLocalAgents, removeLocalAgents } from '../../local/local-agents.js';
 import { stopLocalAgent } from '../../providers/process/agent-process.js';
 
@@ -100,7 +101,7 @@ export const fleetList: CommandDef = {
         fleets.map((f) => [
           f.name, f.app, f.channel, f.provider, f.image ?? '-', live(f)?.name ?? '-', String(f.size),
           ...(balanced ? [targetGroupName(f.targetGroup)] : []),
-          f.desired?.version ?? '-', f.createdAt,
+          f.desired ? describeTarget(f.desired) : '-', f.createdAt,
         ]),
       ),
     );
@@ -112,7 +113,7 @@ const LAST_DEPLOYMENTS = 5;
 
 export const fleetShow: CommandDef = {
   name: 'fleet show',
-  summary: 'show one fleet: app, channel, provider, size, image, groups, desired release and its last deployments',
+  summary: 'show one fleet: app, channel, provider, size, image, groups, desired release and config, its last deployments',
   usage: 'fleet show FLEET [--json]',
   examples: ['kiln fleet show web', 'kiln fleet show web --json'],
   options: { ...API_OPTIONS, ...JSON_OPTION },
@@ -123,7 +124,7 @@ export const fleetShow: CommandDef = {
     const { deployments: all } = await api.get<DeploymentList>(`/v1/deployments?fleet=${encodeURIComponent(f.name)}`);
     const deployments = all.slice(-LAST_DEPLOYMENTS);
     if (ctx.json) return printJson(ctx, { fleet: f, deployments });
-    const desired = f.desired ? `${f.desired.version} (seq ${f.desired.seq})` : '- (nothing deployed yet, and the channel pointed nowhere when it was created)';
+    const desired = f.desired ? `${f.desired.version} (seq ${f.desired.seq})${f.desired.config ? `, config ${f.desired.config.seq}` : ''}` : '- (nothing deployed yet, and the channel pointed nowhere when it was created)';
     out(
       ctx,
       [
@@ -135,18 +136,18 @@ export const fleetShow: CommandDef = {
         ...(f.targetGroup ? [`target group      ${f.targetGroup}`] : []),
         `endpoint          ${f.endpoint ?? (f.provider === 'none' ? '- (no load balancer: its hosts are reached directly)' : '- (no load balancer: deployments are not drained)')}`,
         `desired           ${desired}`,
-        `earlier           ${f.history.map((h) => h.version).join(' ') || '-'}`,
+        `earlier           ${f.history.map((h) => describeTarget(h)).join(', ') || '-'}`,
         `created           ${f.createdAt}`,
       ].join('\n'),
     );
     if (f.provider !== 'none') {
       out(ctx, '');
-      out(ctx, f.groups.length ? formatTable(['GROUP', 'STATE', 'IMAGE', 'RELEASE', 'INSTANCES'], f.groups.map((g) => [g.name, g.state, g.image, g.release?.version ?? '-', g.instances.join(' ') || '-'])) : `no groups yet: \`kiln deploy ${f.name} VERSION --strategy bake\` launches the first`);
+      out(ctx, f.groups.length ? formatTable(['GROUP', 'STATE', 'IMAGE', 'RELEASE', 'INSTANCES'], f.groups.map((g) => [g.name, g.state, g.image, g.release ? describeTarget(g.release) : '-', g.instances.join(' ') || '-'])) : `no groups yet: \`kiln deploy ${f.name} VERSION --strategy bake\` launches the first`);
     }
     out(ctx, '');
     if (!deployments.length) return out(ctx, 'no deployments yet');
     out(ctx, `the last ${deployments.length} of ${all.length} deployment(s) (all: \`kiln deployments ${f.name}\`):`);
-    out(ctx, formatTable(['ID', 'KIND', 'STRATEGY', 'RELEASE', 'STATE', 'CREATED'], deployments.map((d) => [d.id, d.kind, d.strategy, d.release.version, d.state, d.createdAt])));
+    out(ctx, formatTable(['ID', 'KIND', 'STRATEGY', 'RELEASE', 'STATE', 'CREATED'], deployments.map((d) => [d.id, d.kind, d.strategy, describeTarget(d.release), d.state, d.createdAt])));
   },
 };
 

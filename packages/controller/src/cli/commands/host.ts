@@ -3,8 +3,13 @@ import {
   KilnError,
   appLayout,
   createProcessSupervisor,
+  resolveSecrets,
   install,
   loadState,
+  logProcesses,
+  logSource,
+  peekJsonFile,
+  readAppLogs,
   recoverUnderLock,
   rollback,
   type InstallOptions,
@@ -12,8 +17,11 @@ import {
   type InstallStep,
 } from '@kiln/shared';
 import { S3_OPTIONS, TRUST_OPTIONS, JSON_OPTION, type CommandDef, type OptionDef } from '../cli-command.js';
-import { note, openStore, openStoreIfAny, out, printJson, str, trustedKeys, type CliContext, type Flags } from '../cli-context.js';
+import { intFlag, note, openStore, openStoreIfAny, out, printJson, str, trustedKeys, type CliContext, type Flags } from '../cli-context.js';
 import { createProgress } from '../progress.js';
+import { APP_LOG_DETAILS, APP_LOG_OPTIONS, appLogRequest, printLogLine, readUntilInterrupted } from '../app-log-print.js';
+import { agentConfigFile } from '../../providers/process/agent-process.js';
+import { z } from 'zod';
 import { formatTable } from '@kiln/shared';
 
 const ROOT_OPTION: Record<string, OptionDef> = {
@@ -32,14 +40,6 @@ function rootOf(ctx: CliContext, flags: Flags): string {
   return path.resolve(ctx.io.cwd, root);
 }
 
-function intFlag(flags: Flags, name: string, min: number, max: number): number | undefined {
-  const v = str(flags, name);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!/^\d+$/.test(v) || n < min || n > max) throw new KilnError('KILN_USAGE', `--${name} ${v}: a whole number from ${min} to ${max}`);
-  return n;
-}
-
 /** What install and rollback share: the service manager, the keys, the progress display, the test pause. */
 async function routineOptions(ctx: CliContext, flags: Flags, app: string): Promise<Omit<InstallOptions, 'target'>> {
   const root = rootOf(ctx, flags);
@@ -52,6 +52,8 @@ async function routineOptions(ctx: CliContext, flags: Flags, app: string): Promi
     app,
     keys: await trustedKeys(flags, ctx),
     service: createProcessSupervisor({ appDir: layout.appDir, log: ctx.log, ...(port ? { env: { PORT: String(port) } } : {}) }),
+    // On this host: the config the app runs with keeps its secrets resolved here, never elsewhere.
+    resolveSecrets: hostSecrets(root, ctx),
     log: ctx.log,
     ...(port ? { port } : {}),
     ...(keep !== undefined ? { keep } : {}),
@@ -68,12 +70,16 @@ async function routineOptions(ctx: CliContext, flags: Flags, app: string): Promi
   };
 }
 
+const hostSecrets = (root: string, ctx: CliContext) => (refs: Record<string, string>) => resolveSecrets(refs, { root, env: ctx.io.env });
+
 function report(ctx: CliContext, r: InstallResult): void {
   if (ctx.json) return printJson(ctx, r);
   const total = Object.values(r.timings).reduce((a, b) => a + (b ?? 0), 0);
   const steps = Object.entries(r.timings).map(([k, v]) => `${k} ${v} ms`).join(', ');
   if (r.outcome === 'unchanged') return out(ctx, `${r.app} ${r.version} is already installed: nothing to do`);
-  out(ctx, `${r.outcome} ${r.app} ${r.version}${r.previous ? ` (was ${r.previous})` : ''} in ${total} ms${steps ? `: ${steps}` : ''}`);
+  out(ctx, `${r.outcome} ${r.app} ${r.version}${r.previous ? ` (was ${r.previous})` : ''}${r.config ? ` with config ${r.config.seq}` : ''} in ${total} ms${steps ? `: ${steps}` : ''}`);
+  for (const [name, h] of Object.entries(r.hooks ?? {})) out(ctx, `  hook ${name}: exit ${h.code} in ${h.ms} ms${h.tail.length ? ` (last line: ${h.tail.at(-1)})` : ''}`);
+  for (const w of r.warnings ?? []) note(ctx, `warning: ${w}`);
 }
 
 export const installCommand: CommandDef = {
@@ -128,7 +134,7 @@ export const recoverCommand: CommandDef = {
   positionals: [1, 1],
   async run(ctx, flags, [app]) {
     const layout = appLayout(rootOf(ctx, flags), app!);
-    const { interrupted } = await recoverUnderLock(layout, app!, ctx.log, createProcessSupervisor({ appDir: layout.appDir, log: ctx.log }));
+    const { interrupted } = await recoverUnderLock(layout, app!, ctx.log, createProcessSupervisor({ appDir: layout.appDir, log: ctx.log }), hostSecrets(rootOf(ctx, flags), ctx));
     if (ctx.json) return printJson(ctx, { interrupted });
     out(ctx, interrupted ? `recovered: the ${interrupted.op} of ${interrupted.version} was ${interrupted.outcome}` : 'nothing to recover');
   },
@@ -176,5 +182,46 @@ export const installedCommand: CommandDef = {
         ],
       ),
     );
+  },
+};
+
+const ServiceManagerOf = z.object({ serviceManager: z.enum(['systemd', 'process']).optional() });
+
+/** --service-manager, else the one the agent config on this root names, else the process supervisor. */
+async function serviceManagerOf(flags: Flags, root: string): Promise<'systemd' | 'process'> {
+  const given = str(flags, 'service-manager');
+  if (given !== undefined && given !== 'systemd' && given !== 'process') throw new KilnError('KILN_USAGE', `--service-manager ${given}: systemd or process`);
+  return given ?? (await peekJsonFile(agentConfigFile(root), ServiceManagerOf))?.serviceManager ?? 'process';
+}
+
+export const logsCommand: CommandDef = {
+  name: 'host logs',
+  summary: "the app's output on this host: the last lines of each process, or follow new ones",
+  usage: 'host logs APP --root DIR [--process P] [--lines N] [--follow] [--service-manager systemd|process]',
+  examples: ['kiln host logs shop --root / --service-manager systemd --follow', 'kiln host logs shop --root /tmp/host --process worker --lines 50'],
+  details:
+    "Reads where the service manager keeps it: the process supervisor's log files under the root\n" +
+    '(var/lib/kiln/apps/APP/service*.log), or the journal of the units (journalctl -u kiln-app-APP…; the root is / there).\n' +
+    'Prints PROCESS | line, or {process, line} a line with --json. Ctrl-C ends a follow.\n' +
+    APP_LOG_DETAILS,
+  options: {
+    ...ROOT_OPTION,
+    ...APP_LOG_OPTIONS,
+    'service-manager': { type: 'string', value: 'KIND', help: "systemd or process (default: the agent config's on this root, else process)" },
+    ...JSON_OPTION,
+  },
+  positionals: [1, 1],
+  async run(ctx, flags, [app]) {
+    const root = rootOf(ctx, flags);
+    const req = appLogRequest(flags);
+    const source = logSource(await serviceManagerOf(flags, root), root, app!);
+    const processes = await logProcesses(source, req.process);
+    await readUntilInterrupted(ctx, async (signal) => {
+      await Promise.all(
+        processes.map((process) =>
+          readAppLogs({ source, process, lines: req.lines, follow: req.follow, signal, onLines: (lines) => lines.forEach((line) => printLogLine(ctx, { process, line })) }),
+        ),
+      );
+    });
   },
 };

@@ -10,15 +10,18 @@ export const releasePush: CommandDef = {
   usage: 'release push DIR|FILE.tar.gz --app APP --version VERSION [options]',
   examples: ['kiln release push ./build --app shop --version 1.2.0', 'kiln release push shop.tar.gz --app shop --version 1.2.1 --port 8080 --health-path /healthz --env NODE_ENV=production'],
   details:
-    'How the app runs comes from kiln.json at the top of the tree ({"service": {"command": [...], "port": N}, "health": {...}});\n' +
-    'the flags below replace its fields. A version that exists is refused: releases are immutable.',
+    'How the app runs comes from kiln.json at the top of the tree ({"service": {"command": [...], "port": N}, "health": {...}},\n' +
+    'or "processes" with a "web" among them, "hooks" (beforeStart, validate, beforeStop) and "persist" directories: docs/app.md);\n' +
+    'it is checked here and an error names the field at fault. The flags below replace fields of the main process.\n' +
+    '--env is for values that belong to the build (the same on every fleet); per-fleet values and secrets are `kiln config set`.\n' +
+    'A version that exists is refused: releases are immutable.',
   options: {
     app: { type: 'string', value: 'APP', help: 'the app name (lower-case letters, digits, "-")' },
     version: { type: 'string', value: 'VERSION', help: 'the new version (letters, digits, ".", "_", "+", "-")' },
     key: { type: 'string', value: 'FILE', help: 'the signing key (default .kiln/keys/release.key; env KILN_RELEASE_KEY)' },
     command: { type: 'string', value: 'CMD', help: 'how the app runs, e.g. "node server.js" (split on spaces)' },
     port: { type: 'string', value: 'N', help: 'the port the app listens on (given to it as PORT)' },
-    env: { type: 'string', multiple: true, value: 'K=V', help: 'an environment variable for the app (repeatable)' },
+    env: { type: 'string', multiple: true, value: 'K=V', help: 'an environment variable of the build, in the signed manifest (repeatable; never a secret)' },
     'health-path': { type: 'string', value: 'PATH', help: 'an HTTP path on the port that answers 2xx when healthy' },
     ...S3_OPTIONS,
     ...JSON_OPTION,
@@ -108,6 +111,9 @@ export const releaseShow: CommandDef = {
           ['command', manifest.service.command.join(' ')],
           ['port', String(manifest.service.port ?? '-')],
           ['health', health],
+          ...Object.entries(manifest.processes ?? {}).map(([name, p]) => [`process ${name}`, p.command.join(' ')]),
+          ...Object.entries(manifest.hooks ?? {}).map(([name, h]) => [`hook ${name}`, `${h.command.join(' ')} within ${h.timeoutMs} ms${h.onBake ? ', also in bakes' : ''}`]),
+          ...(manifest.persist?.length ? [['persist', manifest.persist.join(', ')]] : []),
         ],
       ),
     );

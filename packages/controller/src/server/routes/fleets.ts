@@ -50,7 +50,7 @@ export const fleetRoutes: FastifyPluginAsync<FleetRouteOptions> = async (app, { 
       if (!img) throw new KilnError('KILN_IMAGE_NOT_FOUND', `no image ${input.image} on the ${provider.name} provider; \`kiln images\` lists them`);
     }
     // A new fleet wants what its channel points to now.
-    const { fleet, agentCredential } = await fleets.create(input, await deployments.pointed(input.app, input.channel));
+    const { fleet, agentCredential } = await fleets.create(input, await deployments.pointed(input.app, input.channel, input.name));
     await fleetsChanged?.();
     return reply.status(201).send({ fleet: publicFleet(fleet), agentCredential });
   });

@@ -12,6 +12,6 @@ export const releaseRoutes: FastifyPluginAsync<{ store: ReleaseStore; keys: Publ
   app.get<{ Reply: ReleaseDetail }>('/v1/releases/:app/:version', async (req) => {
     const p = parseInput(AppVersion, req.params, 'the release');
     const { summary, manifest, manifestSha256 } = await showRelease(store, p.app, p.version, keys);
-    return { release: summary, manifestSha256, service: manifest.service, health: manifest.health };
+    return { release: summary, manifestSha256, service: manifest.service, health: manifest.health, processes: manifest.processes ?? {}, hooks: manifest.hooks ?? {}, persist: manifest.persist ?? [] };
   });
 };
