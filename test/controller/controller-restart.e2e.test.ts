@@ -26,7 +26,7 @@ describe('durability: a controller killed mid-rollout', () => {
     const dir = await tempDir('kiln-test-controller-');
     cleanup.push(() => rm(dir, { recursive: true, force: true }));
     const gateD = path.join(dir, 'open');
-    await pushReleases({ store: s3d.store, keys }, { ...STANDARD_RELEASES, '2.0.0': { kilnJson: gatedSpec(gateD) } });
+    await pushReleases({ store: s3d.store, keys }, { ...STANDARD_RELEASES, '2.0.0': { kilnJson: gatedSpec(gateD, 15_000) } });
     let proc = await startControllerProcess({ s3: s3d, keys, dir });
     cleanup.push(() => proc.kill());
     const fleet = await startFleet({ s3: s3d, keys, ctl: proc, name: 'dur', count: 3 });
@@ -63,7 +63,7 @@ describe('durability: a controller killed mid-rollout', () => {
     cleanup.push(() => s3g.close());
     const gateG = path.join(await tempDir('kiln-test-gate-'), 'open');
     cleanup.push(() => rm(path.dirname(gateG), { recursive: true, force: true }));
-    const r2 = (await pushReleases({ store: s3g.store, keys }, { ...STANDARD_RELEASES, '2.0.0': { kilnJson: gatedSpec(gateG) } }))['2.0.0']!;
+    const r2 = (await pushReleases({ store: s3g.store, keys }, { ...STANDARD_RELEASES, '2.0.0': { kilnJson: gatedSpec(gateG, 2_500) } }))['2.0.0']!;
     const first = await startController({ s3: s3g, keys });
     const fleet = await startFleet({ s3: s3g, keys, ctl: first, name: 'grace', count: 1 });
     cleanup.push(() => fleet.agents[0]!.stop());
@@ -73,13 +73,14 @@ describe('durability: a controller killed mid-rollout', () => {
     const closing = Date.now();
     await first.close();
     expect(Date.now() - closing).toBeLessThan(2_000); // it closed its agents' sockets instead of waiting on them
+    // The agent passes its health gate (its check may not outlast the controller's wait) with no controller to tell.
+    await writeFile(gateG, '');
     await sleep(2_800); // past the health timeout of the closed controller's wait
     const docs = createDocStore(createS3Client(s3g.s3.location), s3g.s3.location.bucket, '');
     const [key] = await docs.list('controller/deployments/grace/');
     expect(JSON.parse(JSON.stringify(await docs.get(key!, Deployment)))).toMatchObject({ id: created.id, state: 'running', instances: { 'grace-1': { step: 'sent' } } });
     expect((await readPointer(s3g.store, 'web', 'stable', keys.keys)).manifestSha256).toBe(r2.manifestSha256);
 
-    await writeFile(gateG, '');
     // The agent's config names the closed one's address: the next controller comes back where it was.
     const second = await startController({ s3: s3g, keys, port: first.port });
     cleanup.push(() => second.close());

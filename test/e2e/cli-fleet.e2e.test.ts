@@ -29,7 +29,7 @@ describe('kiln without a controller', { timeout: 90_000 }, () => {
 
   it('refuses bad command lines with KILN_USAGE (exit 2) before calling anything', async () => {
     const cases: Array<[string[], RegExp]> = [
-      [['deploy', 'web'], /takes 2 arguments/],
+      [['deploy', 'web'], /needs the VERSION to deploy, or --config/],
       [['deploy', 'web', '1.0.0', '--strategy', 'blue-green'], /one of hotfix, bake, relaunch/],
       [['deploy', 'web', '1.0.0', '--batch', '0%'], /--batch 0%/],
       [['deploy', 'web', '1.0.0', '--batch', 'half'], /--batch half/],
@@ -113,8 +113,8 @@ describe('the operator story against `kiln up`', { timeout: 90_000 }, () => {
       return s.instances.filter((r: any) => r.connected && r.installed === '1.0.0' && r.operation === null).length === 3;
     });
     const table = await k('status', 'web');
-    expect(table.stdout).toMatch(/INSTANCE\s+CONNECTED\s+IMAGE \(BAKED\)\s+DESIRED\s+INSTALLED\s+VIA\s+TREE/);
-    expect(table.stdout).toMatch(/web-3\s+yes\s+local \(no release\)\s+1\.0\.0\s+1\.0\.0\s+boot\s+ok/);
+    expect(table.stdout).toMatch(/INSTANCE\s+CONNECTED\s+IMAGE \(BAKED\)\s+DESIRED\s+INSTALLED\s+CONFIG\s+VIA\s+TREE/);
+    expect(table.stdout).toMatch(/web-3\s+yes\s+local \(no release\)\s+1\.0\.0\s+1\.0\.0\s+-\s+boot\s+ok/);
     expect(table.stdout).toMatch(/^3 instances: /m);
     for (const p of ports) expect(await servingOn(p)).toContain('kiln-demo 1.0.0');
     // started again: the running ones are left alone
@@ -144,8 +144,8 @@ describe('the operator story against `kiln up`', { timeout: 90_000 }, () => {
     expect(s.summary).toMatchObject({ instances: 3, offImage: 3, drifted: 0, unreachable: 0 });
     const drift = json(driftJson);
     expect(drift.drifted.map((r: any) => r.drift)).toEqual(['off-image', 'off-image', 'off-image']);
-    expect(table.stdout).toMatch(/INSTANCE\s+DRIFT\s+IMAGE \(BAKED\)\s+DESIRED\s+INSTALLED\s+VIA\s+TREE/);
-    expect(table.stdout).toMatch(/web-1\s+off-image\s+local \(no release\)\s+2\.0\.0\s+2\.0\.0\s+hotfix\s+ok/);
+    expect(table.stdout).toMatch(/INSTANCE\s+DRIFT\s+IMAGE \(BAKED\)\s+DESIRED\s+INSTALLED\s+CONFIG\s+VIA\s+TREE/);
+    expect(table.stdout).toMatch(/web-1\s+off-image\s+local \(no release\)\s+2\.0\.0\s+2\.0\.0\s+-\s+hotfix\s+ok/);
     expect(table.stdout.trim().split('\n').at(-1)).toBe(s.summary.line);
 
     const list = json(listed);

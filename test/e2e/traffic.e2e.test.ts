@@ -39,8 +39,8 @@ beforeAll(async () => {
   haproxy = await startHaproxy({ dir: `${dir}/haproxy`, log: quietLog(), binary });
   ctl = await startController({ s3, keys, launch: testLaunch(provider, s3), balancers: { local: haproxy } });
   await pushReleases({ store: s3.store, keys }, ['1.0.0', '2.0.0', '3.0.0', '4.0.0', '5.0.0']);
-  await pushApp({ store: s3.store, keys, version: '6.0.0-500', extra: { 'fail.js': FAILING_APP }, kilnJson: { service: { command: ['node', 'fail.js'] }, health: { type: 'http', path: '/healthz' } } });
-  await pushApp({ store: s3.store, keys, version: '7.0.0-crash', extra: { 'crash.js': CRASHING_APP }, kilnJson: { service: { command: ['node', 'crash.js'] }, health: { type: 'http', path: '/healthz' } } });
+  await pushApp({ store: s3.store, keys, version: '6.0.0-500', extra: { 'fail.js': FAILING_APP }, kilnJson: { service: { command: ['node', 'fail.js'] }, health: { type: 'http', path: '/healthz', timeoutMs: 10_000 } } });
+  await pushApp({ store: s3.store, keys, version: '7.0.0-crash', extra: { 'crash.js': CRASHING_APP }, kilnJson: { service: { command: ['node', 'crash.js'] }, health: { type: 'http', path: '/healthz', timeoutMs: 10_000 } } });
   const created = await ctl.api('POST', '/v1/fleets', { name: 'web', app: 'web', provider: 'process', size: 3 });
   expect(created.status, JSON.stringify(created.body)).toBe(201);
   endpoint = created.body.fleet.endpoint;

@@ -156,16 +156,28 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
   }
 
   /**
-   * The installed release runs even before the channel is known (a reboot, S3 away): the routine on
-   * the release on disk starts it with its config (its secrets resolved again) and runs the hooks a
-   * bake left for the first boot.
+   * The installed release runs even before the channel is known (a reboot, S3 away), with its config
+   * (secrets resolved again). Hooks a bake left for the release's first start run through the
+   * routine, on the release on disk.
    */
   async function ensureServing(): Promise<void> {
     const state = await loadState(layout, config.app, log);
     const cur = state.current;
-    if (!cur || (!cur.pendingHooks?.length && (await o.service.status()).active)) return;
+    if (!cur) return;
+    if (cur.pendingHooks?.length) {
+      log.info({ version: cur.version, hooks: cur.pendingHooks }, 'first start of the baked release: running its pending hooks');
+      await install({ ...routine({ via: cur.via }), target: { version: cur.version, manifestSha256: cur.manifestSha256 } });
+      return;
+    }
+    if ((await o.service.status()).active) return;
+    const installed = await readInstalledManifest(layout, cur.version);
+    if (!installed) return;
     log.info({ version: cur.version }, 'starting the installed release');
-    await install({ ...routine({ via: cur.via }), target: { version: cur.version, manifestSha256: cur.manifestSha256 } });
+    const failed = await restoreService(layout, cur, { service: o.service, resolveSecrets: o.resolveSecrets }, log);
+    if (failed) throw failed;
+    const startedAt = Date.now();
+    const port = config.port ?? (await o.service.status()).port ?? undefined;
+    await appHealthGate({ service: o.service, manifest: installed.manifest, releaseDir: layout.release(cur.version), port, startedAt });
   }
 
   async function boot(): Promise<void> {

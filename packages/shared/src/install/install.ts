@@ -226,7 +226,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       if (pointerSeq && (state.channels[pointerSeq.channel] ?? 0) < pointerSeq.seq) state.channels[pointerSeq.channel] = pointerSeq.seq;
       // Installed means installed, running and healthy: a stopped app is started (no swap, so nothing
       // to undo), and one that runs still passes its health check (it may be starting after a swap-back).
-      const started = Date.now();
+      let started = Date.now();
       // Hooks a bake left for the first start of the release on an instance of its image.
       const pending = opts.baking ? [] : (state.current.pendingHooks ?? []);
       const release = layout.release(version);
@@ -234,6 +234,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       if (pending.length || !(await opts.service.status()).active) {
         log.info({ version }, 'already installed but not running: starting it');
         await opts.service.restart(await appRun(ctx, manifest, config));
+        started = Date.now();
       }
       if (!opts.skipHealth) await healthGate(opts, manifest, release, started);
       if (pending.includes('validate')) await firstStartHook('validate', release, config);
@@ -315,8 +316,9 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     await swapSymlink(layout.current, `releases/${version}`);
     try {
       await advance('restart');
-      const restarted = Date.now();
       await opts.service.restart(run);
+      // Processes without a check of their own must stay up from here, once all of them were started.
+      const restarted = Date.now();
       if (!opts.skipHealth) {
         await advance('health');
         await healthGate(opts, manifest, layout.release(version), restarted);
