@@ -67,7 +67,8 @@ async function crashError(o: AppHealthOptions, allowed: number): Promise<KilnErr
   const names = Object.keys(releaseProcesses(o.manifest));
   const bad = names.map((n) => st.processes.find((p) => p.name === n) ?? { name: n, active: false, restarts: 0, lastExit: null }).find((p) => p.restarts > allowed || (allowed === 0 && !p.active));
   if (!bad) return undefined;
-  const lines = await o.service.recentOutput(bad.name, TAIL).catch(() => []);
+  // The crash is the error; output that cannot be read is said in its place, not left out silently.
+  const lines = await o.service.recentOutput(bad.name, TAIL).catch((err: Error) => [`(its output cannot be read: ${err.message})`]);
   const secs = ((Date.now() - o.startedAt) / 1000).toFixed(0);
   const tail = lines.length ? `; its last lines:\n${lines.join('\n')}` : ' (it printed nothing)';
   return new KilnError('KILN_APP_CRASHED', `${bad.name} ${howEnded(bad)} (${bad.restarts} restart${bad.restarts === 1 ? '' : 's'} in ${secs} s)${tail}`);

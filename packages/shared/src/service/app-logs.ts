@@ -89,6 +89,13 @@ export async function readAppLogs(o: AppLogOptions): Promise<void> {
   }
 }
 
+/** The last `lines` lines a process wrote, from the same source `kiln logs` reads (for an error a person acts on). */
+export async function recentLines(source: LogSource, proc: string, lines: number): Promise<string[]> {
+  const got: string[] = [];
+  await readAppLogs({ source, process: proc, lines, follow: false, onLines: (l) => got.push(...l) });
+  return got;
+}
+
 function runText(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     execFile(cmd, args, { timeout: 10_000, maxBuffer: 1024 * 1024 }, (err, stdout, stderr) => {

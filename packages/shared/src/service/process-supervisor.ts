@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from '../system/fs-atomic.js';
-import { ifMissing } from '../system/fs-errors.js';
 import { pollUntil } from '../system/poll-until.js';
 import { isAlive, isSameProcess } from '../system/process-alive.js';
 import { KilnError } from '../errors/kiln-error.js';
@@ -13,7 +13,7 @@ import { plainEnv, readEnvFile } from './plain-env.js';
 import { spawnHook } from './run-hook.js';
 import type { AppRun, ProcessStatus, ServiceManager, ServiceStatus } from './service-manager.js';
 import { readServiceFile, readSupervisorStatus, supervisorPaths, type ServiceFile, type SupervisorStatus } from './supervisor-files.js';
-import { tailFile } from './tail-file.js';
+import { appProcesses, recentLines, type LogSource } from './app-logs.js';
 
 export interface ProcessSupervisorOptions {
   /** the app's directory under the root (see appLayout) */
@@ -43,12 +43,9 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
     return st && st.state !== 'stopped' && isSameProcess(st.daemonPid, st.daemonStart) ? st.daemonPid : undefined;
   }
 
-  /** The processes this app has daemons or service files for: `web` first. */
-  async function known(): Promise<string[]> {
-    const names: string[] = await ifMissing(readdir(opts.appDir), []);
-    const others = names.map((n) => /^service-([a-z][a-z0-9-]*)\.json$/.exec(n)?.[1]).filter((n): n is string => !!n);
-    return [...(names.includes('service.json') ? ['web'] : []), ...others.sort()];
-  }
+  const source: LogSource = { kind: 'process', app: path.basename(opts.appDir), appDir: opts.appDir };
+  /** The processes this app has service files for: `web` first. */
+  const known = () => appProcesses(source);
 
   async function restartOne(proc: string, spec: ServiceSpec, envFile: string | undefined): Promise<void> {
     const files = supervisorPaths(opts.appDir, proc);
@@ -123,7 +120,7 @@ export function createProcessSupervisor(opts: ProcessSupervisorOptions): Service
       const port = Number(svc?.env.PORT ?? svc?.spec.port) || null;
       return { active: processes.length > 0 && processes.every((p) => p.active), pid: webActive ? web!.childPid : null, release: webActive ? web!.release : null, port, processes };
     },
-    recentOutput: (proc, lines) => tailFile(supervisorPaths(opts.appDir, proc).log, lines),
+    recentOutput: (proc, lines) => recentLines(source, proc, lines),
     runHook: async (hook) => spawnHook({ command: hook.command, cwd: hook.cwd, env: { ...plainEnv(), ...hook.env, ...(await readEnvFile(hook.envFile)) }, timeoutMs: hook.timeoutMs, onSpawn: hook.onSpawn }),
   };
 }

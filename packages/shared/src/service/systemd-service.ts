@@ -9,6 +9,7 @@ import { appLayout } from '../release/install-layout.js';
 import { KilnError } from '../errors/kiln-error.js';
 import type { ServiceSpec } from '../release/release-schema.js';
 import type { AppRun, ProcessStatus, ServiceManager, ServiceStatus } from './service-manager.js';
+import { recentLines } from './app-logs.js';
 import { spawnHook } from './run-hook.js';
 import { appSandbox, appUnitName, renderAppUnit, unitEnvironment } from './systemd-unit.js';
 
@@ -148,10 +149,7 @@ export function createSystemdService(opts: SystemdServiceOptions): ServiceManage
       const port = Number(unitEnvironment(text).PORT) || null;
       return { active: processes.length > 0 && processes.every((p) => p.active), pid: webActive ? pid : null, release: webActive && st.WorkingDirectory ? st.WorkingDirectory : null, port, processes };
     },
-    recentOutput: (proc, lines) =>
-      new Promise((resolve) => {
-        execFile('journalctl', ['-u', appUnitName(opts.app, proc), '-n', String(lines), '-o', 'cat', '--no-pager'], { timeout: 10_000 }, (err, stdout) => resolve(err ? [] : stdout.split('\n').filter((l, i, a) => l !== '' || i < a.length - 1)));
-      }),
+    recentOutput: (proc, lines) => recentLines({ kind: 'systemd', app: opts.app }, proc, lines),
     async runHook(hook) {
       const unit = `kiln-hook-${opts.app}-${hook.name}-${process.pid}`;
       const props = appSandbox({ app: opts.app, envFile: hook.envFile, dataDirs: hook.dataDirs }).flatMap((p) => ['-p', p]);
