@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProcessProvider, type Provider } from '@kiln/controller';
-import { publishRelease } from '@kiln/shared';
+import { contentSha256, publishRelease } from '@kiln/shared';
 import { OPERATOR, startController, type TestController } from '../helpers/controller.js';
 import { kilnHere } from '../helpers/cli.js';
 import { makeApp, makeKeys, quietLog, tempDir } from '../helpers/release.js';
@@ -43,7 +43,7 @@ beforeAll(async () => {
   await provider.defaultImage!();
   // One app tree, published as two versions: the same artifact, two manifests.
   const tree = await makeApp('same tree');
-  for (const version of ['1.0.0', '3.0.0']) artifacts.push((await publishRelease({ store: s3.store, app: 'shop', version, source: tree, key: keys.key, log: quietLog() })).manifest.artifact.sha256);
+  for (const version of ['1.0.0', '3.0.0']) artifacts.push(contentSha256((await publishRelease({ store: s3.store, app: 'shop', version, source: tree, key: keys.key, log: quietLog() })).manifest));
   await rm(tree, { recursive: true, force: true });
 }, 60_000);
 

@@ -92,6 +92,8 @@ export interface PushOptions {
   channel?: string;
   extra?: Record<string, string | Buffer>;
   kilnJson?: unknown;
+  /** the release format (default: publishRelease's, 2) */
+  format?: 1 | 2;
 }
 
 /** Publishes (and optionally promotes) the demo app at `version`. */
@@ -99,7 +101,7 @@ export async function pushApp(args: PushOptions & { store: ReleaseStore; keys: K
   const dir = await makeApp(args.version, args.extra, args.kilnJson);
   try {
     const app = args.app ?? 'web';
-    const res = await publishRelease({ store: args.store, app, version: args.version, source: dir, key: args.keys.key, log: quietLog() });
+    const res = await publishRelease({ store: args.store, app, version: args.version, source: dir, key: args.keys.key, log: quietLog(), ...(args.format ? { format: args.format } : {}) });
     if (args.channel) await promoteRelease({ store: args.store, app, version: args.version, channel: args.channel, key: args.keys.key, keys: args.keys.keys, ttlMs: 3_600_000 });
     return res;
   } finally {

@@ -17,7 +17,7 @@ export { createProcessSupervisor } from './service/process-supervisor.js';
 export { findPointer, listReleases, promoteRelease, readPointer, type ReleaseSummary, showRelease } from './release/release-catalog.js';
 export { publishRelease } from './release/release-publish.js';
 export { type InstallTarget } from './release/release-resolve.js';
-export { BoundConfig, FileEntry, HealthSpec, HookName, Hooks, HookSpec, Manifest, ProcessSpec, ReleaseRef, releaseProcesses, ServiceSpec, Sha256 } from './release/release-schema.js';
+export { BoundConfig, contentSha256, type ManifestV2, FileEntry, HealthSpec, HookName, Hooks, HookSpec, Manifest, ProcessSpec, ReleaseRef, releaseProcesses, ServiceSpec, Sha256, storedSize } from './release/release-schema.js';
 export { createReleaseStore, type ReleaseStore, type SignedObject } from './release/release-store.js';
 export { createS3Client, type S3ClientOptions, S3Location } from './s3/s3-client.js';
 export { TRANSIENT_S3_CODES } from './s3/s3-errors.js';

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { KilnError, asKilnError, phaseStopwatch, promoteRelease, sha256Hex, showRelease, type Logger, type PrivateKey, type PublicKey, type ReleaseRef, type ReleaseStore, TRANSIENT_S3_CODES } from '@kiln/shared';
+import { KilnError, asKilnError, phaseStopwatch, promoteRelease, sha256Hex, showRelease, type Logger, type PrivateKey, type PublicKey, type ReleaseRef, type ReleaseStore, TRANSIENT_S3_CODES, contentSha256 } from '@kiln/shared';
 import { TAG, type BootData, type ImageInfo, type Provider, type Tags } from '../providers/provider.js';
 import type { RolloutWaiter, WaitOutcome } from '../fleets/rollout-wait.js';
 
@@ -133,7 +133,7 @@ export async function bakeImage(o: BakeOptions): Promise<BakeResult> {
     [TAG.app]: o.app,
     [TAG.version]: manifest.version,
     [TAG.seq]: String(manifest.seq),
-    [TAG.artifactSha256]: manifest.artifact.sha256,
+    [TAG.artifactSha256]: contentSha256(manifest),
     [TAG.baseImage]: o.baseImage,
     [TAG.bakeId]: bakeId,
     [TAG.bakeKey]: bakeKey,

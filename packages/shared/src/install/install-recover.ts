@@ -8,7 +8,7 @@ import { emptyState, readJournal, readState, writeState, type ConfigStamp, type 
 import { appRun, linkPersistent, type RunContext, type SecretResolver } from './app-run.js';
 import { KilnError, isKilnError } from '../errors/kiln-error.js';
 import { readLocalManifest } from '../release/release-resolve.js';
-import { Manifest } from '../release/release-schema.js';
+import { contentSha256, Manifest } from '../release/release-schema.js';
 import type { ServiceManager } from '../service/service-manager.js';
 import { ifMissing } from '../system/fs-errors.js';
 import { parseJson } from '../system/json-file.js';
@@ -42,7 +42,7 @@ export async function readInstalledManifest(layout: AppLayout, version: string):
 
 /** What state.json records of the release `current` points to. */
 export function installedRelease(version: string, m: { manifest: Manifest; sha256: string }, via: Via, installedAt: string): InstalledRelease {
-  return { version, seq: m.manifest.seq, manifestSha256: m.sha256, artifactSha256: m.manifest.artifact.sha256, via, installedAt };
+  return { version, seq: m.manifest.seq, manifestSha256: m.sha256, artifactSha256: contentSha256(m.manifest), via, installedAt };
 }
 
 /**

@@ -19,9 +19,11 @@ import { checkName } from '../release/names.js';
 import { s3Error, TRANSIENT_S3_CODES } from '../s3/s3-errors.js';
 import { fetchPointer, readLocalManifest, targetName, verifyManifest, type InstallTarget, type VerifiedManifest } from '../release/release-resolve.js';
 import type { ReleaseStore, SignedObject } from '../release/release-store.js';
-import { DEFAULT_LIMITS, extractTarGz, type ExtractLimits, type ExtractedFile } from '../release/safe-extract.js';
+import { DEFAULT_LIMITS, type ExtractLimits, type ExtractedFile } from '../release/safe-extract.js';
+import { fetchArtifact } from './fetch-artifact.js';
+import { buildFromObjects } from './fetch-objects.js';
 import type { HookOutcome, ServiceManager } from '../service/service-manager.js';
-import type { BoundConfig, HookName, Manifest } from '../release/release-schema.js';
+import { storedSize, type BoundConfig, type HookName, type Manifest } from '../release/release-schema.js';
 import type { PublicKey } from '../release/signing.js';
 
 export type InstallStep = 'resolve' | JournalStep;
@@ -92,6 +94,9 @@ export interface InstallResult {
   previous: string | null;
   via: Via;
   downloaded: boolean;
+  /** bytes read from the bucket, of the `releaseBytes` a download of the whole release reads (format 2 fetches only what the host lacks) */
+  fetchedBytes?: number;
+  releaseBytes?: number;
   /** the fleet config it runs with */
   config?: ConfigStamp;
   /** the hooks that ran: exit code, milliseconds, last lines */
@@ -283,13 +288,16 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     };
 
     let downloaded = false;
+    let fetched: { fetchedBytes: number; releaseBytes: number } | undefined;
+    let built: FetchResult | undefined;
     if (!onDisk) {
       await mkdir(layout.staging, { recursive: true });
       staging = await mkdtemp(path.join(layout.staging, `${version}-`));
       await advance('fetch');
       await checkFreeSpace(layout, verified, opts.reserveBytes ?? 64 * 1024 * 1024);
-      const files = await fetchAndExtract({ opts, verified, staging, limits, log });
-      opts.onExtracted?.(files);
+      built = await fetchRelease({ opts, verified, layout, staging, limits, log });
+      opts.onExtracted?.(built.files);
+      fetched = { fetchedBytes: built.fetchedBytes, releaseBytes: storedSize(manifest) };
       downloaded = true;
       await advance('rename');
       await rm(layout.release(version), { recursive: true, force: true });
@@ -300,7 +308,9 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       staging = undefined;
       await advance('mark');
       await mkdir(layout.meta, { recursive: true });
-      await writeFileAtomic(layout.metaFile(version), JSON.stringify({ manifest: verified.bytes.toString('utf8'), sig: verified.sig.toString('utf8'), sha256: verified.sha256 }) + '\n');
+      // The stamps the files got as written: a later install trusts a file that keeps its stamp without reading it.
+      const stamps = Object.fromEntries(built!.files.map((f) => [f.path, f.stamp]));
+      await writeFileAtomic(layout.metaFile(version), JSON.stringify({ manifest: verified.bytes.toString('utf8'), sig: verified.sig.toString('utf8'), sha256: verified.sha256, stamps }) + '\n');
     }
     await linkPersistent(ctx, manifest, layout.release(version));
     // Before anything is swapped: a secret that cannot be resolved, or a failing migration, leaves the
@@ -340,7 +350,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     await pruneReleases(layout, state, opts.keep ?? 2, log);
     timed();
     log.info({ version, previous: from, timings }, op === 'rollback' ? 'rolled back' : 'installed');
-    return { outcome, app, version, previous: from, via, downloaded, ...(config ? { config } : {}), ...(Object.keys(hooks).length ? { hooks } : {}), ...(warnings.length ? { warnings } : {}), timings };
+    return { outcome, app, version, previous: from, via, downloaded, ...fetched, ...(config ? { config } : {}), ...(Object.keys(hooks).length ? { hooks } : {}), ...(warnings.length ? { warnings } : {}), timings };
   } catch (err) {
     const error = asKilnError(err, 'KILN_INSTALL_FAILED');
     log.error({ err: error, version }, `${op} failed`);
@@ -399,57 +409,20 @@ async function checkFreeSpace(layout: AppLayout, verified: VerifiedManifest, res
 
 const mib = (n: number) => (n / 1024 / 1024).toFixed(1);
 
-/** Streams the artifact from S3 through the meter into the extractor; retries a failed transfer from scratch. */
-async function fetchAndExtract(args: { opts: InstallOptions; verified: VerifiedManifest; staging: string; limits: ExtractLimits; log: Logger }): Promise<ExtractedFile[]> {
+interface FetchResult {
+  files: ExtractedFile[];
+  fetchedBytes: number;
+}
+
+/** Puts the release's tree in `staging/tree`: format 1 from its artifact, format 2 from this host's files and the contents it lacks. */
+async function fetchRelease(args: { opts: InstallOptions; verified: VerifiedManifest; layout: AppLayout; staging: string; limits: ExtractLimits; log: Logger }): Promise<FetchResult> {
   const { opts, verified, staging, limits, log } = args;
+  const common = { owner: opts.owner, fsync: opts.fsync ?? true, attempts: opts.downloadAttempts ?? 3, idleTimeoutMs: opts.idleTimeoutMs ?? 10_000, log, limits, onProgress: opts.onProgress };
   const { manifest } = verified;
-  const attempts = opts.downloadAttempts ?? 3;
+  if (manifest.schema === 1) return { files: await fetchArtifact({ ...common, store: opts.store!, verified: { ...verified, manifest }, staging }), fetchedBytes: manifest.artifact.size };
   const tree = path.join(staging, 'tree');
-  for (let attempt = 1; ; attempt++) {
-    await rm(tree, { recursive: true, force: true });
-    await mkdir(tree, { mode: 0o755 });
-    let meter: ReturnType<typeof artifactMeter> | undefined;
-    let ended = false;
-    try {
-      const body = await opts.store!.getArtifact(manifest.artifact.key);
-      // Armed only now: a stall timer running while the request waits would fire with no listener.
-      const m = (meter = artifactMeter(manifest.artifact.size, opts.idleTimeoutMs ?? 10_000));
-      m.stream.on('end', () => (ended = true));
-      // pipe() passes on neither an error nor a close without end: a reset connection would wait for the stall timer.
-      body.once('error', (err) => m.stream.destroy(s3Error(err, manifest.artifact.key)));
-      body.once('close', () => {
-        if (!body.readableEnded) m.stream.destroy(new KilnError('KILN_S3_UNREACHABLE', `the connection closed after ${m.result().bytes} of ${manifest.artifact.size} bytes of the artifact`));
-      });
-      let extracted;
-      try {
-        extracted = await extractTarGz(body.pipe(m.stream), {
-          dest: tree,
-          limits,
-          expected: { files: manifest.files, allowLinks: manifest.allowLinks },
-          ...(opts.owner ? { owner: opts.owner } : {}),
-          fsync: opts.fsync ?? true,
-          ...(opts.onProgress ? { onProgress: (n: number) => opts.onProgress!(n, manifest.unpackedSize) } : {}),
-        });
-      } finally {
-        body.destroy();
-      }
-      const got = m.result();
-      if (got.bytes !== manifest.artifact.size) throw new KilnError('KILN_ARTIFACT_SIZE', `the artifact is ${got.bytes} bytes but the manifest declares ${manifest.artifact.size} (truncated download?)`);
-      if (got.sha256 !== manifest.artifact.sha256) throw new KilnError('KILN_ARTIFACT_DIGEST', `the artifact has sha256 ${got.sha256} but the manifest declares ${manifest.artifact.sha256}`);
-      return extracted.files;
-    } catch (err) {
-      meter?.stream.destroy(); // disarms the stall timer
-      let e = asKilnError(err, 'KILN_INSTALL_FAILED');
-      const got = meter?.result();
-      if (ended && got && got.bytes < manifest.artifact.size) e = new KilnError('KILN_ARTIFACT_SIZE', `the artifact ended after ${got.bytes} of ${manifest.artifact.size} bytes (truncated)`, { cause: e });
-      if ((err as NodeJS.ErrnoException).code === 'ENOSPC' || (e.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOSPC') {
-        e = new KilnError('KILN_NO_SPACE', `the disk filled up while extracting ${manifest.app} ${manifest.version}`, { cause: err });
-      }
-      if (!TRANSIENT_S3_CODES.has(e.code) || attempt >= attempts) throw e;
-      log.warn({ err: e, attempt }, 'artifact download failed; retrying');
-      await sleep(backoffDelay(attempt, { baseMs: 200, capMs: 5_000 }));
-    }
-  }
+  await mkdir(tree, { mode: 0o755 });
+  return buildFromObjects({ ...common, store: opts.store, verified: { ...verified, manifest }, tree, layout: args.layout, share: opts.service.appReadOnly === true });
 }
 
 async function swapBack(args: { layout: AppLayout; from: string | null; fromConfig: ConfigStamp | undefined; version: string; opts: InstallOptions; log: Logger }): Promise<void> {

@@ -3,7 +3,7 @@ import { catchOnly } from '../errors/catch-only.js';
 import { ifKilnError, isKilnError } from '../errors/kiln-error.js';
 import { parseJson } from '../system/json-file.js';
 import { checkName } from './names.js';
-import { ChannelPointer, Manifest, type BoundConfig } from './release-schema.js';
+import { ChannelPointer, contentSha256, Manifest, storedSize, type BoundConfig } from './release-schema.js';
 import type { ReleaseStore } from './release-store.js';
 import { fetchPointer } from './release-resolve.js';
 import { sha256Hex, signBytes, verifyBytes, type PrivateKey, type PublicKey } from './signing.js';
@@ -51,7 +51,7 @@ export async function showRelease(store: ReleaseStore, app: string, version: str
   return {
     manifest,
     manifestSha256: sha256Hex(obj.bytes),
-    summary: { app, version, seq: manifest.seq, createdAt: manifest.createdAt, size: manifest.artifact.size, files: manifest.files.length, sha256: manifest.artifact.sha256, verified },
+    summary: { app, version, seq: manifest.seq, createdAt: manifest.createdAt, size: storedSize(manifest), files: manifest.files.length, sha256: contentSha256(manifest), verified },
   };
 }
 

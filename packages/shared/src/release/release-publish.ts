@@ -8,7 +8,8 @@ import { KilnError, ifKilnError } from '../errors/kiln-error.js';
 import { ifMissing } from '../system/fs-errors.js';
 import { checkName } from './names.js';
 import { packRelease } from './release-pack.js';
-import { AppSpec, Manifest } from './release-schema.js';
+import { AppSpec, contentListing, Manifest, ManifestV2 } from './release-schema.js';
+import { knownBlobs, storeContent, type KnownBlob } from './release-objects.js';
 import { formatZodError } from '../errors/format-zod-error.js';
 import { readJsonFile } from '../system/json-file.js';
 import { phaseStopwatch } from '../system/phase-stopwatch.js';
@@ -24,18 +25,24 @@ export interface PublishOptions {
   /** an app directory, or a .tar.gz of one */
   source: string;
   key: PrivateKey;
+  /** 2 (default): contents by sha256, only new ones uploaded; 1: one .tar.gz, for agents before 0.4.0 */
+  format?: 1 | 2;
   /** replaces kiln.json fields (from CLI flags) */
   spec?: { command?: string[]; port?: number; env?: Record<string, string>; healthPath?: string };
   limits?: Partial<ExtractLimits>;
   log: Logger;
   now?: () => Date;
   onPhase?: (phase: 'scan' | 'pack' | 'upload' | 'sign', detail?: string) => void;
+  /** bytes uploaded so far, of the total to upload */
   onUploadProgress?: (loaded: number, total: number) => void;
 }
 
 export interface PublishResult {
   manifest: Manifest;
   manifestSha256: string;
+  /** stored bytes uploaded, and those the bucket already held (format 2: contents of earlier releases) */
+  uploadedBytes: number;
+  skippedBytes: number;
   timings: Record<string, number>;
 }
 
@@ -65,22 +72,34 @@ export async function readAppSpec(dir: string, over: PublishOptions['spec'] = {}
 
 const invalid = (message: string) => new KilnError('KILN_APP_SPEC_INVALID', message);
 
+/** What is signed must be what every reader accepts: checked by the same schema before anything is uploaded. */
+function checkManifest(manifest: Manifest): void {
+  const checked = Manifest.safeParse(manifest);
+  if (!checked.success) throw new KilnError('KILN_MANIFEST_INVALID', `the manifest of ${manifest.app} ${manifest.version} would be invalid: ${formatZodError(checked.error)}`);
+}
+
 /**
- * Highest seq among the app's published releases (0 when none). A version without a manifest yet
- * (a push under way) has none; a manifest that cannot be read fails it, or the new seq could be lower.
+ * What the bucket holds of the app: the highest seq among its published releases (0 when none) and
+ * the contents format 2 manifests stored (what a push need not upload again). A version without a
+ * manifest yet (a push under way) has none; a manifest that cannot be read fails it, or the new seq
+ * could be lower.
  */
-export async function highestSeq(store: ReleaseStore, app: string): Promise<number> {
+async function readPublished(store: ReleaseStore, app: string): Promise<{ seq: number; known: Map<string, KnownBlob> }> {
   let max = 0;
+  const v2: ManifestV2[] = [];
   const versions = await store.listVersions(app);
   const manifest = (v: string) => ifKilnError(store.getManifest(app, v), ['KILN_RELEASE_NOT_FOUND'], undefined);
   for (let i = 0; i < versions.length; i += 16) {
     const batch = await Promise.all(versions.slice(i, i + 16).map(manifest));
     for (const obj of batch) {
-      const seq = obj ? (JSON.parse(obj.bytes.toString('utf8')) as { seq?: unknown }).seq : undefined;
-      if (typeof seq === 'number' && seq > max) max = seq;
+      const raw = obj ? (JSON.parse(obj.bytes.toString('utf8')) as { seq?: unknown; schema?: unknown }) : undefined;
+      if (typeof raw?.seq === 'number' && raw.seq > max) max = raw.seq;
+      // Only a manifest that parses is trusted to say where a content is: a bad one costs an upload, nothing more.
+      const parsed = raw?.schema === 2 ? ManifestV2.safeParse(raw) : undefined;
+      if (parsed?.success) v2.push(parsed.data);
     }
   }
-  return max;
+  return { seq: max, known: knownBlobs(v2) };
 }
 
 /** `kiln release push`: scan, pack, sign, upload. Releases are immutable: an existing version is refused. */
@@ -114,17 +133,12 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
     if (shadowed) throw invalid(`persist: "${shadowed}" is also a path in the release; a persistent directory is linked into every release under its name, so the tree must not have one`);
     nextPhase('pack');
     opts.onPhase?.('pack');
-    const artifactFile = path.join(work, 'artifact.tar.gz');
-    const artifact = await packRelease(dir, files, artifactFile);
-    nextPhase('upload');
-    const seq = (await highestSeq(opts.store, app)) + 1;
-    const manifest: Manifest = {
-      schema: 1,
+    const published = await readPublished(opts.store, app);
+    const common = {
       app,
       version,
-      seq,
+      seq: published.seq + 1,
       createdAt: (opts.now ?? (() => new Date()))().toISOString(),
-      artifact: { key: opts.store.artifactKey(app, version), sha256: artifact.sha256, size: artifact.size },
       unpackedSize: files.reduce((n, f) => n + (f.type === 'file' ? f.size : 0), 0),
       files,
       allowLinks: spec.allowLinks,
@@ -134,18 +148,35 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
       ...(spec.hooks ? { hooks: spec.hooks } : {}),
       ...(spec.persist?.length ? { persist: spec.persist } : {}),
     };
-    // What is signed must be what every reader accepts: checked by the same schema before anything is uploaded.
-    const checked = Manifest.safeParse(manifest);
-    if (!checked.success) throw new KilnError('KILN_MANIFEST_INVALID', `the manifest of ${app} ${version} would be invalid: ${formatZodError(checked.error)}`);
-    opts.onPhase?.('upload', `${artifact.size} bytes`);
-    await opts.store.putArtifact(manifest.artifact.key, createReadStream(artifactFile), (n) => opts.onUploadProgress?.(n, artifact.size));
+    let manifest: Manifest;
+    let uploadedBytes: number;
+    let skippedBytes = 0;
+    if ((opts.format ?? 2) === 1) {
+      const artifactFile = path.join(work, 'artifact.tar.gz');
+      const artifact = await packRelease(dir, files, artifactFile);
+      nextPhase('upload');
+      manifest = { schema: 1, ...common, artifact: { key: opts.store.artifactKey(app, version), sha256: artifact.sha256, size: artifact.size } };
+      checkManifest(manifest);
+      opts.onPhase?.('upload', `${artifact.size} bytes`);
+      await opts.store.putArtifact(manifest.artifact.key, createReadStream(artifactFile), (n) => opts.onUploadProgress?.(n, artifact.size));
+      uploadedBytes = artifact.size;
+    } else {
+      nextPhase('upload');
+      opts.onPhase?.('upload', `contents of ${files.length} entries, only those the bucket lacks`);
+      const stored = await storeContent({ store: opts.store, app, dir, files, known: published.known, work: path.join(work, 'objects'), onUpload: (n) => opts.onUploadProgress?.(n, n) });
+      manifest = { schema: 2, ...common, content: { treeSha256: sha256Hex(Buffer.from(contentListing(files))), ...stored.content } };
+      checkManifest(manifest);
+      uploadedBytes = stored.uploadedBytes;
+      skippedBytes = stored.skippedBytes;
+    }
     nextPhase('sign');
     opts.onPhase?.('sign');
-    const bytes = Buffer.from(JSON.stringify(manifest, null, 2) + '\n');
+    // Format 2 lists every file twice (path and content): compact, it is a third smaller.
+    const bytes = Buffer.from((manifest.schema === 1 ? JSON.stringify(manifest, null, 2) : JSON.stringify(manifest)) + '\n');
     await opts.store.putManifest(app, version, { bytes, sig: signBytes(bytes, opts.key) });
     nextPhase();
-    log.info({ seq, size: artifact.size, files: files.length, timings }, 'release published');
-    return { manifest, manifestSha256: sha256Hex(bytes), timings };
+    log.info({ seq: manifest.seq, format: manifest.schema, uploadedBytes, skippedBytes, files: files.length, timings }, 'release published');
+    return { manifest, manifestSha256: sha256Hex(bytes), uploadedBytes, skippedBytes, timings };
   } finally {
     await rm(work, { recursive: true, force: true });
   }

@@ -110,31 +110,95 @@ export const FileEntry = z.discriminatedUnion('type', [
 ]);
 export type FileEntry = z.infer<typeof FileEntry>;
 
-export const Manifest = z.strictObject({
-  schema: z.literal(1),
+/** Each path once: an install keys the list by path, so a second entry would silently win over the first. */
+const fileList = z.array(FileEntry).superRefine((files, ctx) => {
+  const seen = new Set<string>();
+  for (const [i, f] of files.entries()) {
+    if (seen.has(f.path)) ctx.addIssue({ code: 'custom', path: [i, 'path'], message: `${JSON.stringify(f.path)} is listed twice` });
+    seen.add(f.path);
+  }
+});
+
+/** What every manifest says, whatever its format. */
+const ManifestCommon = {
   app: AppName,
   version: VersionName,
   /** grows strictly per app with every published release */
   seq: z.number().int().min(1),
   createdAt: z.string(),
-  artifact: z.strictObject({ key: z.string().min(1), sha256: Sha256, size: z.number().int().min(1) }),
   /** sum of file sizes */
   unpackedSize: z.number().int().min(0),
-  /** each path once: an install keys the list by path, so a second entry would silently win over the first */
-  files: z.array(FileEntry).superRefine((files, ctx) => {
-    const seen = new Set<string>();
-    for (const [i, f] of files.entries()) {
-      if (seen.has(f.path)) ctx.addIssue({ code: 'custom', path: [i, 'path'], message: `${JSON.stringify(f.path)} is listed twice` });
-      seen.add(f.path);
-    }
-  }),
+  files: fileList,
   allowLinks: z.boolean(),
   service: ServiceSpec,
   health: HealthSpec,
   // Absent from a release that has none, so a manifest of one process reads as it always did.
   ...AppContract,
+};
+
+/** Format 1: the whole tree in one .tar.gz. */
+export const ManifestV1 = z.strictObject({
+  schema: z.literal(1),
+  artifact: z.strictObject({ key: z.string().min(1), sha256: Sha256, size: z.number().int().min(1) }),
+  ...ManifestCommon,
 });
+
+/** A content object's name under `objects/<app>/`: a large file's sha256, or `pack-` and a pack's sha256. */
+export const ObjectName = z.string().regex(/^(pack-)?[0-9a-f]{64}$/, 'a content object name: a sha256, or pack- and a sha256');
+
+/** Where one file content (by its sha256) is stored: bytes [offset, offset + length) of an object, compressed or not. */
+export const Blob = z.strictObject({
+  /** index into `content.objects` */
+  object: z.number().int().min(0),
+  offset: z.number().int().min(0),
+  length: z.number().int().min(1),
+  encoding: z.enum(['gzip', 'none']),
+});
+export type Blob = z.infer<typeof Blob>;
+
+/** Format 2 (delta): every file content stored once in the bucket, addressed by its sha256 (docs/release-format.md). */
+export const ManifestV2 = z
+  .strictObject({
+    schema: z.literal(2),
+    content: z.strictObject({
+      /** sha256 of the tree's listing (contentListing): two releases of one tree have the same */
+      treeSha256: Sha256,
+      /** the objects this release reads, by name, with their size */
+      objects: z.array(z.strictObject({ name: ObjectName, size: z.number().int().min(1) })),
+      /** every file content of the release: where it is stored */
+      blobs: z.record(Sha256, Blob),
+    }),
+    ...ManifestCommon,
+  })
+  .superRefine((m, ctx) => {
+    const issue = (message: string) => ctx.addIssue({ code: 'custom', path: ['content'], message });
+    for (const [sha, b] of Object.entries(m.content.blobs)) {
+      const obj = m.content.objects[b.object];
+      if (!obj) issue(`blob ${sha.slice(0, 12)}… names object ${b.object}, but there are ${m.content.objects.length}`);
+      else if (b.offset + b.length > obj.size) issue(`blob ${sha.slice(0, 12)}… ends at byte ${b.offset + b.length}, past the ${obj.size} bytes of ${obj.name}`);
+    }
+    for (const f of m.files) {
+      if (f.type !== 'file') continue;
+      const b = m.content.blobs[f.sha256];
+      if (!b) issue(`${f.path} has no stored content (sha256 ${f.sha256.slice(0, 12)}…)`);
+      else if (b.encoding === 'none' && b.length !== f.size) issue(`${f.path} is ${f.size} bytes but its uncompressed content is stored as ${b.length}`);
+    }
+  });
+
+export const Manifest = z.discriminatedUnion('schema', [ManifestV1, ManifestV2]);
 export type Manifest = z.infer<typeof Manifest>;
+export type ManifestV1 = z.infer<typeof ManifestV1>;
+export type ManifestV2 = z.infer<typeof ManifestV2>;
+
+/** The release's content digest: the artifact's sha256 (format 1) or the tree listing's (format 2). */
+export const contentSha256 = (m: Manifest): string => (m.schema === 1 ? m.artifact.sha256 : m.content.treeSha256);
+
+/** Bytes the release occupies in the bucket beside its manifest (shared objects counted whole once for format 2's blobs). */
+export const storedSize = (m: Manifest): number => (m.schema === 1 ? m.artifact.size : Object.values(m.content.blobs).reduce((n, b) => n + b.length, 0));
+
+/** The listing a format 2 tree digest is taken over: one line per entry, in manifest order. */
+export const contentListing = (files: FileEntry[]): string =>
+  files.map((f) => (f.type === 'file' ? `file ${f.mode.toString(8)} ${f.sha256} ${f.path}` : f.type === 'dir' ? `dir ${f.mode.toString(8)} ${f.path}` : `symlink ${f.target} ${f.path}`)).join('\n') + '\n';
 
 /**
  * A fleet config version bound to a release (docs/config.md): the fleet whose config it is, its seq

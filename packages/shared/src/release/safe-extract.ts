@@ -316,7 +316,7 @@ export const FSYNC_EACH_MAX = 256;
  * has no binding), which costs a fraction of fsync-ing thousands of files one by one, each waiting
  * for its own journal commit. Where that command is missing, every file and directory is fsynced.
  */
-async function flushToDisk(dest: string, paths: string[]): Promise<void> {
+export async function flushToDisk(dest: string, paths: string[]): Promise<void> {
   if (paths.length <= FSYNC_EACH_MAX) return fsyncAll(paths);
   const synced = await new Promise<boolean>((resolve) => {
     execFile('sync', ['-f', dest], (err) => resolve(!err));

@@ -11,7 +11,7 @@ const MAX_SMALL_OBJECT = 32 * 1024 * 1024;
 export function s3Objects(client: S3Client, bucket: string) {
   const where = (key: string) => `s3://${bucket}/${key}`;
   const { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } = s3Sdk();
-  return {
+  const objects = {
     where,
     async getSmall(key: string): Promise<Buffer> {
       try {
@@ -41,15 +41,15 @@ export function s3Objects(client: S3Client, bucket: string) {
         throw s3Error(err, where(key));
       }
     },
-    /** Keys under `prefix`; with a delimiter, the common prefixes one level down instead. */
-    async list(prefix: string, delimiter?: string): Promise<string[]> {
-      const found: string[] = [];
+    /** Keys under `prefix` with their sizes; with a delimiter, the common prefixes one level down instead (size 0). */
+    async listSized(prefix: string, delimiter?: string): Promise<Array<{ key: string; size: number }>> {
+      const found: Array<{ key: string; size: number }> = [];
       let token: string | undefined;
       try {
         do {
           const res = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token, ...(delimiter ? { Delimiter: delimiter } : {}) }));
-          if (delimiter) for (const p of res.CommonPrefixes ?? []) found.push(p.Prefix!);
-          else for (const o of res.Contents ?? []) found.push(o.Key!);
+          if (delimiter) for (const p of res.CommonPrefixes ?? []) found.push({ key: p.Prefix!, size: 0 });
+          else for (const o of res.Contents ?? []) found.push({ key: o.Key!, size: o.Size ?? 0 });
           token = res.IsTruncated ? res.NextContinuationToken : undefined;
         } while (token);
       } catch (err) {
@@ -57,6 +57,11 @@ export function s3Objects(client: S3Client, bucket: string) {
       }
       return found;
     },
+  };
+  return {
+    ...objects,
+    /** Keys under `prefix`; with a delimiter, the common prefixes one level down instead. */
+    list: async (prefix: string, delimiter?: string): Promise<string[]> => (await objects.listSized(prefix, delimiter)).map((o) => o.key),
   };
 }
 export type S3Objects = ReturnType<typeof s3Objects>;

@@ -62,6 +62,11 @@ export interface HookOutcome {
  */
 export interface ServiceManager {
   readonly kind: string;
+  /**
+   * The app runs as a user of its own that cannot write the files an install writes (systemd's
+   * DynamicUser): only then may two releases share a file's inode (docs/release-format.md).
+   */
+  readonly appReadOnly?: boolean;
   /** (Re)starts every process from `current` (and stops those the release no longer has); resolves once they have been started. */
   restart(run: AppRun): Promise<void>;
   /** Stops the app cleanly (SIGTERM, then SIGKILL past the spec's stop timeout). */

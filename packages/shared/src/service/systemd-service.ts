@@ -108,6 +108,7 @@ export function createSystemdService(opts: SystemdServiceOptions): ServiceManage
 
   return {
     kind: 'systemd',
+    appReadOnly: true,
     async restart(run: AppRun) {
       const releaseDir = await realpath(layout.current);
       const gone = (await known()).filter((p) => !(p in run.processes));

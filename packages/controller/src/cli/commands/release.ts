@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { KilnError, formatBytes, formatTable, listReleases, parseDuration, promoteRelease, publishRelease, readPointer, showRelease } from '@kiln/shared';
+import { contentSha256, KilnError, formatBytes, formatTable, listReleases, parseDuration, promoteRelease, publishRelease, readPointer, showRelease, storedSize } from '@kiln/shared';
 import { S3_OPTIONS, TRUST_OPTIONS, JSON_OPTION, type CommandDef } from '../cli-command.js';
 import { list, openStore, out, printJson, signingKey, str, trustedKeys } from '../cli-context.js';
 import { createProgress } from '../progress.js';
@@ -7,14 +7,17 @@ import { createProgress } from '../progress.js';
 export const releasePush: CommandDef = {
   name: 'release push',
   summary: 'pack, sign and upload a release (a directory or a .tar.gz)',
-  usage: 'release push DIR|FILE.tar.gz --app APP --version VERSION [options]',
+  usage: 'release push DIR|FILE.tar.gz --app APP --version VERSION [--format 2|1] [options]',
   examples: ['kiln release push ./build --app shop --version 1.2.0', 'kiln release push shop.tar.gz --app shop --version 1.2.1 --port 8080 --health-path /healthz --env NODE_ENV=production'],
   details:
     'How the app runs comes from kiln.json at the top of the tree ({"service": {"command": [...], "port": N}, "health": {...}},\n' +
     'or "processes" with a "web" among them, "hooks" (beforeStart, validate, beforeStop) and "persist" directories: docs/app.md);\n' +
     'it is checked here and an error names the field at fault. The flags below replace fields of the main process.\n' +
     '--env is for values that belong to the build (the same on every fleet); per-fleet values and secrets are `kiln config set`.\n' +
-    'A version that exists is refused: releases are immutable.',
+    'A version that exists is refused: releases are immutable.\n' +
+    'Format 2 (the default) stores every file content once by its sha256 and uploads only what the bucket lacks,\n' +
+    'so a release that changes one file uploads about one file; hosts then fetch only what they lack too.\n' +
+    'Format 1 (one .tar.gz) is for instances whose agent is older than 0.4.0 (docs/release-format.md).',
   options: {
     app: { type: 'string', value: 'APP', help: 'the app name (lower-case letters, digits, "-")' },
     version: { type: 'string', value: 'VERSION', help: 'the new version (letters, digits, ".", "_", "+", "-")' },
@@ -23,6 +26,7 @@ export const releasePush: CommandDef = {
     port: { type: 'string', value: 'N', help: 'the port the app listens on (given to it as PORT)' },
     env: { type: 'string', multiple: true, value: 'K=V', help: 'an environment variable of the build, in the signed manifest (repeatable; never a secret)' },
     'health-path': { type: 'string', value: 'PATH', help: 'an HTTP path on the port that answers 2xx when healthy' },
+    format: { type: 'string', value: 'N', help: '2 (default): contents by sha256, only new ones uploaded; 1: one .tar.gz for agents before 0.4.0' },
     ...S3_OPTIONS,
     ...JSON_OPTION,
   },
@@ -39,6 +43,8 @@ export const releasePush: CommandDef = {
       if (i < 1) throw new KilnError('KILN_USAGE', `--env ${kv}: use NAME=VALUE`);
       env[kv.slice(0, i)] = kv.slice(i + 1);
     }
+    const format = str(flags, 'format') ?? '2';
+    if (format !== '1' && format !== '2') throw new KilnError('KILN_USAGE', `--format ${format}: 2 (contents by sha256) or 1 (one .tar.gz, for agents before 0.4.0)`);
     const store = await openStore(flags, ctx);
     const key = await signingKey(flags, ctx);
     const progress = createProgress(ctx.io.stderr, ctx.json);
@@ -49,6 +55,7 @@ export const releasePush: CommandDef = {
       version,
       source: path.resolve(ctx.io.cwd, source!),
       key,
+      format: format === '1' ? 1 : 2,
       spec: {
         ...(command ? { command: command.split(' ').filter(Boolean) } : {}),
         ...(port ? { port: Number(port) } : {}),
@@ -61,8 +68,10 @@ export const releasePush: CommandDef = {
     });
     progress.done();
     const m = result.manifest;
-    if (ctx.json) return printJson(ctx, { app: m.app, version: m.version, seq: m.seq, artifact: m.artifact, files: m.files.length, unpackedSize: m.unpackedSize, manifestSha256: result.manifestSha256, timings: result.timings });
-    out(ctx, `published ${m.app} ${m.version} (seq ${m.seq}): ${m.files.length} entries, ${formatBytes(m.unpackedSize)} unpacked, artifact ${formatBytes(m.artifact.size)} sha256 ${m.artifact.sha256.slice(0, 12)}…`);
+    const stored = m.schema === 1 ? { artifact: m.artifact } : { objects: m.content.objects.length, storedBytes: storedSize(m) };
+    if (ctx.json) return printJson(ctx, { app: m.app, version: m.version, seq: m.seq, format: m.schema, ...stored, sha256: contentSha256(m), files: m.files.length, unpackedSize: m.unpackedSize, uploadedBytes: result.uploadedBytes, skippedBytes: result.skippedBytes, manifestSha256: result.manifestSha256, timings: result.timings });
+    const what = m.schema === 1 ? `artifact ${formatBytes(m.artifact.size)}` : `uploaded ${formatBytes(result.uploadedBytes)}, skipped ${formatBytes(result.skippedBytes)} the bucket already held`;
+    out(ctx, `published ${m.app} ${m.version} (seq ${m.seq}, format ${m.schema}): ${m.files.length} entries, ${formatBytes(m.unpackedSize)} unpacked, ${what}, sha256 ${contentSha256(m).slice(0, 12)}…`);
   },
 };
 
@@ -104,9 +113,10 @@ export const releaseShow: CommandDef = {
           ['seq', String(manifest.seq)],
           ['created', manifest.createdAt],
           ['signature', summary.verified ? 'ok (pinned key)' : 'UNTRUSTED: not signed by a pinned key'],
-          ['artifact', `s3://${store.bucket}/${manifest.artifact.key}`],
-          ['size', `${formatBytes(manifest.artifact.size)} (${formatBytes(manifest.unpackedSize)} unpacked, ${manifest.files.length} entries)`],
-          ['sha256', manifest.artifact.sha256],
+          ['format', String(manifest.schema)],
+          manifest.schema === 1 ? ['artifact', `s3://${store.bucket}/${manifest.artifact.key}`] : ['content', `${manifest.content.objects.length} objects under s3://${store.bucket}/${store.objectKey(manifest.app, '0'.repeat(64)).slice(0, -64)}`],
+          ['size', `${formatBytes(storedSize(manifest))} stored (${formatBytes(manifest.unpackedSize)} unpacked, ${manifest.files.length} entries)`],
+          ['sha256', contentSha256(manifest)],
           ['manifest', manifestSha256],
           ['command', manifest.service.command.join(' ')],
           ['port', String(manifest.service.port ?? '-')],
