@@ -19,6 +19,9 @@ const InstalledRelease = z.strictObject({
   installedAt: z.string(),
   /** the fleet config it runs with (none: the release's own env only) */
   config: ConfigStamp.optional(),
+  /** what its install read from the bucket, of what a download of the whole release reads (format 2 fetches only what the host lacked) */
+  fetchedBytes: z.number().int().min(0).optional(),
+  releaseBytes: z.number().int().min(0).optional(),
   /** hooks a bake skipped (not `onBake`): run when an instance of the image first starts the release */
   pendingHooks: z.array(z.enum(['beforeStart', 'validate', 'beforeStop'])).optional(),
 });

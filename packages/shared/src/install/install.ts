@@ -288,7 +288,8 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     };
 
     let downloaded = false;
-    let fetched: { fetchedBytes: number; releaseBytes: number } | undefined;
+    // A release already on disk (a rollback, a re-install after a failed start) costs no download.
+    let fetched = { fetchedBytes: 0, releaseBytes: storedSize(manifest) };
     let built: FetchResult | undefined;
     if (!onDisk) {
       await mkdir(layout.staging, { recursive: true });
@@ -342,7 +343,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     await advance('commit');
     const installedAt = now().toISOString();
     if (state.current && (state.current.version !== version || !sameConfig)) state.previous = state.current;
-    state.current = { ...installedRelease(version, verified, via, installedAt), ...(config ? { config } : {}), ...(skipped.length ? { pendingHooks: skipped } : {}) };
+    state.current = { ...installedRelease(version, verified, via, installedAt), ...fetched, ...(config ? { config } : {}), ...(skipped.length ? { pendingHooks: skipped } : {}) };
     if (pointerSeq) state.channels[pointerSeq.channel] = Math.max(state.channels[pointerSeq.channel] ?? 0, pointerSeq.seq);
     const outcome = op === 'rollback' ? 'rolled-back' : 'installed';
     await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt, finishedAt: installedAt, outcome });

@@ -3,4 +3,4 @@
  * (an image holds the agent, so a new agent means a new image). Here, not in @kiln/agent, so that the
  * controller's server need not load the agent package for one constant.
  */
-export const AGENT_VERSION = '0.3.0';
+export const AGENT_VERSION = '0.4.0';
