@@ -14,8 +14,7 @@ import {
   rollback,
   type InstallOptions,
   type InstallResult,
-  type InstallStep,
-} from '@kiln/shared';
+  type InstallStep, formatBytes } from '@kiln/shared';
 import { S3_OPTIONS, TRUST_OPTIONS, JSON_OPTION, type CommandDef, type OptionDef } from '../cli-command.js';
 import { intFlag, note, openStore, openStoreIfAny, out, printJson, str, trustedKeys, type CliContext, type Flags } from '../cli-context.js';
 import { createProgress } from '../progress.js';
@@ -77,7 +76,8 @@ function report(ctx: CliContext, r: InstallResult): void {
   const total = Object.values(r.timings).reduce((a, b) => a + (b ?? 0), 0);
   const steps = Object.entries(r.timings).map(([k, v]) => `${k} ${v} ms`).join(', ');
   if (r.outcome === 'unchanged') return out(ctx, `${r.app} ${r.version} is already installed: nothing to do`);
-  out(ctx, `${r.outcome} ${r.app} ${r.version}${r.previous ? ` (was ${r.previous})` : ''}${r.config ? ` with config ${r.config.seq}` : ''} in ${total} ms${steps ? `: ${steps}` : ''}`);
+  const fetched = r.downloaded && r.releaseBytes !== undefined ? `, fetched ${formatBytes(r.fetchedBytes ?? 0)} of ${formatBytes(r.releaseBytes)}` : '';
+  out(ctx, `${r.outcome} ${r.app} ${r.version}${r.previous ? ` (was ${r.previous})` : ''}${r.config ? ` with config ${r.config.seq}` : ''} in ${total} ms${fetched}${steps ? `: ${steps}` : ''}`);
   for (const [name, h] of Object.entries(r.hooks ?? {})) out(ctx, `  hook ${name}: exit ${h.code} in ${h.ms} ms${h.tail.length ? ` (last line: ${h.tail.at(-1)})` : ''}`);
   for (const w of r.warnings ?? []) note(ctx, `warning: ${w}`);
 }
