@@ -2,7 +2,8 @@ import { request as httpRequest, createServer, type IncomingMessage, type Server
 import { createServer as createNetServer, type Socket } from 'node:net';
 
 /**
- * What the proxy does to a GET of an artifact (`…/artifact.tar.gz`); everything else passes through.
+ * What the proxy does to a download of release contents: a GET of an artifact (`…/artifact.tar.gz`,
+ * format 1) or of a content object (`…/objects/…`, format 2); everything else passes through.
  * - `pass`: forwards it untouched
  * - `truncate`: sends the real headers (with the full Content-Length) and the first half of the body,
  *   then destroys the socket
@@ -18,14 +19,14 @@ export interface FaultProxy {
   stallAfter: number;
   /** how many more damaged GETs get the fault before the proxy passes them (Infinity: all) */
   faultsLeft: number;
-  /** artifact GETs seen, whatever the fault */
+  /** content downloads (artifact or content-object GETs) seen, whatever the fault */
   artifactGets: number;
   /** every request seen, as `METHOD /path?query` */
   requests: string[];
   close(): Promise<void>;
 }
 
-const isArtifactGet = (req: IncomingMessage) => req.method === 'GET' && /\/artifact\.tar\.gz(\?|$)/.test(req.url ?? '');
+const isArtifactGet = (req: IncomingMessage) => req.method === 'GET' && (/\/artifact\.tar\.gz(\?|$)/.test(req.url ?? '') || /\/objects\/[a-z0-9-]+\/(pack-)?[0-9a-f]{64}(\?|$)/.test(req.url ?? ''));
 
 function readAll(stream: IncomingMessage): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -63,13 +64,14 @@ export async function startFaultProxy(target: string, fault: ArtifactFault = 'pa
     if (isArtifactGet(req)) proxy.artifactGets++;
     // The Host header is part of the SigV4 signature: it is forwarded as the client sent it.
     const out = httpRequest({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers }, (upRes) => {
-      if (damage === 'pass' || upRes.statusCode !== 200) {
+      // 206: a ranged GET of a content object (format 2)
+      if (damage === 'pass' || (upRes.statusCode !== 200 && upRes.statusCode !== 206)) {
         res.writeHead(upRes.statusCode ?? 502, upRes.headers);
         upRes.pipe(res);
         return;
       }
       void readAll(upRes).then((body) => {
-        res.writeHead(200, upRes.headers);
+        res.writeHead(upRes.statusCode!, upRes.headers);
         if (damage === 'truncate') {
           res.write(body.subarray(0, Math.floor(body.length / 2)), () => res.socket?.destroy());
         } else {

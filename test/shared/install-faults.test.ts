@@ -159,10 +159,10 @@ describe('install faults: signatures and manifests', () => {
   });
 });
 
-describe('install faults: artifacts', () => {
+describe('install faults: artifacts (format 1; format 2 objects: install-delta.test.ts)', () => {
   /** Publishes `version`, then replaces its artifact object with what `damage` makes of it. */
   async function publishDamaged(version: string, damage: (good: Buffer) => Buffer | undefined): Promise<{ good: Buffer; bad: Buffer | undefined }> {
-    await pushApp({ store: s3.store, keys, version });
+    await pushApp({ store: s3.store, keys, version, format: 1 });
     const good = await bucket.get(artifactKey(version));
     const bad = damage(good);
     if (bad) await bucket.put(artifactKey(version), bad);
@@ -257,7 +257,7 @@ describe('install faults: artifacts', () => {
   // when getArtifact() throws, the meter is never destroyed and its timer later destroys it with a
   // KILN_S3_TIMEOUT nobody listens to: an uncaught exception idleTimeoutMs (10 s) after the failure.
   it('leaves no stall timer behind after a failed artifact request', async () => {
-    await pushApp({ store: s3.store, keys, version: '2.0.0-no-artifact-2' });
+    await pushApp({ store: s3.store, keys, version: '2.0.0-no-artifact-2', format: 1 });
     await bucket.del(artifactKey('2.0.0-no-artifact-2'));
     const h = await hostOn1();
     expectFailure(await failInstall(h, { version: '2.0.0-no-artifact-2' }, { idleTimeoutMs: 200 }, { settleMs: 400 }), 'KILN_RELEASE_NOT_FOUND');

@@ -157,7 +157,7 @@ export async function buildFromObjects(o: BuildOptions): Promise<BuildResult> {
         return;
       } catch (err) {
         const e = asKilnError(err, 'KILN_INSTALL_FAILED');
-        if (!TRANSIENT_S3_CODES.has(e.code) || attempt >= o.attempts) throw e;
+        if (!TRANSIENT_S3_CODES.has(e.code) || attempt >= o.attempts) throw err;
         o.log.warn({ err: e, object: r.object.name, attempt }, 'content download failed; retrying');
         for (const need of r.needs) for (const f of need.files) await rm(path.join(o.tree, f.path), { force: true });
         await sleep(backoffDelay(attempt, { baseMs: 200, capMs: 5_000 }));

@@ -15,6 +15,7 @@ import { currentVersion, installedRelease, isComplete, loadState, pruneReleases,
 import { peekState, writeJournal, writeState, type ConfigStamp, type InstallState, type Journal, type JournalStep, type Operation, type Via } from './install-state.js';
 import { KilnError, asKilnError } from '../errors/kiln-error.js';
 import { processStart } from '../system/process-alive.js';
+import { hasErrno } from '../system/fs-errors.js';
 import { checkName } from '../release/names.js';
 import { s3Error, TRANSIENT_S3_CODES } from '../s3/s3-errors.js';
 import { fetchPointer, readLocalManifest, targetName, verifyManifest, type InstallTarget, type VerifiedManifest } from '../release/release-resolve.js';
@@ -423,7 +424,12 @@ async function fetchRelease(args: { opts: InstallOptions; verified: VerifiedMani
   if (manifest.schema === 1) return { files: await fetchArtifact({ ...common, store: opts.store!, verified: { ...verified, manifest }, staging }), fetchedBytes: manifest.artifact.size };
   const tree = path.join(staging, 'tree');
   await mkdir(tree, { mode: 0o755 });
-  return buildFromObjects({ ...common, store: opts.store, verified: { ...verified, manifest }, tree, layout: args.layout, share: opts.service.appReadOnly === true });
+  try {
+    return await buildFromObjects({ ...common, store: opts.store, verified: { ...verified, manifest }, tree, layout: args.layout, share: opts.service.appReadOnly === true });
+  } catch (err) {
+    if (hasErrno(err, 'ENOSPC', 'EDQUOT')) throw new KilnError('KILN_NO_SPACE', `the disk filled up while building ${manifest.app} ${manifest.version}`, { cause: err });
+    throw err;
+  }
 }
 
 async function swapBack(args: { layout: AppLayout; from: string | null; fromConfig: ConfigStamp | undefined; version: string; opts: InstallOptions; log: Logger }): Promise<void> {
