@@ -1,5 +1,6 @@
 // SIGKILL of the installing process (the real CLI) at every step of the routine: start-up
 // recovery must leave `current` on a complete old or new release, with nothing left behind.
+// The releases are format 2 (pushApp's default): the kill lands while contents are fetched and copied.
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';

@@ -1,6 +1,6 @@
 // Format 2 (delta) releases: contents by sha256, a host fetches only what it lacks (issue 14).
 import { randomBytes } from 'node:crypto';
-import { appendFile, readdir, lstat, utimes } from 'node:fs/promises';
+import { appendFile, chmod, readdir, lstat, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appLayout, createS3Client, install, isKilnError, Manifest, sha256File, sha256Hex, signBytes, type InstallResult, type ManifestV2, type ReleaseStore } from '@kiln/shared';
@@ -142,6 +142,30 @@ describe('format 2 releases', () => {
     await same('blobs/small-3.bin', seed[3]!);
     await same('blobs/small-4.bin', seed[4]!);
     await same('blobs/large.bin', seed[40]!);
+  });
+});
+
+describe('format 2: copy or link', () => {
+  const inode = async (h: Host, version: string, p: string) => (await lstat(path.join(appLayout(h.root, 'web').release(version), p))).ino;
+
+  it('copies reused files where the app can write release files (the process supervisor)', async () => {
+    const h = await host();
+    await install({ ...h.opts(), target: { version: '1.0.0' } });
+    await install({ ...h.opts(), target: { version: '1.0.1' } });
+    expect(await inode(h, '1.0.1', 'blobs/large.bin')).not.toBe(await inode(h, '1.0.0', 'blobs/large.bin'));
+  });
+
+  it('hard-links reused files where the app cannot write them (a service manager with appReadOnly, as systemd), never a writable one', async () => {
+    const h = await host();
+    const service = Object.assign(Object.create(null) as object, h.service, { appReadOnly: true }) as typeof h.service;
+    await install({ ...h.opts({ service }), target: { version: '1.0.0' } });
+    const old = appLayout(h.root, 'web').release('1.0.0');
+    await chmod(path.join(old, 'blobs/small-5.bin'), 0o664); // group-writable here: must not be shared
+    const r = await install({ ...h.opts({ service }), target: { version: '1.0.1' } });
+    expect(r.outcome).toBe('installed');
+    expect(await inode(h, '1.0.1', 'blobs/large.bin')).toBe(await inode(h, '1.0.0', 'blobs/large.bin'));
+    expect(await inode(h, '1.0.1', 'blobs/small-5.bin')).not.toBe(await inode(h, '1.0.0', 'blobs/small-5.bin'));
+    expect(((await lstat(path.join(appLayout(h.root, 'web').release('1.0.1'), 'blobs/small-5.bin'))).mode & 0o777).toString(8)).toBe('644');
   });
 });
 
