@@ -1,5 +1,5 @@
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { NONCE_HEADER, PROTOCOL_VERSION, proveIdentity, type AgentReport, type CommandResult } from '@kiln/shared';
+import { AGENT_VERSION, NONCE_HEADER, PROTOCOL_VERSION, proveIdentity, type AgentReport, type CommandResult } from '@kiln/shared';
 import type WebSocket from 'ws';
 
 /**
@@ -25,7 +25,7 @@ export function helloFrame(a: { key: KeyObject; nonce: string; instanceId: strin
   return JSON.stringify({ v: PROTOCOL_VERSION, type: 'hello', identity: proveIdentity(a.key, a.nonce, a.instanceId), report: a.report, results: a.results ?? [] });
 }
 
-/** A report built by hand, as an agent would send it (nothing installed, unless `over` says so). */
+/** A report built by hand, as an agent of this workspace's version would send it (nothing installed, unless `over` says so). */
 export function handReport(instanceId: string, over: Partial<AgentReport> = {}): AgentReport {
   const at = new Date().toISOString();
   return {
@@ -33,7 +33,7 @@ export function handReport(instanceId: string, over: Partial<AgentReport> = {}):
     imageId: 'img-raw',
     app: 'web',
     channel: 'stable',
-    agentVersion: 'raw-0',
+    agentVersion: AGENT_VERSION,
     image: null,
     installed: null,
     config: null,

@@ -4,6 +4,7 @@ import {
   appLayout,
   asKilnError,
   backoffDelay,
+  fetchedOf,
   install,
   loadState,
   readInstalledManifest,
@@ -252,7 +253,7 @@ export function createAgentJobs(o: AgentJobsOptions): AgentJobs {
         const previous = (await loadState(layout, config.app, log)).previous?.version;
         r = await attempt('rollback', async () => rollback(routine({ ...(await withConfig()), via: 'rollback' }, cmd.id)), previous, cmd.id);
       }
-      finish({ outcome: r.outcome, version: r.version });
+      finish({ outcome: r.outcome, version: r.version, ...fetchedOf(r) });
     } catch (err) {
       const e = asKilnError(err, 'KILN_INSTALL_FAILED');
       finish({ outcome: 'failed', ...(a.version ? { version: a.version } : {}), error: { code: e.code, message: e.message } });

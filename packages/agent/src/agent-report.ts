@@ -2,6 +2,7 @@ import { stat } from 'node:fs/promises';
 import {
   appLayout,
   currentVersion,
+  fetchedOf,
   ifMissing,
   loadState,
   readInstalledManifest,
@@ -79,7 +80,7 @@ export async function collectReport(src: ReportSources, live: LiveFacts, now: Da
     channel: src.channel,
     agentVersion: src.agentVersion,
     image: src.marker?.release ?? null,
-    installed: cur ? { version: cur.version, seq: cur.seq, manifestSha256: cur.manifestSha256, artifactSha256: cur.artifactSha256, via: cur.via, installedAt: cur.installedAt } : null,
+    installed: cur ? { version: cur.version, seq: cur.seq, manifestSha256: cur.manifestSha256, artifactSha256: cur.artifactSha256, via: cur.via, installedAt: cur.installedAt, ...fetchedOf(cur) } : null,
     // Its seq and digest only: what a config holds stays on the host.
     config: cur?.config ? { seq: cur.config.seq, sha256: cur.config.sha256 } : null,
     service: { active: status.active },

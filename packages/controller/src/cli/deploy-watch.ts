@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { KilnError, isKilnError, type ErrorCode } from '@kiln/shared';
+import { KilnError, fetchedOf, formatBytes, isKilnError, type ErrorCode } from '@kiln/shared';
 import type { ApiClient } from './api-client.js';
 import { note, out, printJson, type CliContext } from './cli-context.js';
 import type { Deployment, DeploymentBody, ReleaseDetail } from '../server/api-types.js';
@@ -15,6 +15,12 @@ const STEP_TEXT: Partial<Record<Step, string>> = {
   'rollback-failed': 'rollback failed',
   unreachable: 'not connected: not commanded (it converges on the channel pointer when it is back)',
 };
+
+/** "fetched 12.0 KiB of 95.0 MiB": what an instance's install read from the bucket of the release's size; undefined when not known. */
+export function fetchedText(i: { fetchedBytes?: number | undefined; releaseBytes?: number | undefined }): string | undefined {
+  const f = fetchedOf(i);
+  return f.fetchedBytes !== undefined ? `fetched ${formatBytes(f.fetchedBytes)} of ${formatBytes(f.releaseBytes!)}` : undefined;
+}
 
 /** The batch being worked on: the last one with an instance past `pending`. */
 function currentBatch(d: Deployment): number {
@@ -90,6 +96,8 @@ async function follow(ctx: CliContext, api: ApiClient, first: Deployment, pollMs
   const progress = createProgress(stream);
   const started = Date.now();
   const seen = new Map<string, Step>();
+  /** the instances whose install (and what it fetched) was shown */
+  const installedShown = new Set<string>();
   let batchShown = -1;
   let phasesShown = 0;
   let d = first;
@@ -118,7 +126,13 @@ async function follow(ctx: CliContext, api: ApiClient, first: Deployment, pollMs
     const n = currentBatch(d);
     const line = (id: string) => {
       const i = d.instances[id];
-      if (!i || seen.get(id) === i.step) return;
+      if (!i) return;
+      const fetched = fetchedText(i);
+      if (fetched && !installedShown.has(id)) {
+        installedShown.add(id);
+        progress.phase(`  ${id} installed ${d.release.version} (${fetched})`);
+      }
+      if (seen.get(id) === i.step) return;
       seen.set(id, i.step);
       const text = STEP_TEXT[i.step];
       if (text) progress.phase(`  ${id} ${text}${i.error ? `: ${i.error.code} ${i.error.message}` : ''}`);

@@ -8,7 +8,11 @@ export const fleetName = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'lower-ca
  * `config` null: none bound (a fleet without config, a record from before configs); instances keep
  * the config they run.
  */
-export const TargetRef = ReleaseRef.extend({ config: BoundConfig.nullable().default(null) });
+export const TargetRef = ReleaseRef.extend({
+  config: BoundConfig.nullable().default(null),
+  /** the release's format (its manifest's `schema`): agents before 0.4.0 cannot install format 2; absent in records from before it was kept */
+  format: z.union([z.literal(1), z.literal(2)]).optional(),
+});
 export type TargetRef = z.infer<typeof TargetRef>;
 
 /** The same release with the same config. */
@@ -158,6 +162,18 @@ export const SoakResult = z.strictObject({
 });
 export type SoakResult = z.infer<typeof SoakResult>;
 
+/** One instance in a deployment: its step and, once its agent installed the release, what the install fetched. */
+export const DeploymentInstance = z.strictObject({
+  step: InstanceStep,
+  batch: z.number().int(),
+  error: z.strictObject({ code: z.string(), message: z.string() }).optional(),
+  /** bytes its install read from the bucket, of what a download of the whole release reads (hotfix; agents from 0.4.0 on) */
+  fetchedBytes: z.number().int().min(0).optional(),
+  releaseBytes: z.number().int().min(0).optional(),
+  at: z.string(),
+});
+export type DeploymentInstance = z.infer<typeof DeploymentInstance>;
+
 export const Deployment = z.strictObject({
   id: z.string(),
   fleet: fleetName,
@@ -180,7 +196,7 @@ export const Deployment = z.strictObject({
   verdict: z.string().nullable(),
   error: z.strictObject({ code: z.string(), message: z.string() }).nullable(),
   batches: z.array(z.array(z.string())),
-  instances: z.record(z.string(), z.strictObject({ step: InstanceStep, batch: z.number().int(), error: z.strictObject({ code: z.string(), message: z.string() }).optional(), at: z.string() })),
+  instances: z.record(z.string(), DeploymentInstance),
   cancelRequested: z.boolean(),
   /** bake and relaunch: the group launched, the image it came from, each phase's wall time */
   group: z.string().nullable().default(null),

@@ -19,6 +19,9 @@ export interface InstanceRow {
   /** the config version the instance's app runs with (null: none, or not reported) */
   config: number | null;
   via: string | null;
+  /** what the install of `installed` read from the bucket, of what a download of the whole release reads (null: not reported, agents before 0.4.0) */
+  fetchedBytes: number | null;
+  releaseBytes: number | null;
   tree: string;
   operation: string | null;
   lastError: string | null;
@@ -60,6 +63,8 @@ export function instanceRow(fleet: Fleet, i: HubInstance): InstanceRow {
     desiredConfig: fleet.desired?.config?.seq ?? null,
     config: r?.config?.seq ?? null,
     via: r?.installed?.via ?? null,
+    fetchedBytes: r?.installed?.fetchedBytes ?? null,
+    releaseBytes: r?.installed?.releaseBytes ?? null,
     tree: !t ? 'unknown' : t.status === 'modified' ? `modified (${t.modified} changed, ${t.missing} missing, ${t.extra} extra)` : t.status,
     operation: r?.operation ? `${r.operation.op} ${r.operation.version} at ${r.operation.step}` : null,
     lastError: r?.lastError ? lastErrorLine(r.lastError) : null,
@@ -84,6 +89,8 @@ function unreportedRow(fleet: Fleet, instanceId: string, group: Fleet['groups'][
     desiredConfig: fleet.desired?.config?.seq ?? null,
     config: null,
     via: null,
+    fetchedBytes: null,
+    releaseBytes: null,
     tree: 'unknown',
     operation: null,
     lastError: null,

@@ -1,14 +1,18 @@
-import type { AgentReport, CommandAction } from '@kiln/shared';
+import type { AgentReport, CommandAction, CommandResult } from '@kiln/shared';
 import type { AgentHub, HubInstance } from './agent-hub.js';
 import { versionAtLeast } from './log-streams.js';
 
 /** Agents from this version on run fleet configs; an older one would refuse a command that binds one as an unknown field. */
 export const CONFIG_SINCE_AGENT = '0.3.0';
+/** Agents from this version on read release format 2 (contents by sha256); an older one cannot parse its manifest. */
+export const DELTA_SINCE_AGENT = '0.4.0';
 
 /** What an instance should run: a release, and the config bound to it (null: none; absent: any). */
 export interface Wanted {
   manifestSha256: string;
   config?: { sha256: string } | null;
+  /** the release's format, when known: format 2 is sent only to agents from DELTA_SINCE_AGENT on */
+  format?: 1 | 2 | undefined;
 }
 
 export interface WaitTarget {
@@ -21,7 +25,8 @@ export interface WaitTarget {
   timeoutMs: number;
 }
 
-export type WaitOutcome = { ok: true } | { ok: false; code: string; message: string };
+/** ok: the instance is where it should be; `result`, the agent's result of the command `run` sent (absent for `until`). */
+export type WaitOutcome = { ok: true; result?: CommandResult } | { ok: false; code: string; message: string };
 
 export interface RolloutWaiter {
   /**
@@ -43,11 +48,22 @@ export interface RolloutWaiter {
 export const healthyOn = (r: AgentReport | null, want: Wanted) =>
   !!r && r.installed?.manifestSha256 === want.manifestSha256 && (want.config === undefined || (r.config?.sha256 ?? null) === (want.config?.sha256 ?? null)) && r.service.active && r.operation === null;
 
-/** Why the instance's agent cannot take `action` (one binding a config, to an agent older than configs), or undefined. */
-function tooOld(inst: HubInstance | undefined, action: CommandAction): string | undefined {
+/**
+ * Why the instance's agent cannot take `action`, or undefined: one binding a config, to an agent older
+ * than configs; a release of format 2, to an agent older than format 2 (it would fail on the manifest,
+ * after its channel pointer moved: refused here, before anything is sent).
+ */
+function tooOld(inst: HubInstance | undefined, action: CommandAction, want: Wanted): string | undefined {
   const version = inst?.report?.agentVersion;
-  if (action.kind === 'report' || action.config === undefined || !version || versionAtLeast(version, CONFIG_SINCE_AGENT)) return undefined;
-  return `${inst!.instanceId} runs agent ${version}, older than ${CONFIG_SINCE_AGENT}: it cannot run a fleet config; replace it with an instance of a newer image (a bake or relaunch)`;
+  if (action.kind === 'report' || !version) return undefined;
+  if (action.config !== undefined && !versionAtLeast(version, CONFIG_SINCE_AGENT)) {
+    return `${inst!.instanceId} runs agent ${version}, older than ${CONFIG_SINCE_AGENT}: it cannot run a fleet config; replace it with an instance of a newer image (a bake or relaunch)`;
+  }
+  if (want.format === 2 && !versionAtLeast(version, DELTA_SINCE_AGENT)) {
+    const release = action.version ? `release ${action.version} is` : 'the release is';
+    return `${inst!.instanceId} runs agent ${version}, older than ${DELTA_SINCE_AGENT}: ${release} of format 2, which it cannot read; replace the instance with one of an image with a newer agent (a bake or relaunch), or push the release again with \`kiln release push --format 1\` (under a new version) and deploy that`;
+  }
+  return undefined;
 }
 
 /** One set of hub listeners for every instance a rollout waits on (a thousand waits cost one lookup per event). */
@@ -95,7 +111,7 @@ export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
       return until(
         t.instanceId,
         (inst) => {
-          const old = tooOld(inst, t.action);
+          const old = tooOld(inst, t.action, t.want);
           if (old) return { ok: false, code: 'KILN_PROTOCOL_VERSION', message: old };
           if (inst?.connected && sentTo !== inst.connectedAt) {
             if (hub.command(t.instanceId, t.commandId, t.app, t.action)) sentTo = inst.connectedAt;
@@ -104,7 +120,7 @@ export function createRolloutWaiter(hub: AgentHub): RolloutWaiter {
           if (result?.outcome === 'failed' || result?.outcome === 'interrupted') {
             return { ok: false, code: result.error?.code ?? 'KILN_INSTALL_FAILED', message: result.error?.message ?? `the command was ${result.outcome}` };
           }
-          return result && healthyOn(inst!.report, t.want) ? { ok: true } : undefined;
+          return result && healthyOn(inst!.report, t.want) ? { ok: true, result } : undefined;
         },
         t.timeoutMs,
         (inst) => `${t.instanceId} ${!inst?.connected ? 'is not connected' : inst.results.has(t.commandId) ? 'did not report the release healthy' : 'did not answer the command'} within ${t.timeoutMs} ms`,

@@ -135,7 +135,7 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
     // The pointer's seq counts the channel's promotes; a ReleaseRef carries the release's own seq (the
     // app's), which a deployment compares to tell forward from back.
     const { manifest } = await showRelease(o.store, app, p.version, o.trustedKeys);
-    return { version: p.version, seq: manifest.seq, manifestSha256: p.manifestSha256, config: p.config?.fleet === fleet ? p.config : null };
+    return { version: p.version, seq: manifest.seq, manifestSha256: p.manifestSha256, config: p.config?.fleet === fleet ? p.config : null, format: manifest.schema };
   }
 
   /** The fleet's latest config version as a deployment binds it; null when it has none (KILN_CONFIG_NOT_FOUND when `required`). */
@@ -182,7 +182,8 @@ export function createDeployments(o: DeploymentsOptions): Deployments {
       const config = bound !== undefined ? bound : await latestConfig(fleet, input.config ?? false);
       const { manifest, manifestSha256, summary } = await showRelease(o.store, fleet.app, version, o.trustedKeys);
       if (!summary.verified) throw new KilnError('KILN_SIGNATURE_INVALID', `${fleet.app} ${version} is not signed by a key this controller trusts; agents would refuse it`);
-      const release: TargetRef = { version: manifest.version, seq: manifest.seq, manifestSha256, config };
+      // Its format with it: the rollout sends a format 2 release only to agents that read it.
+      const release: TargetRef = { version: manifest.version, seq: manifest.seq, manifestSha256, config, format: manifest.schema };
       const healthTimeoutMs = deploymentHealthTimeout(manifest, input.healthTimeoutMs);
       const previous = fleet.desired ?? (await pointed(fleet.app, fleet.channel, fleet.name));
       const unchanged = previous !== null && sameTarget(previous, release);

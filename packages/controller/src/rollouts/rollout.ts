@@ -1,4 +1,4 @@
-import { CommandAction, KilnError, MAX_INLINE_MANIFEST, asKilnError, type Logger, type SignedObject } from '@kiln/shared';
+import { CommandAction, KilnError, MAX_INLINE_MANIFEST, asKilnError, fetchedOf, type CommandResult, type Logger, type SignedObject } from '@kiln/shared';
 import { describeTarget, type BatchSpec, type Deployment, type TargetRef } from '../fleets/fleet-model.js';
 import { healthyOn, type RolloutWaiter } from '../fleets/rollout-wait.js';
 import type { AgentHub } from '../fleets/agent-hub.js';
@@ -89,8 +89,15 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     return withManifest.success ? withManifest.data : plain;
   };
   const mark: Mark = (id, step, error) => {
-    r.instances[id] = { step, batch: r.instances[id]?.batch ?? -1, ...(error ? { error } : {}), at: c.now().toISOString() };
+    const was = r.instances[id];
+    // What its install fetched stays with the instance through its later steps (healthy, rolled back).
+    r.instances[id] = { step, batch: was?.batch ?? -1, ...(error ? { error } : {}), ...fetchedOf(was), at: c.now().toISOString() };
     void save();
+  };
+  /** What the agent's install of the release fetched, from its result (agents from 0.4.0 on; none for a no-op). */
+  const fetched = (id: string, result: CommandResult | undefined) => {
+    const inst = r.instances[id];
+    if (inst && result) Object.assign(inst, fetchedOf(result));
   };
 
   let install: CommandAction | undefined;
@@ -123,6 +130,7 @@ export async function runRollout(c: RolloutContext): Promise<Deployment> {
     todo.forEach((id, i) => {
       const o = outcomes[i]!;
       if (!o.ok) mark(id, 'failed', { code: o.code, message: o.message });
+      else fetched(id, o.result);
     });
     // Back in and healthy in the balancer before the batch counts: the next one may take others out.
     (await admit(c, todo.filter((_, i) => outcomes[i]!.ok), mark)).forEach((id) => mark(id, 'healthy'));

@@ -62,7 +62,7 @@ export const ERROR_CODES = {
   KILN_INTERRUPTED: { status: 500, meaning: 'an earlier install was interrupted and rolled back by start-up recovery; or a bake, relaunch or heal by a controller restart (what it launched was reaped)' },
   KILN_FRAME_INVALID: { status: 500, meaning: 'a WebSocket frame is not JSON, has an unknown type or a wrong shape' },
   KILN_FRAME_TOO_LARGE: { status: 500, meaning: 'a WebSocket frame is over the size limit (1 MiB)' },
-  KILN_PROTOCOL_VERSION: { status: 500, meaning: 'the peer speaks another protocol version, or its agent is too old for what it was sent (a log stream, a fleet config: agent 0.3.0 or later)' },
+  KILN_PROTOCOL_VERSION: { status: 500, meaning: 'the peer speaks another protocol version, or its agent is too old for what it was sent (a log stream, a fleet config: agent 0.3.0 or later; a release of format 2: agent 0.4.0 or later)' },
   KILN_WRONG_TARGET: { status: 500, meaning: 'a command names another app or instance than the agent serves' },
   KILN_NSPAWN_UNAVAILABLE: { status: 500, meaning: 'this host cannot run nspawn machines (needs root, systemd-nspawn, util-linux; debootstrap to build a base image)' },
   KILN_BASE_IMAGE_MISSING: { status: 500, meaning: 'the image to boot is not a root filesystem with systemd in it' },

@@ -41,11 +41,27 @@ export type TreeCheck = z.infer<typeof TreeCheck>;
 export const CommandOutcome = z.enum(['installed', 'unchanged', 'rolled-back', 'failed', 'interrupted', 'reported']);
 export type CommandOutcome = z.infer<typeof CommandOutcome>;
 
+/**
+ * What an install read from the bucket, of what a download of the whole release reads (format 2
+ * fetches only the contents the host lacks). Optional: agents before 0.4.0 do not send them.
+ */
+const Fetched = {
+  fetchedBytes: z.number().int().min(0).optional(),
+  releaseBytes: z.number().int().min(0).optional(),
+};
+
+/** What an install fetched as a result, a report or a record carries it: both byte counts, or neither. */
+export function fetchedOf(f: { fetchedBytes?: number | undefined; releaseBytes?: number | undefined } | undefined): { fetchedBytes?: number; releaseBytes?: number } {
+  return f?.fetchedBytes !== undefined && f.releaseBytes !== undefined ? { fetchedBytes: f.fetchedBytes, releaseBytes: f.releaseBytes } : {};
+}
+
 export const CommandResult = z.strictObject({
   commandId: id,
   outcome: CommandOutcome,
   version: VersionName.optional(),
   error: ErrorInfo.optional(),
+  /** set when the command installed (or rolled back to) a release: what its install fetched */
+  ...Fetched,
   finishedAt: time,
 });
 export type CommandResult = z.infer<typeof CommandResult>;
@@ -59,7 +75,8 @@ export const AgentReport = z.strictObject({
   agentVersion: z.string().max(64),
   /** the release the image was baked with, from the image marker */
   image: ReleaseRef.nullable(),
-  installed: ReleaseRef.extend({ artifactSha256: Sha256, via: Via, installedAt: time }).nullable(),
+  /** with what the install of it fetched, when state.json records that (installs by agents from 0.4.0 on) */
+  installed: ReleaseRef.extend({ artifactSha256: Sha256, via: Via, installedAt: time, ...Fetched }).nullable(),
   /** the fleet config version the app runs with; null: none (agents before 0.3.0 do not send it) */
   config: ConfigStamp.nullable().default(null),
   service: z.strictObject({ active: z.boolean() }),

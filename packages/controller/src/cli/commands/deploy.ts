@@ -2,7 +2,7 @@ import { KilnError, formatTable, parseDuration } from '@kiln/shared';
 import { openApi } from '../api-client.js';
 import { API_OPTIONS, JSON_OPTION, type CommandDef, type OptionDef } from '../cli-command.js';
 import { out, printJson, str, type CliContext, type Flags } from '../cli-context.js';
-import { followDeployment, gatesLine, soakLine, tally } from '../deploy-watch.js';
+import { fetchedText, followDeployment, gatesLine, soakLine, tally } from '../deploy-watch.js';
 import type { Deployment, DeploymentBody, DeploymentList } from '../../server/api-types.js';
 import { describeTarget } from '../../fleets/fleet-model.js';
 import { GATE_OPTIONS, ROLLOUT_OPTIONS, gateBody, rolloutBody } from '../rollout-options.js';
@@ -140,8 +140,10 @@ export const deploymentsShow: CommandDef = {
     if (ctx.json) return printJson(ctx, d);
     out(ctx, `deployment ${d.id}: ${d.kind} of fleet ${d.fleet} to ${d.app} ${describeTarget(d.release)} (from ${d.previous ? describeTarget(d.previous) : '-'}), ${d.state}\nstrategy ${strategyOf(d)}${d.group ? `, group ${d.group}` : ''}${d.image ? `, image ${d.image}` : ''}\n${gatesLine(d)}\n${summaryOf(d)}\n`);
     for (const s of d.soaks) out(ctx, soakLine(s));
-    const rows = Object.entries(d.instances).sort(([a], [b]) => a.localeCompare(b)).map(([iid, i]) => [iid, i.batch >= 0 ? String(i.batch + 1) : '-', i.step, i.error ? `${i.error.code}: ${i.error.message}` : '-']);
-    out(ctx, rows.length ? formatTable(['INSTANCE', 'BATCH', 'STEP', 'ERROR'], rows) : 'no instances (none was connected when it started)');
+    const rows = Object.entries(d.instances)
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([iid, i]) => [iid, i.batch >= 0 ? String(i.batch + 1) : '-', i.step, fetchedText(i)?.replace(/^fetched /, '') ?? '-', i.error ? `${i.error.code}: ${i.error.message}` : '-']);
+    out(ctx, rows.length ? formatTable(['INSTANCE', 'BATCH', 'STEP', 'FETCHED', 'ERROR'], rows) : 'no instances (none was connected when it started)');
   },
 };
 
