@@ -1,6 +1,6 @@
 // Format 2 (delta) releases: contents by sha256, a host fetches only what it lacks (issue 14).
 import { randomBytes } from 'node:crypto';
-import { appendFile, chmod, readdir, lstat, utimes } from 'node:fs/promises';
+import { appendFile, chmod, cp, readdir, lstat, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appLayout, createS3Client, install, isKilnError, Manifest, sha256File, sha256Hex, signBytes, type InstallResult, type ManifestV2, type ReleaseStore } from '@kiln/shared';
@@ -121,6 +121,22 @@ describe('format 2 releases', () => {
     expect(await h.serving()).toContain('1.0.0');
   });
 
+  it('an instance launched from an image holding the previous release fetches only the difference (stamps differ: re-hashed)', async () => {
+    const image = await host();
+    await install({ ...image.opts(), target: { version: '1.0.0' } });
+    await image.service.stop();
+    // What the process provider does to launch an instance: a copy of the image's root (new inodes).
+    const h = await host();
+    await cp(image.root, h.root, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+    proxy.requests = [];
+    const r = await install({ ...h.opts(), target: { version: '1.0.1' } });
+    const m = published['1.0.1']!.manifest as ManifestV2;
+    expect(r.fetchedBytes).toBeLessThan(20_000);
+    expect(r.releaseBytes).toBe(Object.values(m.content.blobs).reduce((n, b) => n + b.length, 0));
+    expect(objectGets()).toHaveLength(1);
+    expect(await h.serving()).toContain('1.0.1');
+  });
+
   it('re-fetches a local file modified since it was written (stamp and digest differ), and reuses one only touched', async () => {
     const h = await host();
     await install({ ...h.opts(), target: { version: '1.0.0' } });
@@ -205,6 +221,22 @@ describe('format 2 refusals: the old release keeps serving', () => {
       expect(['KILN_OBJECT_DIGEST', 'KILN_OBJECT_CORRUPT']).toContain(await refused('1.0.1'));
     } finally {
       await bucket.put(key, good);
+    }
+  });
+
+  it('refuses a pack cut short, at once (no retries): KILN_OBJECT_CORRUPT', async () => {
+    const m = published['1.0.1']!.manifest as ManifestV2;
+    const small7 = m.files.find((f: Manifest['files'][number]) => f.path === 'blobs/small-7.bin') as { sha256: string };
+    const object = m.content.objects[m.content.blobs[small7.sha256]!.object]!;
+    const key = s3.store.objectKey('web', object.name);
+    const good = await bucket.get(key);
+    for (const cut of [good.length - 10, 10]) {
+      await bucket.put(key, good.subarray(0, cut));
+      try {
+        expect(await refused('1.0.1')).toBe('KILN_OBJECT_CORRUPT');
+      } finally {
+        await bucket.put(key, good);
+      }
     }
   });
 

@@ -16,6 +16,7 @@ export { isAlive, isSameProcess, processStart } from './system/process-alive.js'
 export { createProcessSupervisor } from './service/process-supervisor.js';
 export { findPointer, listReleases, promoteRelease, readPointer, type ReleaseSummary, showRelease } from './release/release-catalog.js';
 export { publishRelease } from './release/release-publish.js';
+export { applyPrune, DEFAULT_KEEP, type KeptRelease, planPrune, type PrunePlan, type PruneProgress, type PruneResult, type RemovedRelease } from './release/release-prune.js';
 export { type InstallTarget } from './release/release-resolve.js';
 export { BoundConfig, contentSha256, type ManifestV2, FileEntry, HealthSpec, HookName, Hooks, HookSpec, Manifest, ProcessSpec, ReleaseRef, releaseProcesses, ServiceSpec, Sha256, storedSize } from './release/release-schema.js';
 export { createReleaseStore, type ReleaseStore, type SignedObject } from './release/release-store.js';
@@ -27,7 +28,7 @@ export { type ServiceManager } from './service/service-manager.js';
 export { generateReleaseKeyPair, loadPrivateKey, loadPublicKeys, parsePrivateKey, parsePublicKey, type PrivateKey, type PublicKey, sha256Hex, signBytes, verifyBytes } from './release/signing.js';
 export { readSupervisorStatus, supervisorPaths } from './service/supervisor-files.js';
 export { formatBytes, formatTable, parseDuration } from './system/text-table.js';
-export { AgentReport, CommandAction, CommandResult, frame, InstanceId, MAX_FRAME_BYTES, MAX_INLINE_MANIFEST, Message, type MessageOf, type Outgoing, parseFrame, PROTOCOL_VERSION, TreeCheck } from './protocol/agent-protocol.js';
+export { AgentReport, CommandAction, CommandResult, fetchedOf, frame, InstanceId, MAX_FRAME_BYTES, MAX_INLINE_MANIFEST, Message, type MessageOf, type Outgoing, parseFrame, PROTOCOL_VERSION, TreeCheck } from './protocol/agent-protocol.js';
 export { createSystemdService } from './service/systemd-service.js';
 export { appUnitName, renderAppUnit, unitEnvironment } from './service/systemd-unit.js';
 export { createDocStore, type DocStore } from './s3/doc-store.js';

@@ -38,6 +38,7 @@ const SECTIONS: Array<[string, LazyCommand[]]> = [
       lazy('release show', async () => (await import('./commands/release.js')).releaseShow),
       lazy('release promote', async () => (await import('./commands/release.js')).releasePromote),
       lazy('release channel', async () => (await import('./commands/release.js')).releaseChannel),
+      lazy('release prune', async () => (await import('./commands/release.js')).releasePrune),
     ],
   ],
   [

@@ -51,7 +51,6 @@ export interface Range {
   needs: Need[];
 }
 
-
 /** Contents grouped into ranged GETs: by object, in offset order, neighbours merged while the range stays small. */
 export function planRanges(m: ManifestV2, needs: Need[]): Range[] {
   const byObject = new Map<number, Need[]>();
@@ -72,18 +71,29 @@ export function planRanges(m: ManifestV2, needs: Need[]): Range[] {
   return ranges.sort((a, b) => b.end - b.start - (a.end - a.start));
 }
 
+/** A ranged GET; an object shorter than the manifest says (cut, or replaced) is refused at once, not retried. */
 async function getRange(o: ContentSource, key: string, r: Range): Promise<Readable> {
+  let res;
   try {
-    return await o.store!.getRange(key, r.start, r.end);
+    res = await o.store!.getRange(key, r.start, r.end);
   } catch (err) {
     throw missing(err, o, r.object.name);
   }
+  if (res.length !== undefined && res.length !== r.end - r.start + 1) {
+    res.body.destroy();
+    throw new KilnError('KILN_OBJECT_CORRUPT', `content object ${r.object.name} is shorter than the ${r.object.size} bytes the manifest says (${res.length} of bytes ${r.start}-${r.end} sent): altered or cut`);
+  }
+  return res.body;
 }
 
 function missing(err: unknown, o: ContentSource, name: string): unknown {
   if (err instanceof KilnError && err.code === 'KILN_RELEASE_NOT_FOUND') {
     const m = o.verified.manifest;
     return new KilnError('KILN_OBJECT_MISSING', `the bucket has no content object ${name}, which ${m.app} ${m.version} needs (pruned, or its push did not finish): push the release again under a new version`, { cause: err });
+  }
+  // 416: the range starts past the object's end
+  if (err instanceof KilnError && (err.cause as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode === 416) {
+    return new KilnError('KILN_OBJECT_CORRUPT', `content object ${name} is shorter than the manifest says: altered or cut`, { cause: err });
   }
   return err;
 }

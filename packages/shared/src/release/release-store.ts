@@ -35,11 +35,11 @@ export interface ReleaseStore {
   objectKey(app: string, name: string): string;
   /** Uploads a content object (a file, multipart when large). */
   putObject(key: string, file: string, size: number): Promise<void>;
-  /** Bytes [start, end] (inclusive) of a content object. */
-  getRange(key: string, start: number, end: number, signal?: AbortSignal): Promise<Readable>;
+  /** Bytes [start, end] (inclusive) of a content object, and how many the endpoint says it sends. */
+  getRange(key: string, start: number, end: number, signal?: AbortSignal): Promise<{ body: Readable; length: number | undefined }>;
   objectExists(key: string): Promise<boolean>;
-  /** The app's content objects with their sizes. */
-  listObjects(app: string): Promise<Array<{ name: string; size: number }>>;
+  /** The app's content objects with their sizes and upload times (ms; when the endpoint gives them). */
+  listObjects(app: string): Promise<Array<{ name: string; size: number; modifiedAt?: number | undefined }>>;
   removeObject(key: string): Promise<void>;
   /** Deletes a release: its manifest first (so it is gone before what it names), then its signature and artifact. */
   removeRelease(app: string, version: string): Promise<void>;
@@ -135,7 +135,7 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
     async getRange(key, start, end, signal) {
       try {
         const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-${end}` }), signal ? { abortSignal: signal } : {});
-        return res.Body as Readable;
+        return { body: res.Body as Readable, length: res.ContentLength };
       } catch (err) {
         throw s3Error(err, where(key));
       }
@@ -143,7 +143,7 @@ export function createReleaseStore(client: S3Client, bucket: string, prefix = ''
     objectExists: exists,
     async listObjects(app) {
       const base = objectsDir(app);
-      return (await listSized(base)).map((o) => ({ name: o.key.slice(base.length), size: o.size }));
+      return (await listSized(base)).map((o) => ({ name: o.key.slice(base.length), size: o.size, modifiedAt: o.modifiedAt }));
     },
     removeObject: remove,
     async removeRelease(app, version) {

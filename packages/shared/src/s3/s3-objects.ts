@@ -42,14 +42,14 @@ export function s3Objects(client: S3Client, bucket: string) {
       }
     },
     /** Keys under `prefix` with their sizes; with a delimiter, the common prefixes one level down instead (size 0). */
-    async listSized(prefix: string, delimiter?: string): Promise<Array<{ key: string; size: number }>> {
-      const found: Array<{ key: string; size: number }> = [];
+    async listSized(prefix: string, delimiter?: string): Promise<Array<{ key: string; size: number; modifiedAt?: number | undefined }>> {
+      const found: Array<{ key: string; size: number; modifiedAt?: number | undefined }> = [];
       let token: string | undefined;
       try {
         do {
           const res = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token, ...(delimiter ? { Delimiter: delimiter } : {}) }));
           if (delimiter) for (const p of res.CommonPrefixes ?? []) found.push({ key: p.Prefix!, size: 0 });
-          else for (const o of res.Contents ?? []) found.push({ key: o.Key!, size: o.Size ?? 0 });
+          else for (const o of res.Contents ?? []) found.push({ key: o.Key!, size: o.Size ?? 0, modifiedAt: o.LastModified?.getTime() });
           token = res.IsTruncated ? res.NextContinuationToken : undefined;
         } while (token);
       } catch (err) {

@@ -1,7 +1,30 @@
 import path from 'node:path';
-import { contentSha256, KilnError, formatBytes, formatTable, listReleases, parseDuration, promoteRelease, publishRelease, readPointer, showRelease, storedSize } from '@kiln/shared';
+import {
+  applyPrune,
+  checkName,
+  contentSha256,
+  createDocStore,
+  createReleaseStore,
+  createS3Client,
+  DEFAULT_KEEP,
+  isKilnError,
+  KilnError,
+  formatBytes,
+  formatTable,
+  listReleases,
+  parseDuration,
+  planPrune,
+  promoteRelease,
+  publishRelease,
+  readPointer,
+  showRelease,
+  storedSize,
+  type DocStore,
+  type Logger,
+} from '@kiln/shared';
+import { createFleetRegistry } from '../../fleets/fleet-registry.js';
 import { S3_OPTIONS, TRUST_OPTIONS, JSON_OPTION, type CommandDef } from '../cli-command.js';
-import { list, openStore, out, printJson, signingKey, str, trustedKeys } from '../cli-context.js';
+import { intFlag, list, note, openStore, out, printJson, resolveLocation, signingKey, str, trustedKeys } from '../cli-context.js';
 import { createProgress } from '../progress.js';
 
 export const releasePush: CommandDef = {
@@ -172,3 +195,99 @@ export const releaseChannel: CommandDef = {
     out(ctx, `${pointer.app}/${pointer.channel} -> ${pointer.version} (pointer seq ${pointer.seq}, expires ${pointer.expires}${expired})`);
   },
 };
+
+export const releasePrune: CommandDef = {
+  name: 'release prune',
+  summary: "delete an app's old releases and the contents only they used",
+  usage: 'release prune APP [--keep N] [--grace DURATION] [--dry-run] [--json]',
+  examples: ['kiln release prune shop --dry-run', 'kiln release prune shop --keep 10', 'kiln release prune shop --bucket my-releases --prefix kiln/ --json'],
+  details:
+    'Kept: the N releases of highest seq (--keep, default 5), every release a channel pointer names (bakes\' channels too),\n' +
+    "and, for each fleet of the app, its desired release, the one `kiln rollback` goes back to and each group's image release\n" +
+    '(read from the fleet records in the bucket: no controller needs to run). A release whose manifest cannot be read is kept\n' +
+    'and said so; if it might name content objects, no object is deleted. Everything else goes: each release (its manifest\n' +
+    'first, then its signature and artifact), then every content object no kept release names. A channel pointer or fleet\n' +
+    'record that does not parse stops prune before it deletes anything.\n' +
+    'A push uploads its contents before its manifest: objects uploaded within the last hour stay (--grace) so a push under\n' +
+    'way keeps them. Known limit: a push that starts while prune runs may name a content of a release prune is removing;\n' +
+    'run prune from the one place that pushes (a CI job), not beside a push.',
+  options: {
+    keep: { type: 'string', value: 'N', help: `keep the N newest releases (by seq) besides those something names (default ${DEFAULT_KEEP}, at least 1)` },
+    grace: { type: 'string', value: 'DURATION', help: 'keep content objects uploaded less than this long ago, e.g. 30m (default 1h; 0 for none)' },
+    'dry-run': { type: 'boolean', help: 'print what would go and delete nothing' },
+    ...S3_OPTIONS,
+    ...JSON_OPTION,
+  },
+  positionals: [1, 1],
+  async run(ctx, flags, [app]) {
+    checkName('app', app!);
+    const keep = intFlag(flags, 'keep', 1, 1_000_000) ?? DEFAULT_KEEP;
+    const dryRun = flags['dry-run'] === true;
+    const loc = await resolveLocation(flags, ctx);
+    const client = createS3Client(loc);
+    const store = createReleaseStore(client, loc.bucket, loc.prefix);
+    const protect = await fleetReleases(createDocStore(client, loc.bucket, loc.prefix), app!, ctx.log);
+    const graceFlag = str(flags, 'grace');
+    const graceMs = graceFlag === undefined ? undefined : parseDuration(graceFlag);
+    if (graceFlag !== undefined && graceMs === undefined) throw new KilnError('KILN_USAGE', `--grace ${graceFlag}: a duration such as 30m, 1h or 0`);
+    const plan = await planPrune(store, app!, { keep, protect, ...(graceMs !== undefined ? { graceMs } : {}) });
+    for (const m of plan.missing) note(ctx, `warning: ${m.version} is not in the bucket, yet wanted by ${m.why}`);
+    if (plan.objectsHeld) note(ctx, `no content object is deleted: ${plan.objectsHeld}`);
+    if (ctx.json && dryRun) return printJson(ctx, { ...plan, dryRun });
+    if (!ctx.json) {
+      const rows = [...plan.keep.map((r) => ({ ...r, action: 'keep', text: r.why.join(', ') })), ...plan.remove.map((r) => ({ ...r, action: dryRun ? 'would remove' : 'remove', text: r.why }))];
+      rows.sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity) || a.version.localeCompare(b.version));
+      if (rows.length) out(ctx, formatTable(['VERSION', 'SEQ', 'ACTION', 'WHY'], rows.map((r) => [r.version, r.seq === null ? '-' : String(r.seq), r.action, r.text])));
+    }
+    const what = `${plan.remove.length} release${plan.remove.length === 1 ? '' : 's'} and ${plan.objects.length} content object${plan.objects.length === 1 ? '' : 's'}, ${formatBytes(plan.bytes)}`;
+    if (dryRun) return out(ctx, `dry run: would remove ${what}; nothing deleted`);
+    if (!plan.remove.length && !plan.objects.length) {
+      if (ctx.json) return printJson(ctx, { ...plan, dryRun, result: { releases: [], objects: 0, bytes: 0, spared: { releases: [], objects: 0 } } });
+      return out(ctx, `nothing to prune: ${plan.keep.length} release${plan.keep.length === 1 ? '' : 's'} of ${app} kept`);
+    }
+    const progress = createProgress(ctx.io.stderr, ctx.json);
+    progress.phase(`removing ${what}`);
+    const result = await applyPrune(store, app!, plan, (p) => progress.status(`removing ${p.phase}: ${p.done}/${p.total}`));
+    progress.done();
+    if (result.spared.releases.length) note(ctx, `kept after all (a channel named them meanwhile): ${result.spared.releases.join(', ')}`);
+    if (result.spared.objects) note(ctx, `kept ${result.spared.objects} object${result.spared.objects === 1 ? '' : 's'} a release published meanwhile names`);
+    if (ctx.json) return printJson(ctx, { ...plan, dryRun, result });
+    out(ctx, `removed ${result.releases.length} release${result.releases.length === 1 ? '' : 's'} and ${result.objects} content object${result.objects === 1 ? '' : 's'}: ${formatBytes(result.bytes)} freed`);
+  },
+};
+
+/**
+ * What the app's fleets need, from their records in the bucket (read only): each one's desired
+ * release, the one a rollback goes back to, and the release of each group's image. A record that
+ * does not parse stops prune: the registry would skip it, and with it what its fleet needs.
+ */
+async function fleetReleases(docs: DocStore, app: string, log: Logger): Promise<Map<string, string>> {
+  const unreadable: string[] = [];
+  const readOnly: DocStore = {
+    async get(key, schema) {
+      try {
+        return await docs.get(key, schema);
+      } catch (err) {
+        if (isKilnError(err, 'KILN_STATE_INVALID')) unreadable.push(key);
+        throw err;
+      }
+    },
+    list: (prefix) => docs.list(prefix),
+    put: () => Promise.reject(new Error('release prune never writes a fleet record')),
+    remove: () => Promise.reject(new Error('release prune never removes a fleet record')),
+  };
+  const registry = createFleetRegistry({ docs: readOnly, log, now: () => new Date() });
+  await registry.load();
+  if (unreadable.length) {
+    throw new KilnError('KILN_STATE_INVALID', `the fleet record ${unreadable.join(', ')} does not parse: prune cannot tell which releases that fleet needs, and deletes nothing; repair or remove the record (the controller skips it too), then prune again`);
+  }
+  const wants = new Map<string, string>();
+  const add = (version: string, why: string) => wants.set(version, wants.has(version) ? `${wants.get(version)}, ${why}` : why);
+  for (const f of registry.list().filter((f) => f.app === app)) {
+    if (f.desired) add(f.desired.version, `fleet ${f.name} desired`);
+    const back = f.history.at(-1);
+    if (back) add(back.version, `fleet ${f.name} rollback`);
+    for (const g of f.groups) if (g.release) add(g.release.version, `fleet ${f.name} image ${g.image} (${g.name}, ${g.state})`);
+  }
+  return wants;
+}
