@@ -4,7 +4,8 @@
 // fetches its whole artifact; a rollback to a release on disk fetches nothing. Real agent, real S3,
 // a fake controller's socket.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { AgentReport, CommandResult, type ReleaseRef } from '@kiln/shared';
+import { readFile } from 'node:fs/promises';
+import { AgentReport, appLayout, CommandResult, InstallState, type ReleaseRef } from '@kiln/shared';
 import { agentPool, installAction, startFakeController, until, type FakeController } from '../helpers/agent.js';
 import { incompressible, makeKeys, pushReleases } from '../helpers/release.js';
 import { startS3, type S3Fixture } from '../helpers/s3.js';
@@ -70,6 +71,10 @@ describe('agent: what an install fetched', () => {
 
     const report = await reportOf(a.instanceId, '2.0.0', sent);
     expect(report.installed).toMatchObject({ via: 'hotfix', fetchedBytes: result.fetchedBytes, releaseBytes: result.releaseBytes });
+
+    // The host's command log keeps them too: a hello after a reconnect rebuilds its results from it.
+    const state = InstallState.parse(JSON.parse(await readFile(appLayout(a.root, 'web').state, 'utf8')));
+    expect(state.commands.find((c) => c.commandId === 'cmd-delta')).toMatchObject({ fetchedBytes: result.fetchedBytes, releaseBytes: result.releaseBytes });
 
     // The same command again is one install: the recorded result comes back, figures and all.
     ctl.command(a.instanceId, 'cmd-delta', installAction(rel['2.0.0']!));

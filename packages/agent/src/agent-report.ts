@@ -104,6 +104,6 @@ export async function treeCheckOf(root: string, app: string, cache: DigestCache,
 /** The latest command outcomes, for the hello frame: what finished while the controller was away. */
 export function recentResults(commands: Operation[], max = 50): CommandResult[] {
   return commands.slice(-max).flatMap((op) =>
-    op.commandId ? [{ commandId: op.commandId, outcome: op.outcome, version: op.version, ...(op.error ? { error: op.error } : {}), finishedAt: op.finishedAt }] : [],
+    op.commandId ? [{ commandId: op.commandId, outcome: op.outcome, version: op.version, ...(op.error ? { error: op.error } : {}), ...fetchedOf(op), finishedAt: op.finishedAt }] : [],
   );
 }

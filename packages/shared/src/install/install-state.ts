@@ -37,6 +37,9 @@ export const Operation = z.strictObject({
   finishedAt: z.string(),
   outcome: z.enum(['installed', 'unchanged', 'failed', 'rolled-back', 'interrupted']),
   error: ErrorInfo.optional(),
+  /** what it read from the bucket, of the release's size (an install or rollback that swapped) */
+  fetchedBytes: z.number().int().min(0).optional(),
+  releaseBytes: z.number().int().min(0).optional(),
 });
 export type Operation = z.infer<typeof Operation>;
 

@@ -342,7 +342,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     state.current = { ...installedRelease(version, verified, via, installedAt), ...fetched, ...(config ? { config } : {}), ...(skipped.length ? { pendingHooks: skipped } : {}) };
     if (pointerSeq) state.channels[pointerSeq.channel] = Math.max(state.channels[pointerSeq.channel] ?? 0, pointerSeq.seq);
     const outcome = op === 'rollback' ? 'rolled-back' : 'installed';
-    await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt, finishedAt: installedAt, outcome });
+    await commitState(layout, state, { op, version, commandId: opts.commandId, startedAt, finishedAt: installedAt, outcome, ...fetched });
     await rm(layout.journal, { force: true });
     await pruneReleases(layout, state, opts.keep ?? 2, log);
     timed();
