@@ -3,6 +3,7 @@
 // many agents share one process. Linux only (/proc).
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export const say = (msg) => process.stderr.write(`[bench] ${msg}\n`);
@@ -144,4 +145,37 @@ export function cleanupOnce(fn) {
     });
   }
   return cleanup;
+}
+
+/**
+ * The embedded S3 exactly as `kiln up` starts it (`startEmbeddedS3` of @kiln/controller, passed in),
+ * plus a second `request` listener on its HTTP server that records every GET: the key (path-style,
+ * bucket first, no query), when it came and when its response ended, the status, the bytes its
+ * response declared (content-length: a ranged GET's range) and the Range header. It only observes:
+ * s3rver's own listener answers the request.
+ */
+export async function startObservedS3(startEmbeddedS3, opts) {
+  let server;
+  const listen = http.Server.prototype.listen;
+  http.Server.prototype.listen = function (...args) {
+    server = this;
+    return listen.apply(this, args);
+  };
+  let s3;
+  try {
+    s3 = await startEmbeddedS3(opts);
+  } finally {
+    http.Server.prototype.listen = listen;
+  }
+  if (!server) throw new Error('could not find the embedded S3 HTTP server to observe');
+  const gets = [];
+  server.on('request', (req, res) => {
+    if (req.method !== 'GET') return;
+    const url = req.url ?? '';
+    const q = url.indexOf('?');
+    const g = { key: decodeURIComponent(q === -1 ? url : url.slice(0, q)), query: q === -1 ? '' : url.slice(q + 1), at: Date.now(), endAt: null, status: null, bytes: null, range: req.headers.range ?? null };
+    gets.push(g);
+    res.on('finish', () => Object.assign(g, { endAt: Date.now(), status: res.statusCode, bytes: Number(res.getHeader('content-length') ?? NaN) }));
+  });
+  return { ...s3, gets };
 }

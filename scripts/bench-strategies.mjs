@@ -4,17 +4,18 @@
 // incompressible data). Per run, in a fresh temp home: bake v1 to create the fleet, then hotfix v2
 // (--batch 100%), relaunch v3 (from the fleet's current image) and bake v4 (bake + replace), each timed
 // from the POST to the record's finishedAt (goals: hotfix <= 2 s, relaunch <= 5 s, bake + replace <= 10 s),
-// with the record's phases. S3 GETs of `…/artifact.tar.gz` are counted on the embedded S3's own HTTP
-// server, split into the builder's part and the part from the new group's launch to the end (goal: a
-// launch from a baked image downloads nothing).
+// with the record's phases; then relaunch v5 (v4 with one file changed) from the v4 image: the bytes each
+// instance fetched at boot (issue 14: a format 2 release fetches only what the image lacks), read from
+// its state.json. S3 GETs of release content (format 1 `…/artifact.tar.gz`, format 2 `objects/<app>/…`)
+// are counted on the embedded S3's own HTTP server, split into the builder's part and the part from the
+// new group's launch to the end (goal: a launch from a baked image downloads nothing).
 // Usage: node --openssl-legacy-provider scripts/bench-strategies.mjs [--runs N (3)] [--data-mib N (50)]
-//        [--files N (10)] [--health-timeout S (300)] [--quiet-wait S (20: the longest wait, before each
+//        [--files N (10)] [--format 1|2 (2: the release format pushed)] [--health-timeout S (300)] [--quiet-wait S (20: the longest wait, before each
 //        deployment, for the machine to use < 0.5 core)] [--json-out FILE (default bench-results/strategies.json)]
 //        [--keep-temp] [--agent-logs DIR (copies every instance's agent log there after each deployment)]
 //        [--report FILE... (no run: the report of the runs in earlier JSON files, pooled)]
 // Writes a markdown report to stdout and the figures as JSON (one line, also to the file). Each run's temp
 // dir is removed at its end (also on failure or Ctrl-C); every instance it launched is terminated.
-import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -28,7 +29,7 @@ import { execFileSync } from 'node:child_process';
 import { createLogger, createReleaseStore, createS3Client, generateReleaseKeyPair, parsePrivateKey, parsePublicKey, publishRelease } from '@kiln/shared';
 import { createProcessProvider, startEmbeddedS3 } from '@kiln/controller';
 import { startBenchController } from './bench-controller.mjs';
-import { CLK_TCK, cleanupOnce, intOption, machineTicks, median, waitQuiet, printUsage, r1, r2, say } from './bench-measure.mjs';
+import { CLK_TCK, cleanupOnce, intOption, machineTicks, median, waitQuiet, printUsage, r1, r2, say, startObservedS3 } from './bench-measure.mjs';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
@@ -46,6 +47,8 @@ const STEPS = [
   { key: 'hotfix', strategy: 'hotfix', version: 'v2', what: 'hotfix v2 in place, --batch 100%' },
   { key: 'relaunch', strategy: 'relaunch', version: 'v3', what: 'relaunch v3 from the current (v1) image: install at boot' },
   { key: 'bake', strategy: 'bake', version: 'v4', what: 'bake v4 + launch 3 from it + replace' },
+  // v5 is v4 with its VERSION file rewritten: the image the fleet has after bake v4 holds all of v5 but one file.
+  { key: 'relaunchDelta', strategy: 'relaunch', version: 'v5', from: 'v4', what: 'relaunch v5 (v4 + 1 changed file) from the v4 image: install at boot' },
 ];
 
 const { values: opt, positionals } = parseArgs({
@@ -54,6 +57,7 @@ const { values: opt, positionals } = parseArgs({
     runs: { type: 'string', default: '3' },
     'data-mib': { type: 'string', default: '50' },
     files: { type: 'string', default: '10' },
+    format: { type: 'string', default: '2' },
     'health-timeout': { type: 'string', default: '300' },
     'quiet-wait': { type: 'string', default: '20' },
     'json-out': { type: 'string', default: 'bench-results/strategies.json' },
@@ -75,40 +79,26 @@ const int = intOption(opt);
 const RUNS = int('runs', 1);
 const DATA_MIB = int('data-mib', 0);
 const FILES = int('files', 1);
+const FORMAT = int('format', 1);
+if (FORMAT > 2) {
+  console.error(`--format ${FORMAT}: 1 or 2`);
+  process.exit(2);
+}
 const HEALTH_TIMEOUT_MS = int('health-timeout', 1) * 1000;
 const QUIET_WAIT_S = int('quiet-wait', 0);
 
 const log = createLogger({ level: process.env.KILN_BENCH_LOG ?? 'silent', name: 'bench-strategies' });
 
 /**
- * The embedded S3 exactly as `kiln up` starts it, plus a second `request` listener on its HTTP server
- * that records every artifact GET (when it came, when its response ended, how many bytes it declared).
- * It only observes: s3rver's own listener answers the request.
+ * A GET of release content, or null: a format 1 artifact (with its version) or a format 2 content
+ * object (a pack or a large file: no version, the object name).
  */
-async function startObservedS3(dir) {
-  let server;
-  const listen = http.Server.prototype.listen;
-  http.Server.prototype.listen = function (...args) {
-    server = this;
-    return listen.apply(this, args);
-  };
-  let s3;
-  try {
-    s3 = await startEmbeddedS3({ directory: dir, bucket: 'kiln' });
-  } finally {
-    http.Server.prototype.listen = listen;
-  }
-  if (!server) throw new Error('could not find the embedded S3 HTTP server to observe');
-  const artifactGets = [];
-  server.on('request', (req, res) => {
-    if (req.method !== 'GET') return;
-    const m = /\/releases\/[^/]+\/([^/]+)\/artifact\.tar\.gz(\?|$)/.exec(req.url ?? '');
-    if (!m) return;
-    const g = { version: m[1], at: Date.now(), endAt: null, status: null, bytes: null, range: req.headers.range ?? null };
-    artifactGets.push(g);
-    res.on('finish', () => Object.assign(g, { endAt: Date.now(), status: res.statusCode, bytes: Number(res.getHeader('content-length') ?? NaN) }));
-  });
-  return { ...s3, artifactGets };
+function contentGet(g) {
+  let m = /\/releases\/[^/]+\/([^/]+)\/artifact\.tar\.gz$/.exec(g.key);
+  if (m) return Object.assign(g, { version: m[1], object: 'artifact.tar.gz' });
+  m = /\/objects\/[^/]+\/([^/]+)$/.exec(g.key);
+  if (m) return Object.assign(g, { version: null, object: m[1] });
+  return null;
 }
 
 /** The demo app plus `FILES` files of random bytes (DATA_MIB in all), VERSION set to the version. */
@@ -145,13 +135,23 @@ async function agentTimeline(root, t0) {
   return out;
 }
 
+const sumBytes = (gets) => gets.reduce((n, g) => n + (Number.isFinite(g.bytes) ? g.bytes : 0), 0);
+
+/** What an instance's state.json says is installed: version, via, and what its install fetched of the release's size. */
+async function installedState(root) {
+  const text = await readFile(path.join(root, 'var/lib/kiln/apps', APP, 'state.json'), 'utf8').catch(() => null);
+  if (!text) return null;
+  const cur = JSON.parse(text).current;
+  return cur ? { version: cur.version, via: cur.via, fetchedBytes: cur.fetchedBytes ?? null, releaseBytes: cur.releaseBytes ?? null } : null;
+}
+
 async function oneRun(k, cleanups) {
   const work = await mkdtemp(path.join(os.tmpdir(), 'kiln-bench-strategies-'));
   const home = path.join(work, '.kiln');
   cleanups.push(async () => {
     if (!opt['keep-temp']) await rm(work, { recursive: true, force: true, maxRetries: 3 });
   });
-  const s3 = await startObservedS3(path.join(home, 's3'));
+  const s3 = await startObservedS3(startEmbeddedS3, { directory: path.join(home, 's3'), bucket: 'kiln' });
   cleanups.push(() => s3.close());
   const pair = generateReleaseKeyPair();
   const key = parsePrivateKey(pair.privatePem, 'the benchmark key');
@@ -159,14 +159,21 @@ async function oneRun(k, cleanups) {
   const store = createReleaseStore(createS3Client(s3.location), s3.location.bucket, s3.location.prefix);
 
   const release = {};
-  for (const { version } of STEPS) {
+  for (const { version, from } of STEPS) {
     const dir = path.join(work, `app-${version}`);
-    await makeRelease(dir, version);
-    const res = await publishRelease({ store, app: APP, version, source: dir, key, log });
-    release[version] = { artifactBytes: res.manifest.artifact.size, unpackedBytes: res.manifest.unpackedSize, entries: res.manifest.files.length };
-    await rm(dir, { recursive: true, force: true });
+    if (from) await cp(path.join(work, `app-${from}`), dir, { recursive: true, preserveTimestamps: true });
+    else await makeRelease(dir, version);
+    if (from) await writeFile(path.join(dir, 'VERSION'), `${version}\n`);
+    const res = await publishRelease({ store, app: APP, version, source: dir, key, log, format: FORMAT });
+    const m = res.manifest;
+    const manifestBytes = (await store.getManifest(APP, version)).bytes.length;
+    // format 1: the artifact; format 2: the stored bytes of its contents (storedSize), what a download of the whole release reads
+    const storedBytes = m.schema === 1 ? m.artifact.size : Object.values(m.content.blobs).reduce((n, b) => n + b.length, 0);
+    release[version] = { format: m.schema, storedBytes, uploadedBytes: res.uploadedBytes, skippedBytes: res.skippedBytes, manifestBytes, unpackedBytes: m.unpackedSize, entries: m.files.length, ...(m.schema === 1 ? { artifactBytes: m.artifact.size } : {}) };
   }
-  say(`run ${k}: published ${STEPS.map((s) => s.version).join(', ')}: artifact ${r1(release.v1.artifactBytes / MiB)} MiB, ${r1(release.v1.unpackedBytes / MiB)} MiB unpacked, ${release.v1.entries} entries`);
+  for (const { version } of STEPS) await rm(path.join(work, `app-${version}`), { recursive: true, force: true });
+  const last = STEPS.at(-1).version;
+  say(`run ${k}: published ${STEPS.map((s) => s.version).join(', ')} (format ${FORMAT}): ${r1(release.v1.storedBytes / MiB)} MiB stored, ${r1(release.v1.unpackedBytes / MiB)} MiB unpacked, ${release.v1.entries} entries; ${last} uploaded ${release[last].uploadedBytes} bytes`);
 
   // The provider `kiln up` runs; its launches are stamped so that S3 GETs can be put before or after them.
   const provider = createProcessProvider({ dir: path.join(home, 'process'), log });
@@ -209,7 +216,7 @@ async function oneRun(k, cleanups) {
     const busyBefore = await waitQuiet(QUIET_WAIT_S);
     const m0 = machineTicks();
     const launchesBefore = launches.length;
-    const getsBefore = s3.artifactGets.length;
+    const getsBefore = s3.gets.length;
     const t0 = Date.now();
     const posted = await api('POST', '/v1/deployments', { fleet: FLEET, version: s.version, strategy: s.strategy, batch: { percent: 100 }, healthTimeoutMs: HEALTH_TIMEOUT_MS });
     const answeredMs = Date.now() - t0;
@@ -223,7 +230,7 @@ async function oneRun(k, cleanups) {
     const wallMs = rec.finishedAt ? Date.parse(rec.finishedAt) - t0 : seenMs;
     // Let the last responses finish (a GET whose body is still streaming has no endAt yet).
     await sleep(200);
-    const gets = s3.artifactGets.slice(getsBefore);
+    const gets = s3.gets.slice(getsBefore).map(contentGet).filter(Boolean);
     const mine = launches.slice(launchesBefore);
     const groupLaunch = mine.find((l) => l.role === 'group');
     const builderLaunch = mine.find((l) => l.role === 'builder');
@@ -234,16 +241,21 @@ async function oneRun(k, cleanups) {
       beforeGroupLaunch: groupLaunch ? gets.filter((g) => g.at < groupLaunch.at).length : gets.length,
       // From the new group's launch to the end of the deployment (launch, health, live, retire).
       fromGroupLaunch: groupLaunch ? gets.filter((g) => g.at >= groupLaunch.at).length : 0,
-      versions: [...new Set(gets.map((g) => g.version))],
-      bytes: gets.reduce((n, g) => n + (Number.isFinite(g.bytes) ? g.bytes : 0), 0),
-      gets: gets.map((g) => ({ version: g.version, startMs: rel(g.at), endMs: rel(g.endAt), status: g.status, bytes: g.bytes, range: g.range })),
+      versions: [...new Set(gets.map((g) => g.version).filter(Boolean))],
+      bytes: sumBytes(gets),
+      bytesBeforeGroupLaunch: sumBytes(groupLaunch ? gets.filter((g) => g.at < groupLaunch.at) : gets),
+      bytesFromGroupLaunch: sumBytes(groupLaunch ? gets.filter((g) => g.at >= groupLaunch.at) : []),
+      gets: gets.map((g) => ({ version: g.version, object: g.object, startMs: rel(g.at), endMs: rel(g.endAt), status: g.status, bytes: g.bytes, range: g.range })),
     };
     const insts = (await api('GET', `/v1/fleets/${FLEET}/instances`)).instances;
     // The agents that did this deployment's work: the new group's, or (hotfix) the fleet's live ones.
     const workers = rec.group ? insts.filter((i) => i.group === rec.group) : insts.filter((i) => rec.instances[i.instanceId]);
     const launchedAt = Object.fromEntries((await provider.describeInstances({})).map((i) => [i.id, Date.parse(i.launchedAt) - t0]));
     const agents = {};
-    for (const i of workers) agents[i.instanceId] = { launchedMs: rec.group ? (launchedAt[i.instanceId] ?? null) : null, ...(await agentTimeline(path.join(home, 'process/instances', i.instanceId, 'root'), t0)) };
+    for (const i of workers) {
+      const root = path.join(home, 'process/instances', i.instanceId, 'root');
+      agents[i.instanceId] = { launchedMs: rec.group ? (launchedAt[i.instanceId] ?? null) : null, ...(await agentTimeline(root, t0)), installed: await installedState(root) };
+    }
     if (opt['agent-logs']) {
       const to = path.resolve(opt['agent-logs'], `run-${k}`, s.key);
       await mkdir(to, { recursive: true });
@@ -277,7 +289,7 @@ async function oneRun(k, cleanups) {
     const inPhases = rec.phases.filter((p) => !p.name.startsWith('bake:')).reduce((n, p) => n + p.ms, 0);
     results[s.key].notInPhasesMs = rec.phases.length ? wallMs - inPhases : null;
     say(
-      `run ${k}: ${s.strategy} ${s.version}: ${rec.state} in ${r2(wallMs / 1000)} s; phases ${rec.phases.map((p) => `${p.name} ${p.ms}`).join(', ') || '-'}${rec.phases.length ? `, not in phases ${wallMs - inPhases}` : ''}; artifact GETs ${downloads.beforeGroupLaunch} before the group launch, ${downloads.fromGroupLaunch} after; boot downloads ${Object.values(agents).map((a) => a.boot?.downloaded ?? '-').join(',')} (machine busy ${busyBefore} cores before, ${results[s.key].machineBusyCoresDuring} during)`,
+      `run ${k}: ${s.strategy} ${s.version}: ${rec.state} in ${r2(wallMs / 1000)} s; phases ${rec.phases.map((p) => `${p.name} ${p.ms}`).join(', ') || '-'}${rec.phases.length ? `, not in phases ${wallMs - inPhases}` : ''}; content GETs ${downloads.beforeGroupLaunch} (${downloads.bytesBeforeGroupLaunch} B) before the group launch, ${downloads.fromGroupLaunch} (${downloads.bytesFromGroupLaunch} B) after; fetched per instance (state.json) ${Object.values(agents).map((a) => a.installed?.fetchedBytes ?? '-').join(',')} B; boot downloads ${Object.values(agents).map((a) => a.boot?.downloaded ?? '-').join(',')} (machine busy ${busyBefore} cores before, ${results[s.key].machineBusyCoresDuring} during)`,
     );
     if (rec.state !== 'succeeded') throw new Error(`${s.strategy} ${s.version} ended ${rec.state}: ${rec.verdict}`);
   }
@@ -374,13 +386,17 @@ function report(runs, machine) {
       // only the deployments that started on a quiet machine (< 0.5 core busy in the 2 s before the POST)
       quietWallMs: stats(done.filter((d) => d.machineBusyCoresBefore < 0.5).map((d) => d.wallMs)),
       phasesMedianMs: Object.fromEntries(phaseNames.map((n) => [n, median(done.map((d) => d.phases.filter((p) => p.name === n).reduce((a, p) => a + p.ms, 0)))])),
-      artifactGets: { beforeGroupLaunch: done.map((d) => d.downloads.beforeGroupLaunch), fromGroupLaunch: done.map((d) => d.downloads.fromGroupLaunch) },
+      contentGets: { beforeGroupLaunch: done.map((d) => d.downloads.beforeGroupLaunch), fromGroupLaunch: done.map((d) => d.downloads.fromGroupLaunch) },
+      contentBytes: { beforeGroupLaunch: done.map((d) => d.downloads.bytesBeforeGroupLaunch ?? null), fromGroupLaunch: done.map((d) => d.downloads.bytesFromGroupLaunch ?? null) },
+      // what each instance that did the work fetched for its install, from its state.json (all runs pooled)
+      fetchedBytesPerInstance: stats(done.flatMap((d) => Object.values(d.agents).map((a) => a.installed?.fetchedBytes)).filter((x) => Number.isFinite(x))),
+      releaseBytes: medianOf(done.flatMap((d) => Object.values(d.agents).map((a) => a.installed?.releaseBytes ?? NaN))),
       // how the instances of the group the deployment made live (all of the fleet's, for a hotfix) got their release
       vias: [...new Set(done.flatMap((d) => d.instances.filter((i) => !d.group || i.group === d.group).map((i) => `${i.installed} via ${i.via}`)))],
       notInPhasesMs: done.some((d) => d.notInPhasesMs != null) ? median(done.map((d) => d.notInPhasesMs ?? 0)) : null,
       // the agents that did the work, all runs pooled: medians in ms
       agents: agentSummary(done),
-      // the artifact GETs of the deployment (all runs pooled): from the POST, and each one's duration
+      // the content GETs of the deployment (all runs pooled): from the POST, and each one's duration
       firstGetMs: medianOf(done.map((d) => Math.min(...d.downloads.gets.map((g) => g.startMs)))),
       lastGetEndMs: medianOf(done.map((d) => Math.max(...d.downloads.gets.map((g) => g.endMs ?? NaN)))),
       getMs: medianOf(done.flatMap((d) => d.downloads.gets.map((g) => g.endMs - g.startMs))),
@@ -397,16 +413,16 @@ function report(runs, machine) {
   lines.push(`Machine: ${machine.cores} × ${machine.cpu}, ${machine.memGiB} GiB, Node ${machine.node}, ${machine.os}; commit ${machine.commit}${machine.uncommittedInPackages ? ` (+${machine.uncommittedInPackages} uncommitted files in packages/)` : ''}; load average ${machine.loadavgStart.join(' ')} → ${machine.loadavgEnd.join(' ')}`);
   if (runs[0]) {
     const v = runs[0].release.v1;
-    lines.push(`Release: ${v.entries} entries, ${r1(v.unpackedBytes / MiB)} MiB unpacked, artifact ${r1(v.artifactBytes / MiB)} MiB`);
+    lines.push(`Release: format ${v.format ?? 1}, ${v.entries} entries, ${r1(v.unpackedBytes / MiB)} MiB unpacked, ${r1((v.storedBytes ?? v.artifactBytes) / MiB)} MiB stored${v.manifestBytes ? `, manifest ${v.manifestBytes} bytes` : ''}`);
   }
   lines.push('');
-  lines.push('| deployment | median (s) | min | max | runs | goal | ratio | quiet starts: median (n) | artifact GETs: before the group launch / from it |');
+  lines.push('| deployment | median (s) | min | max | runs | goal | ratio | quiet starts: median (n) | content GETs: before the group launch / from it |');
   lines.push('|---|---|---|---|---|---|---|---|---|');
   for (const s of STEPS) {
     const x = summary[s.key];
     if (!x.wallMs) continue;
     lines.push(
-      `| ${s.what} | **${sec(x.wallMs.median)}** | ${sec(x.wallMs.min)} | ${sec(x.wallMs.max)} | ${x.wallMs.runs.map(sec).join(', ')} | ${x.goalMs ? `≤ ${x.goalMs / 1000} s` : '-'} | ${x.ratio != null ? `${x.ratio}× ${x.ratio <= 1 ? 'met' : 'MISSED'}` : '-'} | ${x.quietWallMs ? `${sec(x.quietWallMs.median)} (${x.quietWallMs.runs.length})` : '-'} | ${x.artifactGets.beforeGroupLaunch.join(',')} / ${x.artifactGets.fromGroupLaunch.join(',')} |`,
+      `| ${s.what} | **${sec(x.wallMs.median)}** | ${sec(x.wallMs.min)} | ${sec(x.wallMs.max)} | ${x.wallMs.runs.map(sec).join(', ')} | ${x.goalMs ? `≤ ${x.goalMs / 1000} s` : '-'} | ${x.ratio != null ? `${x.ratio}× ${x.ratio <= 1 ? 'met' : 'MISSED'}` : '-'} | ${x.quietWallMs ? `${sec(x.quietWallMs.median)} (${x.quietWallMs.runs.length})` : '-'} | ${x.contentGets.beforeGroupLaunch.join(',')} / ${x.contentGets.fromGroupLaunch.join(',')} |`,
     );
   }
   lines.push('');
@@ -426,7 +442,9 @@ function report(runs, machine) {
     if (a.launchedToConnectedMs != null) parts.push(`launched → connected ${a.launchedToConnectedMs}`);
     if (a.launchedToBootDoneMs != null) parts.push(`launched → boot install done ${a.launchedToBootDoneMs}`);
     if (a.installedAtMs != null) parts.push(`install done at ${a.installedAtMs} (${Object.entries(a.installTimingsMs).map(([n, ms]) => `${n} ${ms}`).join(', ')})`);
-    if (x.firstGetMs != null) parts.push(`artifact GETs: first at ${x.firstGetMs}, each ${x.getMs}, last ends at ${x.lastGetEndMs}`);
+    // (a baked instance's state.json holds what the builder fetched: left out)
+    if (x.fetchedBytesPerInstance && s.strategy !== 'bake') parts.push(`fetched per instance (state.json) ${x.fetchedBytesPerInstance.median} B of ${x.releaseBytes} B`);
+    if (x.firstGetMs != null) parts.push(`content GETs: first at ${x.firstGetMs}, each ${x.getMs}, last ends at ${x.lastGetEndMs}`);
     if (x.notInPhasesMs != null) parts.push(`not in the record's phases ${x.notInPhasesMs}`);
     parts.push(`boot downloads ${x.bootDownloaded.map((b) => (b == null ? '-' : b)).join(',')}`);
     parts.push(`machine busy before each POST (cores) ${x.busyBefore.join(', ')}`);
@@ -435,6 +453,12 @@ function report(runs, machine) {
   for (const r of runs) {
     const b = r.steps.bake;
     if (b) lines.push(`- run ${r.run} bake v4: builder launched at ${sec(b.builderLaunchMs)} s, group launch at ${sec(b.groupLaunchMs)} s (the launch call: copying 3 roots, ${sec(b.groupLaunchCallMs)} s); new instances: ${b.instances.map((i) => `${i.id} ${i.installed} via ${i.via}`).join(', ')}`);
+  }
+  const d = summary.relaunchDelta;
+  if (d?.fetchedBytesPerInstance) {
+    const last = runs[0].release[STEPS.at(-1).version];
+    lines.push('');
+    lines.push(`Relaunch from an image holding the previous release (issue 14): ${d.what}. Bytes each instance fetched (its state.json \`current.fetchedBytes\`): median **${d.fetchedBytesPerInstance.median} B** (min ${d.fetchedBytesPerInstance.min}, max ${d.fetchedBytesPerInstance.max}, ${d.fetchedBytesPerInstance.runs.length} instances) of a release of ${d.releaseBytes} B stored (\`releaseBytes\`; ${r1((last?.unpackedBytes ?? 0) / MiB)} MiB unpacked; its manifest ${last?.manifestBytes ?? '-'} B, fetched besides); content bytes the S3 served from the group launch on, per run: ${d.contentBytes.fromGroupLaunch.join(', ')}. For comparison, relaunch v3 from the v1 image (a wholly new release): ${summary.relaunch?.fetchedBytesPerInstance?.median ?? '-'} B per instance.`);
   }
   console.log(lines.join('\n'));
   return summary;
