@@ -101,7 +101,7 @@ describe('install', () => {
     for (const v of ['k1', 'k2', 'k3', 'k4', 'k5']) await install({ ...hk.opts({ keep: 1 }), target: { version: v } });
     const layout = appLayout(hk.root, 'keep');
     expect((await readdir(layout.releases)).sort()).toEqual(['k3', 'k4', 'k5']);
-    expect((await readdir(layout.meta)).sort()).toEqual(['k3.json', 'k4.json', 'k5.json']);
+    expect((await readdir(layout.meta)).sort()).toEqual(['k3.json', 'k3.stamps', 'k4.json', 'k4.stamps', 'k5.json', 'k5.stamps']);
   });
 
   it('refuses a lower seq than installed unless asked: KILN_SEQ_DOWNGRADE', async () => {

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import { chmodSync, chownSync, closeSync, constants as fsc, fchmodSync, fchownSync, fstatSync, lstatSync, openSync, writeSync } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -24,7 +24,7 @@ const gunzipAsync = promisify(gunzip);
 /** Needed contents closer than this in one object are fetched by one ranged GET (the gap is read and dropped). */
 const RANGE_GAP = 64 * 1024;
 /** A ranged GET is read whole into memory up to this; a content larger than this streams on its own. */
-export const RANGE_MAX = 8 * 1024 * 1024;
+export const RANGE_MAX = 4 * 1024 * 1024;
 
 /** Where contents come from and where they go. */
 export interface ContentSource {
@@ -54,7 +54,11 @@ export interface Range {
 /** Contents grouped into ranged GETs: by object, in offset order, neighbours merged while the range stays small. */
 export function planRanges(m: ManifestV2, needs: Need[]): Range[] {
   const byObject = new Map<number, Need[]>();
-  for (const n of needs) byObject.set(n.blob.object, [...(byObject.get(n.blob.object) ?? []), n]);
+  for (const n of needs) {
+    const list = byObject.get(n.blob.object);
+    if (list) list.push(n);
+    else byObject.set(n.blob.object, [n]);
+  }
   const ranges: Range[] = [];
   for (const [index, list] of byObject) {
     const object = m.content.objects[index]!;
@@ -103,21 +107,22 @@ export async function readRange(o: ContentSource, key: string, r: Range): Promis
   const length = r.end - r.start + 1;
   const body = await getRange(o, key, r);
   const meter = artifactMeter(length, o.idleTimeoutMs, `content object ${r.object.name}`, false);
-  const chunks: Buffer[] = [];
+  // Filled in place: chunks gathered and concatenated would hold every range twice at the end.
+  const bytes = Buffer.allocUnsafe(length);
+  let at = 0;
   await pipeline(
     body,
     meter.stream,
     new Writable({
       write(chunk: Buffer, _e, cb) {
-        chunks.push(chunk);
+        at += chunk.copy(bytes, at);
         cb();
       },
     }),
   ).catch((err: unknown) => {
     throw s3Error(err, r.object.name);
   });
-  const bytes = Buffer.concat(chunks);
-  if (bytes.length !== length) throw new KilnError('KILN_S3_UNREACHABLE', `the download of ${r.object.name} ended after ${bytes.length} of ${length} bytes`);
+  if (at !== length) throw new KilnError('KILN_S3_UNREACHABLE', `the download of ${r.object.name} ended after ${at} of ${length} bytes`);
   return bytes;
 }
 
@@ -132,7 +137,8 @@ export async function decode(need: Need, stored: Buffer, object: string): Promis
       throw new KilnError('KILN_OBJECT_CORRUPT', `content ${need.sha.slice(0, 12)}… in ${object} does not decompress (${(err as Error).message}): the object was altered, or the index points elsewhere`, { cause: err });
     }
   }
-  checkContent(need, data.length, createHash('sha256').update(data).digest('hex'), object);
+  // WebCrypto digests on the thread pool: the main thread, which writes every file, does not hash them too.
+  checkContent(need, data.length, Buffer.from(await webcrypto.subtle.digest('SHA-256', data)).toString('hex'), object);
   return data;
 }
 

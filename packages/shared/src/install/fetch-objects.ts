@@ -15,7 +15,7 @@ import { checkLocalCopy, localContents, type LocalCopy } from './local-contents.
 import { decode, finish, finishFd, planRanges, RANGE_MAX, readRange, streamOne, type ContentSource, type FileOf, type Need, type Range } from './content-fetch.js';
 
 /** Ranged GETs in flight: enough to keep both the network and every core (zlib runs on the thread pool) busy. */
-const IN_FLIGHT = 6;
+const IN_FLIGHT = 4;
 
 export interface BuildOptions extends ContentSource {
   layout: AppLayout;
@@ -55,7 +55,12 @@ export async function buildFromObjects(o: BuildOptions): Promise<BuildResult> {
   let done = 0;
   const progress = (n: number) => o.onProgress?.((done += n), total);
   const byContent = new Map<string, FileOf[]>();
-  for (const f of m.files) if (f.type === 'file') byContent.set(f.sha256, [...(byContent.get(f.sha256) ?? []), f]);
+  for (const f of m.files) {
+    if (f.type !== 'file') continue;
+    const list = byContent.get(f.sha256);
+    if (list) list.push(f);
+    else byContent.set(f.sha256, [f]);
+  }
 
   // Contents already on this host: checked first (a stamp, else a hash), then linked or copied.
   const local = await localContents(o.layout, m.version);

@@ -161,6 +161,10 @@ export async function recoverApp(layout: AppLayout, app: string, log: Logger, se
     log.warn({ version: name }, 'removing an incomplete release directory');
     await rm(path.join(layout.releases, name), { recursive: true, force: true });
   }
+  // The stamps of a release that never got its marker (written just before it).
+  for (const name of await ifMissing(readdir(layout.meta), [])) {
+    if (name.endsWith('.stamps') && !(await ifMissing(stat(layout.metaFile(name.slice(0, -'.stamps'.length))), undefined))) await rm(path.join(layout.meta, name), { force: true });
+  }
   return { interrupted };
 }
 
@@ -181,6 +185,7 @@ export async function pruneReleases(layout: AppLayout, state: InstallState, keep
   const doomed = others.slice(keep).map((o) => o.version);
   for (const version of doomed) {
     await rm(layout.metaFile(version), { force: true });
+    await rm(layout.stampsFile(version), { force: true });
     await rm(layout.release(version), { recursive: true, force: true });
     log.info({ version }, 'removed an old release');
   }

@@ -305,9 +305,10 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
       staging = undefined;
       await advance('mark');
       await mkdir(layout.meta, { recursive: true });
-      // The stamps the files got as written: a later install trusts a file that keeps its stamp without reading it.
-      const stamps = Object.fromEntries(built!.files.map((f) => [f.path, f.stamp]));
-      await writeFileAtomic(layout.metaFile(version), JSON.stringify({ manifest: verified.bytes.toString('utf8'), sig: verified.sig.toString('utf8'), sha256: verified.sha256, stamps }) + '\n');
+      // The stamps the files got as written: a later install trusts a file that keeps its stamp without
+      // reading it. Beside the marker, not in it: a no-op install reads the marker and never needs them.
+      await writeFileAtomic(layout.stampsFile(version), JSON.stringify(Object.fromEntries(built!.files.map((f) => [f.path, f.stamp]))) + '\n');
+      await writeFileAtomic(layout.metaFile(version), JSON.stringify({ manifest: verified.bytes.toString('utf8'), sig: verified.sig.toString('utf8'), sha256: verified.sha256 }) + '\n');
     }
     await linkPersistent(ctx, manifest, layout.release(version));
     // Before anything is swapped: a secret that cannot be resolved, or a failing migration, leaves the
@@ -354,6 +355,7 @@ async function runOperation(opts: InstallOptions, op: 'install' | 'rollback'): P
     if (staging) await rm(staging, { recursive: true, force: true });
     if (journal?.step === 'rename' || journal?.step === 'mark') {
       await rm(layout.metaFile(version), { force: true });
+      await rm(layout.stampsFile(version), { force: true });
       await rm(layout.release(version), { recursive: true, force: true });
     }
     if (journal) await rm(layout.journal, { force: true });

@@ -1,7 +1,8 @@
 import { lstat, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { AppLayout } from '../release/install-layout.js';
-import { readLocalManifest } from '../release/release-resolve.js';
+import { FileStamps, readLocalManifest } from '../release/release-resolve.js';
+import { peekJsonFile } from '../system/json-file.js';
 import { Manifest } from '../release/release-schema.js';
 import { fileStamp, sha256File } from '../release/scan-tree.js';
 import { ifMissing } from '../system/fs-errors.js';
@@ -32,11 +33,12 @@ export async function localContents(layout: AppLayout, except: string): Promise<
     const local = await readLocalManifest(layout.metaFile(v));
     const parsed = local && parseManifest(local.bytes);
     if (!parsed) continue;
+    const stamps = (await peekJsonFile(layout.stampsFile(v), FileStamps)) ?? {};
     for (const f of parsed.files) {
       if (f.type !== 'file') continue;
       const list = found.get(f.sha256) ?? [];
       if (list.length >= MAX_CANDIDATES) continue;
-      list.push({ file: path.join(layout.release(v), f.path), size: f.size, stamp: local.stamps?.[f.path] });
+      list.push({ file: path.join(layout.release(v), f.path), size: f.size, stamp: stamps[f.path] });
       found.set(f.sha256, list);
     }
   }

@@ -22,6 +22,8 @@ export interface AppLayout {
   release(version: string): string;
   /** the "complete" marker of a release: its manifest and signature, written after the rename */
   metaFile(version: string): string;
+  /** the stamps of a release's files as written (path → fileStamp): beside the marker, read only by a later install */
+  stampsFile(version: string): string;
 }
 
 export function appLayout(root: string, app: string): AppLayout {
@@ -42,5 +44,6 @@ export function appLayout(root: string, app: string): AppLayout {
     run: path.join(path.resolve(root), 'run/kiln/apps', app),
     release: (v) => path.join(appDir, 'releases', checkName('version', v)),
     metaFile: (v) => path.join(appDir, 'meta', `${checkName('version', v)}.json`),
+    stampsFile: (v) => path.join(appDir, 'meta', `${checkName('version', v)}.stamps`),
   };
 }

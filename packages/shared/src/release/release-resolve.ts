@@ -67,14 +67,16 @@ export function verifyManifest(obj: SignedObject, expect: { app: string; version
   return { manifest, bytes: obj.bytes, sig: obj.sig, sha256 };
 }
 
-/** A release's complete marker: its signed manifest, and the stamps its files had once written (path → fileStamp). */
-const LocalManifest = z.object({ manifest: z.string(), sig: z.string(), stamps: z.record(z.string(), z.string()).optional() });
+const LocalManifest = z.object({ manifest: z.string(), sig: z.string() });
 
 /** A release's signed manifest kept on disk; undefined when it is missing or damaged (the caller fetches it again). */
-export async function readLocalManifest(file: string): Promise<(SignedObject & { stamps?: Record<string, string> | undefined }) | undefined> {
+export async function readLocalManifest(file: string): Promise<SignedObject | undefined> {
   const meta = await peekJsonFile(file, LocalManifest);
-  return meta && { bytes: Buffer.from(meta.manifest, 'utf8'), sig: Buffer.from(meta.sig, 'utf8'), stamps: meta.stamps };
+  return meta && { bytes: Buffer.from(meta.manifest, 'utf8'), sig: Buffer.from(meta.sig, 'utf8') };
 }
+
+/** The stamps a release's files had once written (path → fileStamp); empty when missing or damaged (its files are then hashed). */
+export const FileStamps = z.record(z.string(), z.string());
 
 export function targetName(target: InstallTarget): string {
   return 'version' in target ? checkName('version', target.version) : `channel ${checkName('channel', target.channel)}`;
