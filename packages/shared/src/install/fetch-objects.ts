@@ -122,7 +122,9 @@ export async function buildFromObjects(o: BuildOptions): Promise<BuildResult> {
         if (r.needs.length === 1 && r.needs[0]!.blob.length > RANGE_MAX) await streamOne(o, key, r, written, paths, progress);
         else {
           const bytes = await readRange(o, key, r);
-          await allSettledOrThrow(r.needs.map(async (need) => place(need, await decode(need, bytes.subarray(need.blob.offset - r.start, need.blob.offset - r.start + need.blob.length), r.object.name))));
+          // Two at a time per range (four ranges in flight keep the thread pool's four threads busy):
+          // every content decompressed at once would hold a range's whole expansion in memory.
+          await runPool(r.needs, 2, async (need) => place(need, await decode(need, bytes.subarray(need.blob.offset - r.start, need.blob.offset - r.start + need.blob.length), r.object.name)));
         }
         fetchedBytes += r.end - r.start + 1;
         return;
