@@ -17,12 +17,12 @@ let bucket: RawBucket;
 const keys = makeKeys();
 const hosts: Host[] = [];
 
-/** 40 small files (packed), one of 2 MiB (alone) and 4 texts (compressed) saying `text`; `changed` gets other bytes. */
+/** 40 small files (packed), one of 2 MiB (alone) and 4 texts of one size (compressed) saying `text`; `changed` gets other bytes. */
 function tree(seed: Buffer[], changed?: number, text = 'a text'): Record<string, Buffer> {
   const files: Record<string, Buffer> = {};
   for (let i = 0; i < 40; i++) files[`blobs/small-${i}.bin`] = i === changed ? randomBytes(seed[i]!.length) : seed[i]!;
   files['blobs/large.bin'] = seed[40]!;
-  for (let i = 0; i < 4; i++) files[`text/t${i}.txt`] = Buffer.from(`line ${i} of ${text} that compresses\n`.repeat(200 + i));
+  for (let i = 0; i < 4; i++) files[`text/t${i}.txt`] = Buffer.from(`line ${i} of ${text} that compresses\n`.repeat(200));
   return files;
 }
 const seed = [...Array.from({ length: 40 }, (_, i) => randomBytes(4096 + i * 97)), randomBytes(2 * 1024 * 1024)];
