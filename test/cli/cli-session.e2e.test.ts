@@ -104,7 +104,7 @@ describe('a session against `kiln up`', () => {
     execFileSync('tar', ['-czf', tgz, '--owner=1000', '--group=1000', '-C', await app('2.0.0'), '.']);
     const v2 = await kiln(['release', 'push', tgz, '--app', 'web', '--version', '2.0.0'], { cwd });
     expect(v2.code, v2.stderr).toBe(0);
-    expect(v2.stdout).toMatch(/^published web 2\.0\.0 \(seq 2\)/);
+    expect(v2.stdout).toMatch(/^published web 2\.0\.0 \(seq 2, format 2\): .*uploaded .*, skipped /);
 
     const dup = await kiln(['release', 'push', await app('1.0.0'), '--app', 'web', '--version', '1.0.0'], { cwd });
     expect(dup.code).toBe(1);

@@ -98,7 +98,7 @@ async function documentedLayout(): Promise<RegExp[]> {
   expect(drawing, 'docs/release-format.md draws the bucket under s3://BUCKET/PREFIX/').toBeDefined();
   return drawing!.split('\n').filter(Boolean).map((l) => {
     const key = l.trim().split(/\s+/)[0]!;
-    const pattern = key.replace(/[.]/g, '\\.').replace(/\(\\\.sig\)/g, '(?:\\.sig)?').replace(/<[a-z]+>/g, '[^/]+');
+    const pattern = key.replace(/[.]/g, '\\.').replace(/\(\\\.sig\)/g, '(?:\\.sig)?').replace(/<[a-z0-9]+>/g, '[^/]+');
     return new RegExp(`^${pattern}$`);
   });
 }
